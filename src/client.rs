@@ -1,0 +1,141 @@
+//! The outgoing HTTP client, shared by the proxy and the OpenFaaS provider.
+//!
+//! One `ureq::Agent` per purpose, configured for a gateway rather than a browser: status codes
+//! are data, not errors; redirects are the client's business; no proxy from the environment;
+//! no automatic `Accept`/`User-Agent`/`Accept-Encoding` (the client's own headers pass through);
+//! and a connection pool large enough for a busy function.
+//!
+//! The resolver matters for speed: ureq's default resolver, once any timeout is configured,
+//! spawns a thread per request to bound the name lookup. Function addresses are nearly always
+//! IP literals, so [`LiteralFirstResolver`] parses those directly (no thread, no syscall) and
+//! only falls back to the system resolver, synchronously, for real host names.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::Duration;
+
+use ureq::config::{AutoHeaderValue, Config};
+use ureq::http::Uri;
+use ureq::unversioned::resolver::{ResolvedSocketAddrs, Resolver};
+use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
+use ureq::Agent;
+
+/// How long each phase of an outgoing call may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// TCP connect. Short: a dead replica should be noticed quickly.
+    pub connect: Duration,
+    /// Until the response head arrives, and between reads of its body.
+    pub response: Duration,
+    /// Sending the request, head and body.
+    pub send: Duration,
+}
+
+/// Builds an agent with the gateway's policy.
+pub fn agent(timeouts: Timeouts, max_idle_per_host: usize) -> Agent {
+    let config = Config::builder()
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .proxy(None)
+        .no_delay(true)
+        .user_agent(AutoHeaderValue::None)
+        .accept(AutoHeaderValue::None)
+        .accept_encoding(AutoHeaderValue::None)
+        .allow_non_standard_methods(true)
+        .max_idle_connections(max_idle_per_host.saturating_mul(8).max(64))
+        .max_idle_connections_per_host(max_idle_per_host.max(1))
+        .max_idle_age(Duration::from_secs(90))
+        .timeout_connect(Some(timeouts.connect))
+        .timeout_send_request(Some(timeouts.send))
+        .timeout_send_body(Some(timeouts.send))
+        .timeout_recv_response(Some(timeouts.response))
+        .timeout_recv_body(Some(timeouts.response))
+        .build();
+    Agent::with_parts(config, DefaultConnector::default(), LiteralFirstResolver)
+}
+
+/// Resolves IP literals without a lookup; host names through the system resolver, inline.
+#[derive(Debug, Default)]
+pub struct LiteralFirstResolver;
+
+impl Resolver for LiteralFirstResolver {
+    fn resolve(
+        &self,
+        uri: &Uri,
+        _config: &Config,
+        _timeout: NextTimeout,
+    ) -> Result<ResolvedSocketAddrs, ureq::Error> {
+        let authority = uri
+            .authority()
+            .ok_or_else(|| ureq::Error::BadUri(format!("{uri} has no host")))?;
+        let port = authority.port_u16().unwrap_or(80);
+        let host = authority.host();
+        let literal = host.trim_start_matches('[').trim_end_matches(']');
+        let mut out = self.empty();
+        if let Ok(ip) = literal.parse() {
+            out.push(SocketAddr::new(ip, port));
+            return Ok(out);
+        }
+        for addr in (host, port).to_socket_addrs()?.take(16) {
+            out.push(addr);
+        }
+        if out.is_empty() {
+            return Err(ureq::Error::HostNotFound);
+        }
+        Ok(out)
+    }
+}
+
+/// True when the error means no byte of the request reached the peer: the connection was never
+/// made. Only these are safe to retry on another replica.
+pub fn is_connect_error(err: &ureq::Error) -> bool {
+    use std::io::ErrorKind::*;
+    match err {
+        ureq::Error::Io(e) => matches!(
+            e.kind(),
+            ConnectionRefused | AddrNotAvailable | NotConnected | HostUnreachable | NetworkUnreachable
+        ),
+        ureq::Error::ConnectionFailed | ureq::Error::HostNotFound => true,
+        ureq::Error::Timeout(t) => matches!(t, ureq::Timeout::Connect | ureq::Timeout::Resolve),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    fn resolve(uri: &str) -> Vec<SocketAddr> {
+        let uri: Uri = uri.parse().unwrap();
+        let config = Config::builder().build();
+        let timeout = NextTimeout::default();
+        LiteralFirstResolver
+            .resolve(&uri, &config, timeout)
+            .unwrap()
+            .iter()
+            .copied()
+            .collect()
+    }
+
+    #[test]
+    fn literals_resolve_without_lookup() {
+        assert_eq!(resolve("http://127.0.0.1:9/x"), vec!["127.0.0.1:9".parse().unwrap()]);
+        assert_eq!(resolve("http://[::1]:9/x"), vec!["[::1]:9".parse().unwrap()]);
+        assert_eq!(resolve("http://127.0.0.1/x")[0].port(), 80);
+    }
+
+    #[test]
+    fn refused_connection_is_a_connect_error() {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let agent = agent(
+            Timeouts {
+                connect: Duration::from_secs(1),
+                response: Duration::from_secs(1),
+                send: Duration::from_secs(1),
+            },
+            4,
+        );
+        let err = agent.get(&format!("http://127.0.0.1:{port}/")).call().unwrap_err();
+        assert!(is_connect_error(&err), "{err:?}");
+    }
+}

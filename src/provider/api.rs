@@ -1,0 +1,1 @@
+//! Serving the faas-provider HTTP API from any [`Provider`](super::Provider).

@@ -1,0 +1,235 @@
+//! Providers: what starts, stops and counts a function's replicas.
+//!
+//! The gateway never runs functions itself; it asks a [`Provider`]. Two ship with defrost:
+//! [`process`], which runs replicas as local child processes (the default), and [`openfaas`],
+//! which talks to any OpenFaaS provider (faas-netes, faasd, or another defrost) over the
+//! faas-provider HTTP API. Embedders can bring their own.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::function::FunctionRef;
+
+pub mod api;
+pub mod openfaas;
+pub mod process;
+
+/// Label that sets the replicas a cold function is scaled to (OpenFaaS' name).
+pub const LABEL_MIN_REPLICAS: &str = "com.openfaas.scale.min";
+/// Label that caps the replicas of a function (OpenFaaS' name).
+pub const LABEL_MAX_REPLICAS: &str = "com.openfaas.scale.max";
+/// Replicas a function may have when nothing says otherwise (OpenFaaS' default).
+pub const DEFAULT_MAX_REPLICAS: u64 = 20;
+
+/// What a provider knows of one function at one moment.
+#[derive(Debug, Clone, Default)]
+pub struct FunctionStatus {
+    /// Desired replicas: what the provider has been asked to run.
+    pub replicas: u64,
+    /// Replicas that passed their readiness check and take traffic.
+    pub available_replicas: u64,
+    /// Replicas a cold start scales to (at least 1 is used).
+    pub min_replicas: u64,
+    /// Upper bound for any scale call.
+    pub max_replicas: u64,
+    pub labels: BTreeMap<String, String>,
+    /// Where ready replicas take requests. Empty while none is ready.
+    pub endpoints: Vec<Arc<Endpoint>>,
+}
+
+impl FunctionStatus {
+    /// A status is only worth forwarding to if someone can answer.
+    pub fn is_ready(&self) -> bool {
+        self.available_replicas > 0 && !self.endpoints.is_empty()
+    }
+
+    /// The endpoint with the fewest requests in flight; ties go to the first listed.
+    pub fn least_loaded(&self) -> Option<&Arc<Endpoint>> {
+        self.endpoints.iter().min_by_key(|e| e.in_flight())
+    }
+}
+
+/// One place requests for a function can be sent: a replica, or a provider's own proxy.
+///
+/// Shared (`Arc`) between the provider that owns the replica and the requests using it, so that
+/// both see the same in-flight count: the gateway balances on it, the provider may wait for it to
+/// fall to zero before stopping the replica.
+pub struct Endpoint {
+    /// `http://host:port` plus any path prefix; the request path's rest is appended to it.
+    base_url: String,
+    in_flight: AtomicUsize,
+}
+
+impl Endpoint {
+    pub fn new(base_url: impl Into<String>) -> Endpoint {
+        let mut base_url = base_url.into();
+        while base_url.ends_with('/') {
+            base_url.pop();
+        }
+        Endpoint {
+            base_url,
+            in_flight: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Counts a request as in flight until the returned guard is dropped.
+    pub fn begin(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(Arc::clone(self))
+    }
+}
+
+impl fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Endpoint({}, in flight {})", self.base_url, self.in_flight())
+    }
+}
+
+/// A request in flight on an [`Endpoint`]; dropping it ends the count.
+pub struct InFlight(Arc<Endpoint>);
+
+impl InFlight {
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.0
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Why a provider could not answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProviderError {
+    /// The provider does not know the function.
+    NotFound,
+    /// The provider could not be reached, or answered something unusable.
+    Unavailable(String),
+    /// The provider refused or failed the operation.
+    Failed(String),
+}
+
+impl fmt::Display for ProviderError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProviderError::NotFound => f.write_str("function not found"),
+            ProviderError::Unavailable(why) => write!(f, "provider unavailable: {why}"),
+            ProviderError::Failed(why) => write!(f, "provider error: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for ProviderError {}
+
+/// One function as listed by a provider (`GET /system/functions`).
+#[derive(Debug, Clone)]
+pub struct FunctionSummary {
+    pub function: FunctionRef,
+    pub image: String,
+    pub status: FunctionStatus,
+}
+
+/// The contract between the gateway and whatever runs functions.
+///
+/// Calls block; the gateway calls them from request threads, coalesced so that at most one
+/// status query and one scale call per function are in flight at a time. Implementations must be
+/// cheap to call for a function that is already running: `status` is on the path of every
+/// request whose cache entry has expired.
+pub trait Provider: Send + Sync + 'static {
+    /// The function's replica status, with the endpoints of its ready replicas.
+    fn status(&self, function: &FunctionRef) -> Result<FunctionStatus, ProviderError>;
+
+    /// Asks for `replicas` desired replicas. Returns once the request is accepted, not when the
+    /// replicas are ready.
+    fn set_replicas(&self, function: &FunctionRef, replicas: u64) -> Result<(), ProviderError>;
+
+    /// Blocks until the function's status may have changed, or `timeout` has passed.
+    ///
+    /// Waiting requests call this between polls. The default just sleeps, which is all a remote
+    /// provider can do; a provider that knows the moment a replica becomes ready wakes every
+    /// waiter at once, so a cold start costs its readiness time and nothing more.
+    fn wait_for_change(&self, function: &FunctionRef, timeout: Duration) {
+        let _ = function;
+        std::thread::sleep(timeout);
+    }
+
+    /// Every function the provider knows in `namespace`.
+    fn list(&self, namespace: &str) -> Result<Vec<FunctionSummary>, ProviderError>;
+
+    /// Namespaces the provider serves.
+    fn namespaces(&self) -> Result<Vec<String>, ProviderError>;
+
+    /// Stops everything the provider started; called once when the gateway shuts down.
+    fn shutdown(&self) {}
+}
+
+/// Reads `com.openfaas.scale.min`/`max`, falling back (with a warning) on values that are not
+/// whole numbers, as the OpenFaaS gateway does.
+pub fn scale_bounds(function: &FunctionRef, labels: &BTreeMap<String, String>) -> (u64, u64) {
+    let read = |label: &str, default: u64| match labels.get(label) {
+        None => default,
+        Some(v) => v.trim().parse().unwrap_or_else(|_| {
+            log::warn!("{function}: label {label}={v:?} is not a whole number; using {default}");
+            default
+        }),
+    };
+    let min = read(LABEL_MIN_REPLICAS, 1);
+    let max = read(LABEL_MAX_REPLICAS, DEFAULT_MAX_REPLICAS).max(1);
+    (min.min(max), max)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn scale_bounds_read_labels_and_fall_back_on_garbage() {
+        let f = FunctionRef::new("f", "default").unwrap();
+        assert_eq!(scale_bounds(&f, &labels(&[])), (1, DEFAULT_MAX_REPLICAS));
+        assert_eq!(
+            scale_bounds(&f, &labels(&[(LABEL_MIN_REPLICAS, "3"), (LABEL_MAX_REPLICAS, "5")])),
+            (3, 5)
+        );
+        assert_eq!(
+            scale_bounds(&f, &labels(&[(LABEL_MIN_REPLICAS, "x"), (LABEL_MAX_REPLICAS, "-1")])),
+            (1, DEFAULT_MAX_REPLICAS)
+        );
+        assert_eq!(scale_bounds(&f, &labels(&[(LABEL_MIN_REPLICAS, "9"), (LABEL_MAX_REPLICAS, "2")])), (2, 2));
+    }
+
+    #[test]
+    fn least_loaded_prefers_fewest_in_flight() {
+        let a = Arc::new(Endpoint::new("http://127.0.0.1:1/"));
+        let b = Arc::new(Endpoint::new("http://127.0.0.1:2"));
+        let status = FunctionStatus {
+            available_replicas: 2,
+            endpoints: vec![a.clone(), b.clone()],
+            ..Default::default()
+        };
+        let _busy = a.begin();
+        assert_eq!(status.least_loaded().unwrap().base_url(), "http://127.0.0.1:2");
+        assert_eq!(a.base_url(), "http://127.0.0.1:1");
+        drop(_busy);
+        assert_eq!(a.in_flight(), 0);
+    }
+}

@@ -1,0 +1,1 @@
+//! A remote OpenFaaS provider over the faas-provider HTTP API.

@@ -1,0 +1,1 @@
+//! The embedded provider: replicas are local child processes.
