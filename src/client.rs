@@ -24,9 +24,10 @@ use ureq::Agent;
 pub struct Timeouts {
     /// TCP connect. Short: a dead replica should be noticed quickly.
     pub connect: Duration,
-    /// Until the response head arrives, and between reads of its body.
+    /// Until the response head arrives, and for each read of its body (a streaming response
+    /// may take as long as it likes in total, as long as it keeps moving).
     pub response: Duration,
-    /// Sending the request, head and body.
+    /// For each write of the request, head and body.
     pub send: Duration,
 }
 
@@ -45,10 +46,9 @@ pub fn agent(timeouts: Timeouts, max_idle_per_host: usize) -> Agent {
         .max_idle_connections_per_host(max_idle_per_host.max(1))
         .max_idle_age(Duration::from_secs(90))
         .timeout_connect(Some(timeouts.connect))
-        .timeout_send_request(Some(timeouts.send))
-        .timeout_send_body(Some(timeouts.send))
+        .timeout_per_write(Some(timeouts.send))
         .timeout_recv_response(Some(timeouts.response))
-        .timeout_recv_body(Some(timeouts.response))
+        .timeout_per_read(Some(timeouts.response))
         .build();
     Agent::with_parts(config, DefaultConnector::default(), LiteralFirstResolver)
 }
@@ -92,7 +92,11 @@ pub fn is_connect_error(err: &ureq::Error) -> bool {
     match err {
         ureq::Error::Io(e) => matches!(
             e.kind(),
-            ConnectionRefused | AddrNotAvailable | NotConnected | HostUnreachable | NetworkUnreachable
+            ConnectionRefused
+                | AddrNotAvailable
+                | NotConnected
+                | HostUnreachable
+                | NetworkUnreachable
         ),
         ureq::Error::ConnectionFailed | ureq::Error::HostNotFound => true,
         ureq::Error::Timeout(t) => matches!(t, ureq::Timeout::Connect | ureq::Timeout::Resolve),
@@ -119,14 +123,24 @@ mod tests {
 
     #[test]
     fn literals_resolve_without_lookup() {
-        assert_eq!(resolve("http://127.0.0.1:9/x"), vec!["127.0.0.1:9".parse().unwrap()]);
-        assert_eq!(resolve("http://[::1]:9/x"), vec!["[::1]:9".parse().unwrap()]);
+        assert_eq!(
+            resolve("http://127.0.0.1:9/x"),
+            vec!["127.0.0.1:9".parse().unwrap()]
+        );
+        assert_eq!(
+            resolve("http://[::1]:9/x"),
+            vec!["[::1]:9".parse().unwrap()]
+        );
         assert_eq!(resolve("http://127.0.0.1/x")[0].port(), 80);
     }
 
     #[test]
     fn refused_connection_is_a_connect_error() {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let agent = agent(
             Timeouts {
                 connect: Duration::from_secs(1),
@@ -135,7 +149,10 @@ mod tests {
             },
             4,
         );
-        let err = agent.get(&format!("http://127.0.0.1:{port}/")).call().unwrap_err();
+        let err = agent
+            .get(&format!("http://127.0.0.1:{port}/"))
+            .call()
+            .unwrap_err();
         assert!(is_connect_error(&err), "{err:?}");
     }
 }

@@ -128,7 +128,10 @@ mod tests {
     #[test]
     fn plain_name_takes_default_namespace() {
         let f = FunctionRef::parse("hello", "default").unwrap();
-        assert_eq!((f.name(), f.namespace(), f.key()), ("hello", "default", "hello.default"));
+        assert_eq!(
+            (f.name(), f.namespace(), f.key()),
+            ("hello", "default", "hello.default")
+        );
     }
 
     #[test]
@@ -139,8 +142,22 @@ mod tests {
 
     #[test]
     fn refuses_what_is_not_a_dns_label() {
-        for bad in ["", "Hello", "a_b", "-a", "a-", "a.b.c", "..", "a/b", "é", &"a".repeat(64)] {
-            assert!(FunctionRef::parse(bad, "default").is_err(), "{bad:?} accepted");
+        for bad in [
+            "",
+            "Hello",
+            "a_b",
+            "-a",
+            "a-",
+            "a.b.c",
+            "..",
+            "a/b",
+            "é",
+            &"a".repeat(64),
+        ] {
+            assert!(
+                FunctionRef::parse(bad, "default").is_err(),
+                "{bad:?} accepted"
+            );
         }
         assert!(FunctionRef::parse(&"a".repeat(63), "default").is_ok());
         assert!(FunctionRef::parse("fn-1.ns-2", "default").is_ok());

@@ -1,4 +1,174 @@
 //! defrost: a scale-from-zero function gateway.
+//!
+//! A request for `/function/{name}[.{namespace}][/rest]` is proxied to a ready replica of that
+//! function. When the function has no ready replica, the gateway asks its [`Provider`] to start
+//! one, holds the request until a replica is ready, then forwards it. Concurrent requests for
+//! the same cold function share one status query and one scale call, and are released together.
+//!
+//! ```text
+//!  client ──▶ tiny_http connection threads ──▶ queue ──▶ worker pool (server)
+//!                                                          │
+//!                                             gateway::Handler::handle
+//!                                                          │
+//!                                           router::route (names checked)
+//!                               ┌──────────────────────────┼──────────────────┐
+//!                          /healthz                  /function/…          /system/…
+//!                                                          │
+//!                                                  proxy::Proxy::forward
+//!                                                          │
+//!                      scaler::Scaler::ready ◀── cache (fresh + ready? done)
+//!                          │ miss: single-flight status query ──▶ Provider::status
+//!                          │ zero: single-flight scale, retried ──▶ Provider::set_replicas
+//!                          │ wait: Provider::wait_for_change, re-query, until ready or 504
+//!                          ▼
+//!             least-loaded endpoint ──ureq──▶ replica  (refused? expire cache, back off, retry)
+//!                          │
+//!  client ◀── streamed response, hop-by-hop headers dropped, X-Call-Id / X-Start-Time added
+//! ```
+//!
+//! The library is the gateway; the `defrost` binary only reads a config file and runs it.
+//! Embedders build a [`Gateway`] from [`Settings`] and any [`Provider`]:
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! # fn provider() -> Arc<dyn defrost::Provider> { unimplemented!() }
+//! let settings = defrost::Settings::default();
+//! let gateway = defrost::Gateway::start(settings, provider())?;
+//! println!("listening on {}", gateway.local_addr());
+//! gateway.shutdown();
+//! # Ok::<(), std::io::Error>(())
+//! ```
+
 pub mod client;
+pub mod config;
+pub mod error;
 pub mod function;
+pub mod gateway;
 pub mod provider;
+pub mod proxy;
+pub mod router;
+pub mod scaler;
+pub mod server;
+pub mod setup;
+
+use std::io;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub use error::Error;
+pub use function::FunctionRef;
+pub use provider::{Endpoint, FunctionStatus, Provider, ProviderError};
+
+use config::GatewaySection;
+use gateway::Handler;
+use proxy::{Proxy, ProxyConfig};
+use scaler::{Scaler, ScalingConfig};
+use server::{Pool, PoolConfig};
+
+/// Everything that shapes a running gateway, with the documented defaults.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub default_namespace: String,
+    pub scaling: ScalingConfig,
+    pub proxy: ProxyConfig,
+    pub pool: PoolConfig,
+    /// Connect timeout towards replicas and providers.
+    pub connect_timeout: Duration,
+    /// Idle upstream connections kept per replica.
+    pub max_idle_per_host: usize,
+    /// Longest wait for requests in flight when shutting down.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings::from(&GatewaySection::default())
+    }
+}
+
+impl From<&GatewaySection> for Settings {
+    fn from(g: &GatewaySection) -> Settings {
+        Settings {
+            listen: g.listen,
+            default_namespace: g.default_namespace.clone(),
+            scaling: g.scaling(),
+            proxy: g.proxy(),
+            pool: g.pool(),
+            connect_timeout: g.connect_timeout.0,
+            max_idle_per_host: g.max_idle_per_host,
+            shutdown_grace: g.shutdown_grace.0,
+        }
+    }
+}
+
+/// A running gateway: listening, with its workers started.
+pub struct Gateway {
+    handler: Arc<Handler>,
+    pool: Pool,
+    addr: SocketAddr,
+    shutdown_grace: Duration,
+}
+
+impl Gateway {
+    /// Binds `settings.listen` and starts serving with `provider`.
+    pub fn start(settings: Settings, provider: Arc<dyn Provider>) -> io::Result<Gateway> {
+        let listener = TcpListener::bind(settings.listen)?;
+        let addr = listener.local_addr()?;
+        let server = tiny_http::Server::from_listener(listener, None).map_err(io::Error::other)?;
+        let scaler = Arc::new(Scaler::new(provider, settings.scaling.clone()));
+        let timeouts = client::Timeouts {
+            connect: settings.connect_timeout,
+            response: settings.proxy.upstream_timeout,
+            send: settings.proxy.upstream_timeout,
+        };
+        let agent = client::agent(timeouts, settings.max_idle_per_host);
+        let proxy = Proxy::new(agent, Arc::clone(&scaler), settings.proxy.clone());
+        let handler = Arc::new(Handler::new(
+            scaler,
+            proxy,
+            settings.default_namespace.clone(),
+        ));
+        let worker_handler = Arc::clone(&handler);
+        let pool = Pool::start(
+            Arc::new(server),
+            Arc::new(move |request| worker_handler.handle(request)),
+            settings.pool.clone(),
+        );
+        log::info!("defrost listening on http://{addr}");
+        Ok(Gateway {
+            handler,
+            pool,
+            addr,
+            shutdown_grace: settings.shutdown_grace,
+        })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The scaler, for embedders that want to scale or inspect functions directly.
+    pub fn scaler(&self) -> &Arc<Scaler> {
+        self.handler.scaler()
+    }
+
+    /// Stops gracefully: requests in flight finish (up to the grace period), keep-alive clients
+    /// are told to close, then the workers stop and the provider stops every replica it started.
+    pub fn shutdown(self) {
+        self.handler.start_draining();
+        let deadline = Instant::now() + self.shutdown_grace;
+        while self.handler.in_flight() > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let left = self.handler.in_flight();
+        if left > 0 {
+            log::warn!("shutting down with {left} requests still in flight after the grace period");
+        }
+        self.pool.stop();
+        self.handler.scaler().provider().shutdown();
+        log::info!("defrost stopped");
+    }
+}

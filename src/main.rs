@@ -1,1 +1,96 @@
-fn main() {}
+//! The `defrost` binary: read the config, start logging, run the gateway until a signal.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+const USAGE: &str = "\
+defrost: a scale-from-zero function gateway
+
+Usage:
+  defrost [--config FILE] [--listen ADDR]
+  defrost --help | --version
+
+Options:
+  --config FILE   TOML config: [gateway] settings, [provider], [[function]] entries.
+                  Without it, the OpenFaaS gateway's environment variables are read.
+  --listen ADDR   Address to listen on (overrides the config), e.g. 127.0.0.1:8080.
+
+Logging: RUST_LOG=info (default), debug for one line per request.
+";
+
+struct Args {
+    config: Option<PathBuf>,
+    listen: Option<String>,
+}
+
+fn parse_args() -> Result<Option<Args>, String> {
+    let mut args = Args {
+        config: None,
+        listen: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f.to_owned(), Some(v.to_owned())),
+            _ => (arg.clone(), None),
+        };
+        let mut value = || {
+            inline
+                .clone()
+                .or_else(|| it.next())
+                .ok_or(format!("{flag} needs a value"))
+        };
+        match flag.as_str() {
+            "-h" | "--help" => {
+                print!("{USAGE}");
+                return Ok(None);
+            }
+            "-V" | "--version" => {
+                println!("defrost {}", env!("CARGO_PKG_VERSION"));
+                return Ok(None);
+            }
+            "-c" | "--config" => args.config = Some(PathBuf::from(value()?)),
+            "-l" | "--listen" => args.listen = Some(value()?),
+            other => return Err(format!("unknown argument {other:?}; see --help")),
+        }
+    }
+    Ok(Some(args))
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("{e}");
+            eprintln!("defrost: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<(), String> {
+    let Some(args) = parse_args()? else {
+        return Ok(());
+    };
+    let mut signals =
+        Signals::new([SIGTERM, SIGINT]).map_err(|e| format!("cannot watch signals: {e}"))?;
+    let (mut settings, provider) = defrost::setup::from_sources(args.config.as_deref())?;
+    if let Some(listen) = args.listen {
+        settings.listen = listen
+            .parse()
+            .map_err(|e| format!("--listen {listen:?}: {e}"))?;
+    }
+    let gateway = defrost::Gateway::start(settings, provider.clone()).map_err(|e| {
+        provider.shutdown();
+        format!("cannot start: {e}")
+    })?;
+    if let Some(signal) = signals.forever().next() {
+        log::info!("signal {signal} received; shutting down");
+    }
+    gateway.shutdown();
+    Ok(())
+}

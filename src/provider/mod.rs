@@ -92,7 +92,12 @@ impl Endpoint {
 
 impl fmt::Debug for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Endpoint({}, in flight {})", self.base_url, self.in_flight())
+        write!(
+            f,
+            "Endpoint({}, in flight {})",
+            self.base_url,
+            self.in_flight()
+        )
     }
 }
 
@@ -207,14 +212,26 @@ mod tests {
         let f = FunctionRef::new("f", "default").unwrap();
         assert_eq!(scale_bounds(&f, &labels(&[])), (1, DEFAULT_MAX_REPLICAS));
         assert_eq!(
-            scale_bounds(&f, &labels(&[(LABEL_MIN_REPLICAS, "3"), (LABEL_MAX_REPLICAS, "5")])),
+            scale_bounds(
+                &f,
+                &labels(&[(LABEL_MIN_REPLICAS, "3"), (LABEL_MAX_REPLICAS, "5")])
+            ),
             (3, 5)
         );
         assert_eq!(
-            scale_bounds(&f, &labels(&[(LABEL_MIN_REPLICAS, "x"), (LABEL_MAX_REPLICAS, "-1")])),
+            scale_bounds(
+                &f,
+                &labels(&[(LABEL_MIN_REPLICAS, "x"), (LABEL_MAX_REPLICAS, "-1")])
+            ),
             (1, DEFAULT_MAX_REPLICAS)
         );
-        assert_eq!(scale_bounds(&f, &labels(&[(LABEL_MIN_REPLICAS, "9"), (LABEL_MAX_REPLICAS, "2")])), (2, 2));
+        assert_eq!(
+            scale_bounds(
+                &f,
+                &labels(&[(LABEL_MIN_REPLICAS, "9"), (LABEL_MAX_REPLICAS, "2")])
+            ),
+            (2, 2)
+        );
     }
 
     #[test]
@@ -227,7 +244,10 @@ mod tests {
             ..Default::default()
         };
         let _busy = a.begin();
-        assert_eq!(status.least_loaded().unwrap().base_url(), "http://127.0.0.1:2");
+        assert_eq!(
+            status.least_loaded().unwrap().base_url(),
+            "http://127.0.0.1:2"
+        );
         assert_eq!(a.base_url(), "http://127.0.0.1:1");
         drop(_busy);
         assert_eq!(a.in_flight(), 0);

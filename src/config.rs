@@ -1,0 +1,543 @@
+//! Configuration: the TOML file, its defaults, and errors that point at the line to fix.
+//!
+//! Every setting has a default, so an empty file (or none) runs a gateway. Unknown keys are
+//! errors rather than silently ignored: a misspelt `ready_timout` should not leave a user
+//! wondering why their timeout is not applied.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::de::{self, Deserializer};
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::function::{FunctionRef, DEFAULT_NAMESPACE};
+use crate::provider::process::{ProcessFunction, Readiness};
+use crate::proxy::ProxyConfig;
+use crate::scaler::ScalingConfig;
+use crate::server::PoolConfig;
+
+/// A whole config file.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default)]
+    pub gateway: GatewaySection,
+    pub provider: Option<ProviderSection>,
+    #[serde(default, rename = "function")]
+    pub functions: Vec<FunctionSection>,
+}
+
+/// `[gateway]`: how the gateway listens, waits and forwards.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewaySection {
+    pub listen: SocketAddr,
+    /// Workers kept warm; 0 means one per core.
+    pub workers: usize,
+    pub max_workers: usize,
+    pub ready_timeout: Dur,
+    pub upstream_timeout: Dur,
+    pub connect_timeout: Dur,
+    pub cache_expiry: Dur,
+    pub poll_interval: Dur,
+    pub scale_retries: u32,
+    pub scale_retry_interval: Dur,
+    pub scale_from_zero: bool,
+    pub default_namespace: String,
+    pub max_waiters_per_function: usize,
+    pub max_waiters: usize,
+    pub max_body_bytes: u64,
+    pub max_connections: usize,
+    pub max_idle_per_host: usize,
+    pub connect_retries: u32,
+    pub shutdown_grace: Dur,
+    pub stop_grace: Dur,
+    pub startup_timeout: Dur,
+}
+
+impl Default for GatewaySection {
+    fn default() -> Self {
+        let scaling = ScalingConfig::default();
+        let proxy = ProxyConfig::default();
+        GatewaySection {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            workers: 0,
+            max_workers: PoolConfig::default().max,
+            ready_timeout: Dur(scaling.ready_timeout),
+            upstream_timeout: Dur(proxy.upstream_timeout),
+            connect_timeout: Dur(Duration::from_secs(2)),
+            cache_expiry: Dur(scaling.cache_expiry),
+            poll_interval: Dur(scaling.poll_interval),
+            scale_retries: scaling.scale_retries,
+            scale_retry_interval: Dur(scaling.scale_retry_interval),
+            scale_from_zero: scaling.scale_from_zero,
+            default_namespace: DEFAULT_NAMESPACE.into(),
+            max_waiters_per_function: scaling.max_waiters_per_function,
+            max_waiters: scaling.max_waiters,
+            max_body_bytes: proxy.max_body_bytes,
+            max_connections: 1024,
+            max_idle_per_host: 256,
+            connect_retries: proxy.connect_retries,
+            shutdown_grace: Dur(Duration::from_secs(30)),
+            stop_grace: Dur(Duration::from_secs(10)),
+            startup_timeout: Dur(Duration::from_secs(60)),
+        }
+    }
+}
+
+impl GatewaySection {
+    pub fn scaling(&self) -> ScalingConfig {
+        ScalingConfig {
+            scale_from_zero: self.scale_from_zero,
+            cache_expiry: self.cache_expiry.0,
+            scale_retries: self.scale_retries,
+            scale_retry_interval: self.scale_retry_interval.0,
+            poll_interval: self.poll_interval.0,
+            ready_timeout: self.ready_timeout.0,
+            max_waiters_per_function: self.max_waiters_per_function,
+            max_waiters: self.max_waiters,
+        }
+    }
+
+    pub fn proxy(&self) -> ProxyConfig {
+        ProxyConfig {
+            connect_retries: self.connect_retries,
+            upstream_timeout: self.upstream_timeout.0,
+            max_body_bytes: self.max_body_bytes,
+            ..ProxyConfig::default()
+        }
+    }
+
+    pub fn pool(&self) -> PoolConfig {
+        let defaults = PoolConfig::default();
+        PoolConfig {
+            core: if self.workers == 0 {
+                defaults.core
+            } else {
+                self.workers
+            },
+            max: self.max_workers.max(1),
+            ..defaults
+        }
+    }
+}
+
+/// `[provider]`: where functions run.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderSection {
+    pub kind: ProviderKind,
+    /// Base URL of an OpenFaaS provider (`kind = "openfaas"`).
+    pub url: Option<Spanned<String>>,
+    /// Folder holding `basic-auth-user` and `basic-auth-password` for the provider.
+    pub credentials: Option<PathBuf>,
+    /// Bound on each provider call.
+    #[serde(default = "default_provider_timeout")]
+    pub timeout: Dur,
+}
+
+fn default_provider_timeout() -> Dur {
+    Dur(Duration::from_secs(10))
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    /// Functions are local processes declared in `[[function]]`.
+    Process,
+    /// An OpenFaaS provider over HTTP.
+    Openfaas,
+}
+
+/// `[[function]]`: one function of the embedded process provider.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FunctionSection {
+    pub name: Spanned<String>,
+    pub namespace: Option<Spanned<String>>,
+    pub command: Spanned<Vec<String>>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    pub workdir: Option<PathBuf>,
+    pub readiness_path: Option<Spanned<String>>,
+    pub min_replicas: Option<Spanned<u64>>,
+    pub max_replicas: Option<Spanned<u64>>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    pub startup_timeout: Option<Dur>,
+}
+
+/// A config that could not be used, with where to look.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    pub key: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if let Some(key) = &self.key {
+            write!(f, ": key `{key}`")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// A loaded file: the parsed config plus what is needed to report errors in it later.
+pub struct Loaded {
+    pub config: FileConfig,
+    pub path: PathBuf,
+    text: String,
+}
+
+impl Loaded {
+    /// Reads and parses `path`.
+    pub fn read(path: &Path) -> Result<Loaded, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_owned(),
+            line: None,
+            key: None,
+            message: format!("cannot read: {e}"),
+        })?;
+        Loaded::parse(path, text)
+    }
+
+    /// Parses `text` as the contents of `path` (which names it in errors).
+    pub fn parse(path: &Path, text: String) -> Result<Loaded, ConfigError> {
+        match toml::from_str::<FileConfig>(&text) {
+            Ok(config) => Ok(Loaded {
+                config,
+                path: path.to_owned(),
+                text,
+            }),
+            Err(e) => {
+                let (line, key) = e.span().map_or((None, None), |span| locate(&text, &span));
+                Err(ConfigError {
+                    file: path.to_owned(),
+                    line,
+                    key,
+                    message: e.message().to_owned(),
+                })
+            }
+        }
+    }
+
+    fn error_at(&self, span: Range<usize>, key: &str, message: String) -> ConfigError {
+        let (line, _) = locate(&self.text, &span);
+        ConfigError {
+            file: self.path.clone(),
+            line,
+            key: Some(key.into()),
+            message,
+        }
+    }
+
+    /// The folder relative paths in the file are taken from.
+    pub fn base_dir(&self) -> PathBuf {
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        std::path::absolute(dir).unwrap_or_else(|_| dir.to_owned())
+    }
+
+    /// Checks the `[[function]]` entries and turns them into what the process provider runs.
+    pub fn process_functions(&self) -> Result<Vec<ProcessFunction>, ConfigError> {
+        let gateway = &self.config.gateway;
+        let mut seen = BTreeMap::new();
+        let mut out = Vec::with_capacity(self.config.functions.len());
+        for spec in &self.config.functions {
+            let function = self.function_ref(spec, &gateway.default_namespace)?;
+            if let Some(first) = seen.insert(function.key().to_owned(), spec.name.span()) {
+                let (first_line, _) = locate(&self.text, &first);
+                return Err(self.error_at(
+                    spec.name.span(),
+                    "name",
+                    format!(
+                        "function {function} is declared twice (first at line {})",
+                        first_line.unwrap_or(0)
+                    ),
+                ));
+            }
+            out.push(self.process_function(spec, function)?);
+        }
+        Ok(out)
+    }
+
+    fn function_ref(
+        &self,
+        spec: &FunctionSection,
+        default_ns: &str,
+    ) -> Result<FunctionRef, ConfigError> {
+        let namespace = spec.namespace.as_ref();
+        let ns = namespace.map_or(default_ns, |n| n.get_ref().as_str());
+        FunctionRef::new(spec.name.get_ref(), ns).map_err(|e| {
+            let (span, key) = match (e.what, namespace) {
+                ("namespace", Some(n)) => (n.span(), "namespace"),
+                _ => (spec.name.span(), "name"),
+            };
+            self.error_at(span, key, e.to_string())
+        })
+    }
+
+    fn process_function(
+        &self,
+        spec: &FunctionSection,
+        function: FunctionRef,
+    ) -> Result<ProcessFunction, ConfigError> {
+        if spec
+            .command
+            .get_ref()
+            .first()
+            .is_none_or(|program| program.is_empty())
+        {
+            return Err(self.error_at(
+                spec.command.span(),
+                "command",
+                "must name a program to run".into(),
+            ));
+        }
+        let readiness = match &spec.readiness_path {
+            None => Readiness::Tcp,
+            Some(p) if p.get_ref().starts_with('/') => Readiness::Http {
+                path: p.get_ref().clone(),
+            },
+            Some(p) => {
+                return Err(self.error_at(p.span(), "readiness_path", "must start with '/'".into()))
+            }
+        };
+        let (label_min, label_max) = crate::provider::scale_bounds(&function, &spec.labels);
+        let min = spec
+            .min_replicas
+            .as_ref()
+            .map_or(label_min, |m| *m.get_ref());
+        let max = spec
+            .max_replicas
+            .as_ref()
+            .map_or(label_max.max(min), |m| *m.get_ref());
+        if let Some(m) = &spec.max_replicas {
+            if max == 0 || max < min {
+                return Err(self.error_at(
+                    m.span(),
+                    "max_replicas",
+                    format!("must be at least 1 and at least min_replicas ({min})"),
+                ));
+            }
+        }
+        let workdir = match &spec.workdir {
+            Some(dir) if dir.is_absolute() => dir.clone(),
+            Some(dir) => self.base_dir().join(dir),
+            None => self.base_dir(),
+        };
+        Ok(ProcessFunction {
+            function,
+            command: spec.command.get_ref().clone(),
+            env: spec.env.clone(),
+            workdir,
+            readiness,
+            min_replicas: min,
+            max_replicas: max,
+            labels: spec.labels.clone(),
+            startup_timeout: spec
+                .startup_timeout
+                .map_or(self.config.gateway.startup_timeout.0, |d| d.0),
+        })
+    }
+}
+
+/// The 1-based line of `span` in `text`, and the key written at the start of that line.
+fn locate(text: &str, span: &Range<usize>) -> (Option<usize>, Option<String>) {
+    let start = span.start.min(text.len());
+    let line_no = text[..start].bytes().filter(|&b| b == b'\n').count() + 1;
+    let line = text.lines().nth(line_no - 1).unwrap_or("");
+    let key = line
+        .split_once('=')
+        .map(|(k, _)| k.trim().trim_matches('"').to_owned())
+        .filter(|k| !k.is_empty() && !k.starts_with('['));
+    (Some(line_no), key)
+}
+
+/// A duration written as `250ms`, `30s`, `1m30s`, `2h`, or a plain number of seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dur(pub Duration);
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Dur, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Seconds(u64),
+            Float(f64),
+            Text(String),
+        }
+        let parsed = match Raw::deserialize(d)? {
+            Raw::Seconds(n) => Ok(Duration::from_secs(n)),
+            Raw::Float(f) if f.is_finite() && f >= 0.0 => Ok(Duration::from_secs_f64(f)),
+            Raw::Float(f) => Err(format!("{f} is not a duration")),
+            Raw::Text(s) => parse_duration(&s),
+        };
+        parsed.map(Dur).map_err(de::Error::custom)
+    }
+}
+
+/// Parses Go-style durations (`1m30s`, `250ms`, `1.5s`, `2h`); a plain number means seconds,
+/// as in the OpenFaaS gateway's environment variables.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let s = text.trim();
+    let bad = || format!("{text:?} is not a duration (write e.g. \"250ms\", \"30s\", \"1m30s\")");
+    if s.is_empty() {
+        return Err(bad());
+    }
+    if let Ok(secs) = s.parse::<f64>() {
+        return (secs.is_finite() && secs >= 0.0)
+            .then(|| Duration::from_secs_f64(secs))
+            .ok_or_else(bad);
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(bad)?;
+        let (number, tail) = rest.split_at(digits);
+        let unit_len = tail
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(tail.len());
+        let (unit, tail) = tail.split_at(unit_len);
+        let value: f64 = number.parse().map_err(|_| bad())?;
+        let scale = match unit {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return Err(bad()),
+        };
+        let part = Duration::try_from_secs_f64(value * scale).map_err(|_| bad())?;
+        total = total.checked_add(part).ok_or_else(bad)?;
+        rest = tail;
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Loaded, ConfigError> {
+        Loaded::parse(Path::new("/etc/defrost.toml"), text.to_owned())
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("8"), Ok(Duration::from_secs(8)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        for bad in ["", "s", "10x", "-1s", "1m-", "abc"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn empty_file_is_all_defaults() {
+        let loaded = parse("").unwrap();
+        assert_eq!(loaded.config.gateway.listen.port(), 8080);
+        assert_eq!(
+            loaded.config.gateway.ready_timeout.0,
+            Duration::from_secs(30)
+        );
+        assert!(loaded.process_functions().unwrap().is_empty());
+    }
+
+    #[test]
+    fn documented_example_parses() {
+        let loaded = parse(
+            r#"
+[gateway]
+listen = "127.0.0.1:8080"
+ready_timeout = "30s"
+
+[[function]]
+name = "hello"
+namespace = "default"
+command = ["python3", "examples/hello.py"]
+env = { GREETING = "hi" }
+workdir = "."
+readiness_path = "/healthz"
+min_replicas = 1
+max_replicas = 5
+labels = { "com.openfaas.scale.zero" = "true" }
+"#,
+        )
+        .unwrap();
+        let functions = loaded.process_functions().unwrap();
+        let f = &functions[0];
+        assert_eq!(f.function.key(), "hello.default");
+        assert_eq!((f.min_replicas, f.max_replicas), (1, 5));
+        assert_eq!(f.workdir, Path::new("/etc/."));
+        assert!(matches!(&f.readiness, Readiness::Http { path } if path == "/healthz"));
+    }
+
+    #[test]
+    fn unknown_keys_name_file_line_and_key() {
+        let err = parse("[gateway]\nready_timout = \"3s\"\n").err().unwrap();
+        assert_eq!(err.line, Some(2));
+        assert_eq!(err.key.as_deref(), Some("ready_timout"));
+        let shown = err.to_string();
+        assert!(
+            shown.starts_with("/etc/defrost.toml:2: key `ready_timout`:"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn bad_values_name_their_line() {
+        let err = parse("[gateway]\nlisten = \"127.0.0.1:8080\"\npoll_interval = \"soon\"\n")
+            .err()
+            .unwrap();
+        assert_eq!(
+            (err.line, err.key.as_deref()),
+            (Some(3), Some("poll_interval"))
+        );
+        assert!(err.message.contains("not a duration"), "{err}");
+    }
+
+    #[test]
+    fn semantic_errors_name_their_line() {
+        let text = "[[function]]\nname = \"ok\"\ncommand = [\"x\"]\n\n[[function]]\nname = \"Bad_Name\"\ncommand = [\"x\"]\n";
+        let err = parse(text).unwrap().process_functions().err().unwrap();
+        assert_eq!((err.line, err.key.as_deref()), (Some(6), Some("name")));
+        let text = "[[function]]\nname = \"a\"\ncommand = []\n";
+        let err = parse(text).unwrap().process_functions().err().unwrap();
+        assert_eq!((err.line, err.key.as_deref()), (Some(3), Some("command")));
+        let text =
+            "[[function]]\nname = \"a\"\ncommand = [\"x\"]\nmin_replicas = 3\nmax_replicas = 2\n";
+        let err = parse(text).unwrap().process_functions().err().unwrap();
+        assert_eq!(
+            (err.line, err.key.as_deref()),
+            (Some(5), Some("max_replicas"))
+        );
+        let text = "[[function]]\nname = \"a\"\ncommand = [\"x\"]\n[[function]]\nname = \"a\"\ncommand = [\"y\"]\n";
+        let err = parse(text).unwrap().process_functions().err().unwrap();
+        assert_eq!(err.line, Some(5));
+        assert!(err.message.contains("declared twice"), "{err}");
+    }
+}

@@ -1,0 +1,206 @@
+//! Every way a request can fail, and the one place each becomes an HTTP status.
+//!
+//! Modules return their own errors ([`ProviderError`], [`NameError`], ...); the request path
+//! turns them into an [`Error`] naming the function involved, and [`Error::status`] is the only
+//! mapping from failure to status code in the crate. Bodies are short plain text that says what
+//! happened and to which function, because the person reading them is usually holding `curl`.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::function::{FunctionRef, NameError};
+use crate::provider::ProviderError;
+
+/// A request that could not be answered by a function.
+#[derive(Debug)]
+pub enum Error {
+    /// The path names no route.
+    NoRoute { path: String },
+    /// The route exists, but not for this method.
+    MethodNotAllowed { allowed: &'static str },
+    /// The function or namespace name is not a DNS label.
+    BadName(NameError),
+    /// Something else about the request is malformed.
+    BadRequest(String),
+    /// The request body is larger than the configured limit.
+    BodyTooLarge { limit: u64 },
+    /// The provider does not know the function.
+    FunctionNotFound(FunctionRef),
+    /// The provider could not be asked, or failed, while looking the function up.
+    Provider(FunctionRef, ProviderError),
+    /// Scaling from zero failed after every retry.
+    ScaleFailed {
+        function: FunctionRef,
+        attempts: u32,
+        last: ProviderError,
+    },
+    /// The function has no replicas and the gateway may not start one.
+    ScaleFromZeroDisabled(FunctionRef),
+    /// No replica became ready in time.
+    NotReady {
+        function: FunctionRef,
+        waited: Duration,
+    },
+    /// Too many requests are already waiting; try again shortly.
+    Overloaded {
+        function: FunctionRef,
+        waiting: usize,
+        retry_after: Duration,
+    },
+    /// The replica could not be reached or broke off before answering.
+    Upstream {
+        function: FunctionRef,
+        detail: String,
+    },
+    /// The replica did not answer within the upstream timeout.
+    UpstreamTimeout {
+        function: FunctionRef,
+        after: Duration,
+    },
+    /// The client credentials are missing or wrong.
+    Unauthorized,
+    /// The gateway is shutting down.
+    ShuttingDown,
+}
+
+impl Error {
+    /// The HTTP status for this failure. The only such mapping in defrost.
+    pub fn status(&self) -> u16 {
+        match self {
+            Error::BadName(_) | Error::BadRequest(_) => 400,
+            Error::Unauthorized => 401,
+            Error::NoRoute { .. } | Error::FunctionNotFound(_) => 404,
+            Error::MethodNotAllowed { .. } => 405,
+            Error::BodyTooLarge { .. } => 413,
+            Error::Provider(_, ProviderError::NotFound) => 404,
+            Error::Provider(..) | Error::ScaleFailed { .. } | Error::Upstream { .. } => 502,
+            Error::ScaleFromZeroDisabled(_) | Error::Overloaded { .. } | Error::ShuttingDown => 503,
+            Error::NotReady { .. } | Error::UpstreamTimeout { .. } => 504,
+        }
+    }
+
+    /// Extra headers the status calls for.
+    pub fn headers(&self) -> Vec<(&'static str, String)> {
+        match self {
+            Error::Overloaded { retry_after, .. } => {
+                vec![("Retry-After", retry_after.as_secs().max(1).to_string())]
+            }
+            Error::ShuttingDown => {
+                vec![("Retry-After", "1".into()), ("Connection", "close".into())]
+            }
+            Error::Unauthorized => vec![("WWW-Authenticate", "Basic realm=\"Restricted\"".into())],
+            Error::MethodNotAllowed { allowed } => vec![("Allow", (*allowed).into())],
+            _ => Vec::new(),
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::NoRoute { path } => write!(f, "no route for {path}"),
+            Error::MethodNotAllowed { allowed } => write!(f, "method not allowed; use {allowed}"),
+            Error::BadName(e) => write!(f, "{e}"),
+            Error::BadRequest(why) => write!(f, "bad request: {why}"),
+            Error::BodyTooLarge { limit } => {
+                write!(f, "request body is larger than the limit of {limit} bytes")
+            }
+            Error::FunctionNotFound(func) => write!(f, "function {func} not found"),
+            Error::Provider(func, e) => write!(f, "function {func}: {e}"),
+            Error::ScaleFailed { function, attempts, last } => write!(
+                f,
+                "function {function}: scaling from zero failed after {attempts} attempts: {last}"
+            ),
+            Error::ScaleFromZeroDisabled(func) => write!(
+                f,
+                "function {func} has no replicas and scale from zero is disabled"
+            ),
+            Error::NotReady { function, waited } => write!(
+                f,
+                "function {function}: no replica became ready within {:.1}s",
+                waited.as_secs_f64()
+            ),
+            Error::Overloaded { function, waiting, .. } => write!(
+                f,
+                "function {function}: {waiting} requests are already waiting for a replica; retry later"
+            ),
+            Error::Upstream { function, detail } => write!(f, "function {function}: {detail}"),
+            Error::UpstreamTimeout { function, after } => write!(
+                f,
+                "function {function}: no answer within {:.1}s",
+                after.as_secs_f64()
+            ),
+            Error::Unauthorized => f.write_str("authentication required"),
+            Error::ShuttingDown => f.write_str("the gateway is shutting down"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<NameError> for Error {
+    fn from(e: NameError) -> Error {
+        Error::BadName(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f() -> FunctionRef {
+        FunctionRef::new("echo", "default").unwrap()
+    }
+
+    #[test]
+    fn statuses_are_honest() {
+        let cases: Vec<(Error, u16)> = vec![
+            (Error::FunctionNotFound(f()), 404),
+            (
+                Error::Provider(f(), ProviderError::Unavailable("refused".into())),
+                502,
+            ),
+            (Error::Provider(f(), ProviderError::NotFound), 404),
+            (
+                Error::NotReady {
+                    function: f(),
+                    waited: Duration::from_secs(2),
+                },
+                504,
+            ),
+            (
+                Error::ScaleFailed {
+                    function: f(),
+                    attempts: 20,
+                    last: ProviderError::Failed("500".into()),
+                },
+                502,
+            ),
+            (
+                Error::Overloaded {
+                    function: f(),
+                    waiting: 9,
+                    retry_after: Duration::from_secs(1),
+                },
+                503,
+            ),
+        ];
+        for (err, status) in cases {
+            assert_eq!(err.status(), status, "{err}");
+            assert!(
+                err.to_string().contains("echo.default") || status == 404,
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn overload_says_when_to_retry() {
+        let e = Error::Overloaded {
+            function: f(),
+            waiting: 1,
+            retry_after: Duration::from_millis(10),
+        };
+        assert_eq!(e.headers(), vec![("Retry-After", "1".to_string())]);
+    }
+}

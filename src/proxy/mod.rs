@@ -1,0 +1,380 @@
+//! Forwarding a request to a ready replica and relaying its answer, streaming both bodies.
+//!
+//! The transport retries only what is safe to retry, in the manner of the Fission router's
+//! retrying round-tripper: a connection that cannot be established means the cached address is
+//! stale, so the cache entry is expired, the scaler asked again (which may start a replica), and
+//! the call retried with exponential back-off. Once any byte of the request may have reached a
+//! replica, whatever happens is relayed as is: a body is never sent twice.
+
+pub mod headers;
+
+use std::io::{self, Read};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tiny_http::{Header, Request, Response, ResponseBox, StatusCode};
+use ureq::http;
+use ureq::SendBody;
+
+use crate::client::is_connect_error;
+use crate::error::Error;
+use crate::function::FunctionRef;
+use crate::provider::InFlight;
+use crate::router::upstream_url;
+use crate::scaler::Scaler;
+use headers::{Forwarding, X_CALL_ID, X_START_TIME};
+
+/// How the proxy treats upstream calls.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// Attempts after the first when a replica refuses the connection.
+    pub connect_retries: u32,
+    /// First back-off; doubled on each retry.
+    pub retry_backoff: Duration,
+    /// Longest wait for a replica's response head, and between reads of its body.
+    pub upstream_timeout: Duration,
+    /// Largest request body accepted, declared or streamed.
+    pub max_body_bytes: u64,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            connect_retries: 5,
+            retry_backoff: Duration::from_millis(10),
+            upstream_timeout: Duration::from_secs(60),
+            max_body_bytes: 8 << 30,
+        }
+    }
+}
+
+pub struct Proxy {
+    agent: ureq::Agent,
+    scaler: Arc<Scaler>,
+    config: ProxyConfig,
+}
+
+/// The parts of a function call the proxy needs once routing is done.
+pub struct Call<'a> {
+    pub function: &'a FunctionRef,
+    pub rest: &'a str,
+    pub query: Option<&'a str>,
+}
+
+impl Proxy {
+    pub fn new(agent: ureq::Agent, scaler: Arc<Scaler>, config: ProxyConfig) -> Proxy {
+        Proxy {
+            agent,
+            scaler,
+            config,
+        }
+    }
+
+    /// Sends the request to a ready replica of the function and returns the response to relay.
+    pub fn forward(&self, request: &mut Request, call: &Call<'_>) -> Result<ResponseBox, Error> {
+        let declared = declared_body(request)?;
+        if let Body::Length(n) = declared {
+            if n > self.config.max_body_bytes {
+                return Err(Error::BodyTooLarge {
+                    limit: self.config.max_body_bytes,
+                });
+            }
+        }
+        let outgoing = OutgoingHead::from_request(request, call.function);
+        let method = request.method().as_str().to_owned();
+        let limit = self.config.max_body_bytes;
+        let mut body = ClientBody::new(request.as_reader(), limit);
+        let mut attempt = 0;
+        loop {
+            let status = self.scaler.ready(call.function)?;
+            let Some(endpoint) = status.least_loaded() else {
+                self.scaler.invalidate(call.function);
+                continue;
+            };
+            let in_flight = endpoint.begin();
+            let url = upstream_url(endpoint.base_url(), call.rest, call.query);
+            let sent = self.send(&method, &url, &outgoing, declared, &mut body);
+            match sent {
+                Ok(response) => return Ok(relay(response, in_flight, &outgoing)),
+                Err(e)
+                    if is_connect_error(&e)
+                        && !body.touched()
+                        && attempt < self.config.connect_retries =>
+                {
+                    log::debug!("{}: {url} refused ({e}); retrying", call.function);
+                    self.scaler.invalidate(call.function);
+                    std::thread::sleep(self.config.retry_backoff * 2u32.saturating_pow(attempt));
+                    attempt += 1;
+                }
+                Err(e) => return Err(self.failure(call.function, &url, e, &body)),
+            }
+        }
+    }
+
+    fn send(
+        &self,
+        method: &str,
+        url: &str,
+        head: &OutgoingHead,
+        body: Body,
+        reader: &mut ClientBody<'_>,
+    ) -> Result<http::Response<ureq::Body>, ureq::Error> {
+        let mut builder = http::Request::builder().method(method).uri(url);
+        for (name, value) in &head.headers {
+            builder = builder.header(name.as_str(), value.as_str());
+        }
+        builder = match body {
+            Body::Length(n) => builder.header("Content-Length", n.to_string()),
+            Body::Chunked => builder.header("Transfer-Encoding", "chunked"),
+            Body::None => builder,
+        };
+        match body {
+            Body::None => self.agent.run(builder.body(()).map_err(ureq::Error::Http)?),
+            _ => {
+                let send_body = SendBody::from_reader(reader);
+                self.agent
+                    .run(builder.body(send_body).map_err(ureq::Error::Http)?)
+            }
+        }
+    }
+
+    fn failure(
+        &self,
+        function: &FunctionRef,
+        url: &str,
+        e: ureq::Error,
+        body: &ClientBody<'_>,
+    ) -> Error {
+        if body.too_large() {
+            return Error::BodyTooLarge {
+                limit: self.config.max_body_bytes,
+            };
+        }
+        if body.failed() {
+            return Error::BadRequest(format!("reading the request body failed: {e}"));
+        }
+        match e {
+            ureq::Error::Timeout(_) => Error::UpstreamTimeout {
+                function: function.clone(),
+                after: self.config.upstream_timeout,
+            },
+            e if is_connect_error(&e) => {
+                self.scaler.invalidate(function);
+                Error::Upstream {
+                    function: function.clone(),
+                    detail: format!("cannot connect to {url}: {e}"),
+                }
+            }
+            e => Error::Upstream {
+                function: function.clone(),
+                detail: format!("call to {url} failed: {e}"),
+            },
+        }
+    }
+}
+
+/// How the client's request body is framed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Body {
+    None,
+    Length(u64),
+    Chunked,
+}
+
+/// Reads the framing from the client's headers. Conflicting framing is refused rather than
+/// guessed at: two parties reading one message two ways is how requests are smuggled.
+fn declared_body(request: &Request) -> Result<Body, Error> {
+    let mut length: Option<u64> = None;
+    let mut chunked = false;
+    for h in request.headers() {
+        if h.field.equiv("Content-Length") {
+            let n = h.value.as_str().trim().parse::<u64>().map_err(|_| {
+                Error::BadRequest(format!(
+                    "Content-Length {:?} is not a number",
+                    h.value.as_str()
+                ))
+            })?;
+            if length.is_some_and(|m| m != n) {
+                return Err(Error::BadRequest(
+                    "conflicting Content-Length headers".into(),
+                ));
+            }
+            length = Some(n);
+        } else if h.field.equiv("Transfer-Encoding") {
+            chunked = true;
+        }
+    }
+    match (length, chunked) {
+        (Some(_), true) => Err(Error::BadRequest(
+            "both Content-Length and Transfer-Encoding are set".into(),
+        )),
+        (_, true) => Ok(Body::Chunked),
+        (Some(0) | None, false) => Ok(Body::None),
+        (Some(n), false) => Ok(Body::Length(n)),
+    }
+}
+
+/// The request head as it goes to the function.
+struct OutgoingHead {
+    headers: Vec<(String, String)>,
+    call_id: String,
+    start_time: String,
+}
+
+impl OutgoingHead {
+    fn from_request(request: &Request, function: &FunctionRef) -> OutgoingHead {
+        let connection = request
+            .headers()
+            .iter()
+            .find(|h| h.field.equiv("Connection"))
+            .map(|h| h.value.as_str());
+        let mut headers: Vec<(String, String)> = request
+            .headers()
+            .iter()
+            .filter(|h| !headers::is_hop_by_hop(h.field.as_str().as_str(), connection))
+            .map(|h| {
+                (
+                    h.field.as_str().as_str().to_owned(),
+                    h.value.as_str().to_owned(),
+                )
+            })
+            .collect();
+        let host = request
+            .headers()
+            .iter()
+            .find(|h| h.field.equiv("Host"))
+            .map(|h| h.value.as_str());
+        let fwd = Forwarding {
+            client: request.remote_addr().copied(),
+            host,
+            proto: "http",
+        };
+        headers::add_forwarding(&mut headers, &fwd);
+        let call_id = headers::call_id(&headers);
+        let start_time = headers::start_time();
+        headers.retain(|(n, _)| {
+            !n.eq_ignore_ascii_case(X_CALL_ID) && !n.eq_ignore_ascii_case(X_START_TIME)
+        });
+        headers.push((X_CALL_ID.into(), call_id.clone()));
+        headers.push((X_START_TIME.into(), start_time.clone()));
+        headers.push(("X-Defrost-Function-Name".into(), function.name().into()));
+        headers.push((
+            "X-Defrost-Function-Namespace".into(),
+            function.namespace().into(),
+        ));
+        OutgoingHead {
+            headers,
+            call_id,
+            start_time,
+        }
+    }
+}
+
+/// Turns the function's response into the client's, keeping the replica counted as busy until
+/// the body has been relayed.
+fn relay(
+    response: http::Response<ureq::Body>,
+    in_flight: InFlight,
+    head: &OutgoingHead,
+) -> ResponseBox {
+    let (parts, body) = response.into_parts();
+    let connection = parts
+        .headers
+        .get("connection")
+        .and_then(|v| v.to_str().ok());
+    let length = parts
+        .headers
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<usize>().ok());
+    let mut out: Vec<Header> = parts
+        .headers
+        .iter()
+        .filter(|(name, _)| {
+            !headers::is_hop_by_hop(name.as_str(), connection)
+                && !name.as_str().eq_ignore_ascii_case(X_CALL_ID)
+                && !name.as_str().eq_ignore_ascii_case(X_START_TIME)
+        })
+        .filter_map(|(name, value)| {
+            Header::from_bytes(name.as_str().as_bytes(), value.as_bytes()).ok()
+        })
+        .collect();
+    out.extend(Header::from_bytes(X_CALL_ID, head.call_id.as_bytes()).ok());
+    out.extend(Header::from_bytes(X_START_TIME, head.start_time.as_bytes()).ok());
+    let reader = Relayed {
+        body: body.into_reader(),
+        _in_flight: in_flight,
+    };
+    Response::new(
+        StatusCode(parts.status.as_u16()),
+        out,
+        Box::new(reader) as Box<dyn Read + Send>,
+        length,
+        None,
+    )
+}
+
+/// The function's response body, holding its replica's in-flight count while it streams.
+struct Relayed<R> {
+    body: R,
+    _in_flight: InFlight,
+}
+
+impl<R: Read> Read for Relayed<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.body.read(buf)
+    }
+}
+
+/// The client's body on its way upstream: counts what has been read (to enforce the limit while
+/// streaming) and remembers whether anything was read at all (then a retry is unsafe).
+struct ClientBody<'a> {
+    inner: &'a mut dyn Read,
+    read: u64,
+    limit: u64,
+    touched: AtomicBool,
+    too_large: bool,
+    failed: bool,
+}
+
+impl<'a> ClientBody<'a> {
+    fn new(inner: &'a mut dyn Read, limit: u64) -> Self {
+        ClientBody {
+            inner,
+            read: 0,
+            limit,
+            touched: AtomicBool::new(false),
+            too_large: false,
+            failed: false,
+        }
+    }
+
+    fn touched(&self) -> bool {
+        self.touched.load(Ordering::Relaxed)
+    }
+
+    fn too_large(&self) -> bool {
+        self.too_large
+    }
+
+    fn failed(&self) -> bool {
+        self.failed
+    }
+}
+
+impl Read for ClientBody<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.touched.store(true, Ordering::Relaxed);
+        let n = self.inner.read(buf).inspect_err(|_| self.failed = true)?;
+        self.read += n as u64;
+        if self.read > self.limit {
+            self.too_large = true;
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "request body over the limit",
+            ));
+        }
+        Ok(n)
+    }
+}

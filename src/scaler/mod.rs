@@ -1,0 +1,529 @@
+//! Scale from zero: make sure a function has a ready replica before a request is forwarded.
+//!
+//! The OpenFaaS gateway's FunctionScaler, with its gaps closed:
+//! - a fresh cache entry with ready replicas answers without asking the provider;
+//! - otherwise one status query per function is in flight at a time ([`SingleFlight`]), and
+//!   one scale call, retried, so a burst of cold requests costs the provider two calls;
+//! - waiting requests block their thread in [`Provider::wait_for_change`], which a provider that
+//!   knows readiness ends at once, so every waiter is released together;
+//! - running out of time is a 504, never a silent forward; waiters are bounded per function
+//!   and in total so that a cold function cannot take every thread of the gateway.
+
+pub mod cache;
+pub mod singleflight;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+use crate::error::Error;
+use crate::function::FunctionRef;
+use crate::provider::{FunctionStatus, Provider, ProviderError};
+use cache::StatusCache;
+use singleflight::SingleFlight;
+
+/// How the scaler behaves; defaults follow the OpenFaaS gateway where it has one.
+#[derive(Debug, Clone)]
+pub struct ScalingConfig {
+    /// Whether a function at zero replicas is started by a request.
+    pub scale_from_zero: bool,
+    /// How long a status answer is trusted.
+    pub cache_expiry: Duration,
+    /// Scale calls attempted before giving up with 502.
+    pub scale_retries: u32,
+    /// Pause between scale attempts.
+    pub scale_retry_interval: Duration,
+    /// Longest pause between status polls while waiting (a provider that signals readiness
+    /// ends it early).
+    pub poll_interval: Duration,
+    /// How long a request may wait for a ready replica before a 504.
+    pub ready_timeout: Duration,
+    /// Requests that may wait on one function at once.
+    pub max_waiters_per_function: usize,
+    /// Requests that may wait across all functions at once.
+    pub max_waiters: usize,
+}
+
+impl Default for ScalingConfig {
+    fn default() -> Self {
+        ScalingConfig {
+            scale_from_zero: true,
+            cache_expiry: Duration::from_millis(250),
+            scale_retries: 20,
+            scale_retry_interval: Duration::from_millis(100),
+            poll_interval: Duration::from_millis(100),
+            ready_timeout: Duration::from_secs(30),
+            max_waiters_per_function: 1000,
+            max_waiters: 2000,
+        }
+    }
+}
+
+type StatusResult = Result<Arc<FunctionStatus>, ProviderError>;
+
+/// Finds or makes a ready replica for each request.
+pub struct Scaler {
+    provider: Arc<dyn Provider>,
+    config: ScalingConfig,
+    cache: StatusCache,
+    queries: SingleFlight<String, StatusResult>,
+    scales: SingleFlight<String, Result<(), ProviderError>>,
+    waiters: Waiters,
+    /// When each cold start in progress began, so that exactly one line reports its duration.
+    cold_starts: Mutex<HashMap<String, Instant>>,
+}
+
+impl Scaler {
+    pub fn new(provider: Arc<dyn Provider>, config: ScalingConfig) -> Scaler {
+        Scaler {
+            cache: StatusCache::new(config.cache_expiry),
+            waiters: Waiters::new(config.max_waiters_per_function, config.max_waiters),
+            provider,
+            config,
+            queries: SingleFlight::new(),
+            scales: SingleFlight::new(),
+            cold_starts: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn provider(&self) -> &Arc<dyn Provider> {
+        &self.provider
+    }
+
+    pub fn config(&self) -> &ScalingConfig {
+        &self.config
+    }
+
+    /// A status with at least one ready endpoint, waiting (and scaling from zero) if need be.
+    pub fn ready(&self, function: &FunctionRef) -> Result<Arc<FunctionStatus>, Error> {
+        if let Some(status) = self.cache.fresh_ready(function.key()) {
+            return Ok(status);
+        }
+        let status = self.query(function)?;
+        if status.is_ready() {
+            return Ok(status);
+        }
+        let _slot = self.waiters.enter(function)?;
+        self.wait_until_ready(function, status)
+    }
+
+    /// Forgets that the function was ready: one of its endpoints refused a connection.
+    pub fn invalidate(&self, function: &FunctionRef) {
+        self.cache.expire(function.key());
+    }
+
+    /// Sets the desired replicas through the same single-flight as scale from zero, so that a
+    /// manual scale and a cold start never race each other.
+    pub fn scale(&self, function: &FunctionRef, replicas: u64) -> Result<(), ProviderError> {
+        let result = self
+            .scales
+            .run(&function.key().to_owned(), || {
+                self.provider.set_replicas(function, replicas)
+            })
+            .unwrap_or_else(|abandoned| Err(ProviderError::Failed(abandoned.to_string())));
+        self.cache.expire(function.key());
+        result
+    }
+
+    /// Requests waiting for a replica right now, across all functions.
+    pub fn waiting(&self) -> usize {
+        self.waiters.total.load(Ordering::Relaxed)
+    }
+
+    /// (queries made, queries shared) and (scale calls made, scale calls shared).
+    pub fn coalescing(&self) -> ((u64, u64), (u64, u64)) {
+        (self.queries.counts(), self.scales.counts())
+    }
+
+    /// One status query per function at a time; its answer refreshes the cache.
+    fn query(&self, function: &FunctionRef) -> Result<Arc<FunctionStatus>, Error> {
+        let key = function.key();
+        let result = self
+            .queries
+            .run(&key.to_owned(), || {
+                let status = self.provider.status(function).map(Arc::new);
+                match &status {
+                    Ok(status) => self.cache.set(key, Arc::clone(status)),
+                    Err(ProviderError::NotFound) => self.cache.remove(key),
+                    Err(_) => {}
+                }
+                status
+            })
+            .unwrap_or_else(|abandoned| Err(ProviderError::Failed(abandoned.to_string())));
+        result.map_err(|e| match e {
+            ProviderError::NotFound => Error::FunctionNotFound(function.clone()),
+            e => Error::Provider(function.clone(), e),
+        })
+    }
+
+    /// The holding pattern: scale if nobody has, then poll until ready or out of time.
+    fn wait_until_ready(
+        &self,
+        function: &FunctionRef,
+        mut status: Arc<FunctionStatus>,
+    ) -> Result<Arc<FunctionStatus>, Error> {
+        let start = Instant::now();
+        let deadline = start + self.config.ready_timeout;
+        let mut scale_attempts = 0;
+        loop {
+            if status.is_ready() {
+                self.report_cold_start(function, &status);
+                return Ok(status);
+            }
+            if status.replicas == 0 {
+                self.scale_from_zero(function, &status, &mut scale_attempts)?;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                log::warn!(
+                    "{function}: not ready after {:.3}s; answering 504",
+                    start.elapsed().as_secs_f64()
+                );
+                return Err(Error::NotReady {
+                    function: function.clone(),
+                    waited: start.elapsed(),
+                });
+            }
+            let pause = self.config.poll_interval.min(deadline - now);
+            self.provider.wait_for_change(function, pause);
+            status = self.query(function)?;
+        }
+    }
+
+    /// Asks for `max(1, min)` replicas, once for all waiters, retrying failed calls.
+    fn scale_from_zero(
+        &self,
+        function: &FunctionRef,
+        status: &FunctionStatus,
+        attempts: &mut u32,
+    ) -> Result<(), Error> {
+        if !self.config.scale_from_zero {
+            return Err(Error::ScaleFromZeroDisabled(function.clone()));
+        }
+        let target = status.min_replicas.max(1);
+        loop {
+            *attempts += 1;
+            self.cold_starts
+                .lock()
+                .entry(function.key().to_owned())
+                .or_insert_with(Instant::now);
+            match self.scale(function, target) {
+                Ok(()) => return Ok(()),
+                Err(ProviderError::NotFound) => {
+                    return Err(Error::FunctionNotFound(function.clone()))
+                }
+                Err(last) if *attempts >= self.config.scale_retries.max(1) => {
+                    self.cold_starts.lock().remove(function.key());
+                    log::error!("{function}: scale to {target} failed {attempts} times: {last}");
+                    return Err(Error::ScaleFailed {
+                        function: function.clone(),
+                        attempts: *attempts,
+                        last,
+                    });
+                }
+                Err(e) => {
+                    log::warn!("{function}: scale to {target} failed (attempt {attempts}): {e}");
+                    std::thread::sleep(self.config.scale_retry_interval);
+                }
+            }
+        }
+    }
+
+    fn report_cold_start(&self, function: &FunctionRef, status: &FunctionStatus) {
+        if let Some(began) = self.cold_starts.lock().remove(function.key()) {
+            log::info!(
+                "cold start {function}: ready in {:.3}s ({} of {} replicas available)",
+                began.elapsed().as_secs_f64(),
+                status.available_replicas,
+                status.replicas
+            );
+        }
+    }
+}
+
+/// Counts of waiting requests, bounded per function and in total.
+struct Waiters {
+    per_function: Mutex<HashMap<String, usize>>,
+    total: AtomicUsize,
+    max_per_function: usize,
+    max_total: usize,
+}
+
+impl Waiters {
+    fn new(max_per_function: usize, max_total: usize) -> Waiters {
+        Waiters {
+            per_function: Mutex::new(HashMap::new()),
+            total: AtomicUsize::new(0),
+            max_per_function,
+            max_total,
+        }
+    }
+
+    fn enter<'a>(&'a self, function: &'a FunctionRef) -> Result<WaitSlot<'a>, Error> {
+        let mut per_function = self.per_function.lock();
+        let here = per_function.get(function.key()).copied().unwrap_or(0);
+        let total = self.total.load(Ordering::Relaxed);
+        if here >= self.max_per_function || total >= self.max_total {
+            return Err(Error::Overloaded {
+                function: function.clone(),
+                waiting: here.max(total),
+                retry_after: Duration::from_secs(1),
+            });
+        }
+        per_function.insert(function.key().to_owned(), here + 1);
+        self.total.fetch_add(1, Ordering::Relaxed);
+        Ok(WaitSlot {
+            waiters: self,
+            function,
+        })
+    }
+}
+
+struct WaitSlot<'a> {
+    waiters: &'a Waiters,
+    function: &'a FunctionRef,
+}
+
+impl Drop for WaitSlot<'_> {
+    fn drop(&mut self) {
+        let mut per_function = self.waiters.per_function.lock();
+        if let Some(count) = per_function.get_mut(self.function.key()) {
+            *count -= 1;
+            if *count == 0 {
+                per_function.remove(self.function.key());
+            }
+        }
+        self.waiters.total.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::provider::{Endpoint, FunctionSummary};
+    use parking_lot::Condvar;
+    use std::sync::atomic::AtomicU64;
+    use std::thread;
+
+    /// A provider held in memory whose replicas become ready `delay` after a scale call, and
+    /// which signals readiness the way the process provider does.
+    struct Memory {
+        state: Mutex<State>,
+        changed: Condvar,
+        delay: Duration,
+        status_calls: AtomicU64,
+        scale_calls: AtomicU64,
+        fail_scales: AtomicU64,
+        /// Status queries running now, and the most ever seen at once.
+        querying: AtomicU64,
+        most_querying: AtomicU64,
+    }
+
+    #[derive(Default)]
+    struct State {
+        desired: u64,
+        ready_at: Option<Instant>,
+    }
+
+    impl Memory {
+        fn new(delay: Duration) -> Arc<Memory> {
+            Arc::new(Memory {
+                state: Mutex::new(State::default()),
+                changed: Condvar::new(),
+                delay,
+                status_calls: AtomicU64::new(0),
+                scale_calls: AtomicU64::new(0),
+                fail_scales: AtomicU64::new(0),
+                querying: AtomicU64::new(0),
+                most_querying: AtomicU64::new(0),
+            })
+        }
+    }
+
+    impl Provider for Memory {
+        fn status(&self, f: &FunctionRef) -> Result<FunctionStatus, ProviderError> {
+            self.status_calls.fetch_add(1, Ordering::SeqCst);
+            let now = self.querying.fetch_add(1, Ordering::SeqCst) + 1;
+            self.most_querying.fetch_max(now, Ordering::SeqCst);
+            thread::sleep(Duration::from_millis(2));
+            self.querying.fetch_sub(1, Ordering::SeqCst);
+            if f.name() != "known" {
+                return Err(ProviderError::NotFound);
+            }
+            let state = self.state.lock();
+            let ready = state.ready_at.is_some_and(|t| Instant::now() >= t);
+            Ok(FunctionStatus {
+                replicas: state.desired,
+                available_replicas: u64::from(ready),
+                min_replicas: 2,
+                max_replicas: 5,
+                endpoints: if ready {
+                    vec![Arc::new(Endpoint::new("http://127.0.0.1:9"))]
+                } else {
+                    vec![]
+                },
+                ..Default::default()
+            })
+        }
+
+        fn set_replicas(&self, _: &FunctionRef, replicas: u64) -> Result<(), ProviderError> {
+            self.scale_calls.fetch_add(1, Ordering::SeqCst);
+            thread::sleep(Duration::from_millis(20));
+            if self.fail_scales.load(Ordering::SeqCst) > 0 {
+                self.fail_scales.fetch_sub(1, Ordering::SeqCst);
+                return Err(ProviderError::Failed("no capacity".into()));
+            }
+            let mut state = self.state.lock();
+            state.desired = replicas;
+            if self.delay < Duration::from_secs(3600) {
+                state.ready_at = Some(Instant::now() + self.delay);
+            }
+            Ok(())
+        }
+
+        fn wait_for_change(&self, _: &FunctionRef, timeout: Duration) {
+            let mut state = self.state.lock();
+            let until = state
+                .ready_at
+                .map_or(timeout, |t| t.saturating_duration_since(Instant::now()));
+            self.changed.wait_for(&mut state, until.min(timeout));
+        }
+
+        fn list(&self, _: &str) -> Result<Vec<FunctionSummary>, ProviderError> {
+            Ok(Vec::new())
+        }
+
+        fn namespaces(&self) -> Result<Vec<String>, ProviderError> {
+            Ok(vec!["default".into()])
+        }
+    }
+
+    fn known() -> FunctionRef {
+        FunctionRef::new("known", "default").unwrap()
+    }
+
+    fn config() -> ScalingConfig {
+        ScalingConfig {
+            ready_timeout: Duration::from_secs(5),
+            scale_retry_interval: Duration::from_millis(10),
+            ..ScalingConfig::default()
+        }
+    }
+
+    #[test]
+    fn concurrent_cold_requests_share_one_scale_call() {
+        let provider = Memory::new(Duration::from_millis(300));
+        let scaler = Arc::new(Scaler::new(provider.clone(), config()));
+        let handles: Vec<_> = (0..100)
+            .map(|_| {
+                let scaler = scaler.clone();
+                thread::spawn(move || scaler.ready(&known()).map(|s| s.available_replicas))
+            })
+            .collect();
+        for h in handles {
+            assert_eq!(h.join().unwrap().unwrap(), 1);
+        }
+        assert_eq!(provider.scale_calls.load(Ordering::SeqCst), 1);
+        assert_eq!(provider.state.lock().desired, 2, "scaled to min replicas");
+        assert_eq!(
+            provider.most_querying.load(Ordering::SeqCst),
+            1,
+            "status queries overlapped"
+        );
+        assert!(
+            provider.status_calls.load(Ordering::SeqCst) < 100,
+            "status queries not coalesced"
+        );
+        assert_eq!(scaler.waiting(), 0);
+    }
+
+    #[test]
+    fn warm_function_is_served_from_the_cache() {
+        let provider = Memory::new(Duration::ZERO);
+        let scaler = Scaler::new(provider.clone(), config());
+        scaler.ready(&known()).unwrap();
+        let queries = provider.status_calls.load(Ordering::SeqCst);
+        for _ in 0..50 {
+            scaler.ready(&known()).unwrap();
+        }
+        assert_eq!(provider.status_calls.load(Ordering::SeqCst), queries);
+    }
+
+    #[test]
+    fn never_ready_is_a_504_within_the_bound() {
+        let provider = Memory::new(Duration::from_secs(7200));
+        let config = ScalingConfig {
+            ready_timeout: Duration::from_millis(300),
+            ..config()
+        };
+        let scaler = Scaler::new(provider, config);
+        let started = Instant::now();
+        let err = scaler.ready(&known()).unwrap_err();
+        assert_eq!(err.status(), 504, "{err}");
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+
+    #[test]
+    fn unknown_function_is_a_404() {
+        let scaler = Scaler::new(Memory::new(Duration::ZERO), config());
+        let err = scaler
+            .ready(&FunctionRef::new("nope", "default").unwrap())
+            .unwrap_err();
+        assert_eq!(err.status(), 404);
+    }
+
+    #[test]
+    fn scale_calls_are_retried_then_reported() {
+        let provider = Memory::new(Duration::ZERO);
+        provider.fail_scales.store(2, Ordering::SeqCst);
+        let scaler = Scaler::new(provider.clone(), config());
+        assert!(scaler.ready(&known()).is_ok());
+        assert_eq!(provider.scale_calls.load(Ordering::SeqCst), 3);
+
+        let provider = Memory::new(Duration::ZERO);
+        provider.fail_scales.store(100, Ordering::SeqCst);
+        let scaler = Scaler::new(
+            provider.clone(),
+            ScalingConfig {
+                scale_retries: 4,
+                ..config()
+            },
+        );
+        let err = scaler.ready(&known()).unwrap_err();
+        assert_eq!(err.status(), 502, "{err}");
+        assert_eq!(provider.scale_calls.load(Ordering::SeqCst), 4);
+    }
+
+    #[test]
+    fn waiters_beyond_the_bound_are_turned_away() {
+        let provider = Memory::new(Duration::from_millis(500));
+        let config = ScalingConfig {
+            max_waiters_per_function: 3,
+            ..config()
+        };
+        let scaler = Arc::new(Scaler::new(provider, config));
+        let handles: Vec<_> = (0..10)
+            .map(|_| {
+                let scaler = scaler.clone();
+                thread::spawn(move || scaler.ready(&known()).map(|_| ()).map_err(|e| e.status()))
+            })
+            .collect();
+        let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        let served = results.iter().filter(|r| r.is_ok()).count();
+        let refused = results.iter().filter(|r| **r == Err(503)).count();
+        assert_eq!((served, refused), (3, 7), "{results:?}");
+    }
+
+    #[test]
+    fn disabled_scale_from_zero_is_a_503() {
+        let config = ScalingConfig {
+            scale_from_zero: false,
+            ..config()
+        };
+        let scaler = Scaler::new(Memory::new(Duration::ZERO), config);
+        assert_eq!(scaler.ready(&known()).unwrap_err().status(), 503);
+    }
+}
