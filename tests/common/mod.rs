@@ -1,0 +1,219 @@
+//! Runs the real `defrost` binary against real function processes, on loopback only.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A temporary folder removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "defrost-test-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The echo test function's path, for `command = ["python3", ECHO]`.
+pub fn echo_script() -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/functions/echo.py").display().to_string()
+}
+
+/// A running `defrost` process with its log captured.
+pub struct Defrost {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub log: Arc<Mutex<Vec<String>>>,
+    pub dir: TempDir,
+}
+
+impl Defrost {
+    /// Writes `config` to a temp folder and starts defrost on an ephemeral port.
+    pub fn start(config: &str) -> Defrost {
+        Defrost::start_with(config, &[], &[])
+    }
+
+    pub fn start_with(config: &str, args: &[&str], env: &[(&str, &str)]) -> Defrost {
+        let dir = TempDir::new("gw");
+        let config_path = dir.path().join("defrost.toml");
+        std::fs::write(&config_path, config.replace("$DIR", &dir.path().display().to_string())).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_defrost"));
+        cmd.arg("--config").arg(&config_path).arg("--listen").arg("127.0.0.1:0").args(args);
+        Defrost::spawn(cmd, env, dir)
+    }
+
+    pub fn spawn(mut cmd: Command, env: &[(&str, &str)], dir: TempDir) -> Defrost {
+        cmd.env("RUST_LOG", "info").stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("defrost binary runs");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(addr) = line.split("listening on http://").nth(1) {
+                    let _ = tx.send(addr.trim().to_string());
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(addr) => addr.parse().unwrap(),
+            Err(_) => {
+                let _ = child.kill();
+                panic!("defrost did not start: {:?}", log.lock().unwrap());
+            }
+        };
+        Defrost { child, addr, log, dir }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Log lines containing `needle`.
+    pub fn log_count(&self, needle: &str) -> usize {
+        self.log.lock().unwrap().iter().filter(|l| l.contains(needle)).count()
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// SIGTERM, then waits (bounded) for the exit status.
+    pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        unsafe_kill(self.child.id(), "TERM");
+        wait_exit(&mut self.child, Duration::from_secs(20))
+    }
+}
+
+impl Drop for Defrost {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            unsafe_kill(self.child.id(), "TERM");
+            if wait_exit(&mut self.child, Duration::from_secs(10)).is_none() {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+            }
+        }
+    }
+}
+
+/// Sends a signal with the `kill` command (no libc in tests).
+pub fn unsafe_kill(pid: u32, signal: &str) {
+    let _ = Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status();
+}
+
+pub fn wait_exit(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+/// Whether a process with this pid exists (and is not a zombie).
+pub fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat.split(' ').nth(2).is_some_and(|s| s == "Z"),
+        Err(_) => false,
+    }
+}
+
+/// Child processes of `pid`, from /proc.
+pub fn children_of(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for entry in entries.flatten() {
+            let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else { continue };
+            let after = stat.rsplit(')').next().unwrap_or("");
+            let ppid = after.split_whitespace().nth(1).and_then(|p| p.parse::<u32>().ok());
+            if ppid == Some(pid) {
+                out.push(child);
+            }
+        }
+    }
+    out
+}
+
+/// A client that never treats a status as an error.
+pub fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .timeout_global(Some(Duration::from_secs(60)))
+        .build()
+        .into()
+}
+
+/// A response read whole.
+pub struct Reply {
+    pub status: u16,
+    pub headers: ureq::http::HeaderMap,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+pub fn get(url: &str) -> Reply {
+    let response = agent().get(url).call().unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    read_reply(response)
+}
+
+pub fn read_reply(response: ureq::http::Response<ureq::Body>) -> Reply {
+    let (parts, body) = response.into_parts();
+    let mut text = String::new();
+    body.into_reader().read_to_string(&mut text).unwrap();
+    Reply { status: parts.status.as_u16(), headers: parts.headers, body: text }
+}
+
+/// Sends raw bytes and returns the raw answer (until close or `limit`).
+pub fn raw(addr: SocketAddr, request: &[u8], limit: Duration) -> String {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(limit)).unwrap();
+    stream.write_all(request).unwrap();
+    let mut out = Vec::new();
+    let _ = stream.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Lines in a file (0 when it does not exist yet).
+pub fn lines_in(path: &Path) -> usize {
+    std::fs::read_to_string(path).map(|s| s.lines().count()).unwrap_or(0)
+}

@@ -1,0 +1,98 @@
+#!/usr/bin/env python3
+"""Test function: echoes what it received, and can misbehave on request.
+
+GET  /healthz        ready check (after READY_DELAY_MS, if set)
+*    /crash          exits at once with status 3 (no answer)
+*    /bytes/N        N bytes of a repeating pattern, with Content-Length
+*    /sleep/S        sleeps S seconds, then echoes
+*    anything else   200, JSON of method, path (with query), headers, body length, body sha256
+If STARTS_FILE is set, appends one line per process start to it.
+"""
+import hashlib
+import json
+import os
+import sys
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+STARTED = time.monotonic()
+READY_DELAY = float(os.environ.get("READY_DELAY_MS", "0")) / 1000.0
+
+
+class Echo(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def any(self):
+        if self.path == "/healthz":
+            if time.monotonic() - STARTED < READY_DELAY:
+                return self.reply(503, b"warming up\n", "text/plain")
+            return self.reply(200, b"ok\n", "text/plain")
+        if self.path.startswith("/crash"):
+            os._exit(3)
+        if self.path.startswith("/bytes/"):
+            return self.stream_bytes(int(self.path.split("/")[2]))
+        if self.path.startswith("/sleep/"):
+            time.sleep(float(self.path.split("/")[2]))
+        digest, size = hashlib.sha256(), 0
+        for chunk in self.body_chunks():
+            digest.update(chunk)
+            size += len(chunk)
+        answer = {
+            "method": self.command,
+            "path": self.path,
+            "headers": {k.lower(): v for k, v in self.headers.items()},
+            "body_bytes": size,
+            "body_sha256": digest.hexdigest(),
+            "pid": os.getpid(),
+        }
+        self.reply(200, json.dumps(answer).encode(), "application/json", {"X-Echo": "yes"})
+
+    def body_chunks(self):
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            while True:
+                size = int(self.rfile.readline().split(b";")[0], 16)
+                if size == 0:
+                    self.rfile.readline()
+                    return
+                yield self.rfile.read(size)
+                self.rfile.readline()
+        remaining = int(self.headers.get("Content-Length") or 0)
+        while remaining > 0:
+            chunk = self.rfile.read(min(remaining, 1 << 20))
+            if not chunk:
+                return
+            remaining -= len(chunk)
+            yield chunk
+
+    def stream_bytes(self, n):
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(n))
+        self.end_headers()
+        block = bytes(range(256)) * 4096
+        while n > 0:
+            piece = block[: min(n, len(block))]
+            self.wfile.write(piece)
+            n -= len(piece)
+
+    def reply(self, status, body, content_type, extra=None):
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for k, v in (extra or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = any
+
+    def log_message(self, fmt, *args):
+        pass
+
+
+if __name__ == "__main__":
+    if os.environ.get("STARTS_FILE"):
+        with open(os.environ["STARTS_FILE"], "a") as f:
+            f.write("%d\n" % os.getpid())
+    ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Echo).serve_forever()

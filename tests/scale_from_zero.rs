@@ -1,0 +1,136 @@
+//! A user calls functions that are not running; defrost starts them and answers.
+
+mod common;
+
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn echo_config(extra: &str) -> String {
+    format!(
+        r#"
+[gateway]
+ready_timeout = "20s"
+
+[[function]]
+name = "echo"
+command = ["python3", "{echo}"]
+env = {{ STARTS_FILE = "$DIR/starts" }}
+readiness_path = "/healthz"
+{extra}
+"#,
+        echo = echo_script()
+    )
+}
+
+#[test]
+fn first_call_to_a_cold_function_starts_exactly_one_replica() {
+    let gw = Defrost::start(&echo_config(""));
+    let starts = gw.dir.path().join("starts");
+    assert_eq!(lines_in(&starts), 0, "nothing runs before the first call");
+
+    let reply = get(&gw.url("/function/echo/hello"));
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.json()["path"], "/hello");
+    assert_eq!(lines_in(&starts), 1);
+    assert_eq!(gw.log_count("cold start echo.default"), 1, "{}", gw.log_text());
+
+    let again = get(&gw.url("/function/echo.default/hello"));
+    assert_eq!(again.status, 200);
+    assert_eq!(again.json()["pid"], reply.json()["pid"], "warm call reuses the replica");
+    assert_eq!(lines_in(&starts), 1);
+}
+
+#[test]
+fn two_hundred_concurrent_cold_calls_share_one_scale_call() {
+    let gw = Arc::new(Defrost::start(&echo_config("")));
+    let handles: Vec<_> = (0..200)
+        .map(|i| {
+            let url = gw.url(&format!("/function/echo/call/{i}"));
+            thread::spawn(move || get(&url))
+        })
+        .collect();
+    let replies: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let ok = replies.iter().filter(|r| r.status == 200).count();
+    assert_eq!(ok, 200, "statuses: {:?}", replies.iter().map(|r| r.status).collect::<Vec<_>>());
+    assert_eq!(lines_in(&gw.dir.path().join("starts")), 1, "replicas started");
+    assert_eq!(gw.log_count("scale echo.default: 0 -> 1"), 1, "{}", gw.log_text());
+}
+
+#[test]
+fn min_replicas_are_started_on_a_cold_call() {
+    let gw = Defrost::start(&echo_config("min_replicas = 2\nmax_replicas = 4"));
+    assert_eq!(get(&gw.url("/function/echo")).status, 200);
+    let starts = gw.dir.path().join("starts");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while lines_in(&starts) < 2 && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(lines_in(&starts), 2);
+    assert_eq!(gw.log_count("scale echo.default: 0 -> 2"), 1, "{}", gw.log_text());
+}
+
+#[test]
+fn a_function_that_never_becomes_ready_gets_a_504_within_the_bound() {
+    let config = format!(
+        r#"
+[gateway]
+ready_timeout = "1s"
+
+[[function]]
+name = "sloth"
+command = ["python3", "{echo}"]
+env = {{ READY_DELAY_MS = "600000" }}
+readiness_path = "/healthz"
+"#,
+        echo = echo_script()
+    );
+    let gw = Defrost::start(&config);
+    let started = Instant::now();
+    let reply = get(&gw.url("/function/sloth"));
+    let took = started.elapsed();
+    assert_eq!(reply.status, 504, "{}", reply.body);
+    assert!(reply.body.contains("sloth.default"), "{}", reply.body);
+    assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(5), "{took:?}");
+}
+
+#[test]
+fn a_crashed_function_is_restarted_by_the_next_request() {
+    let gw = Defrost::start(&echo_config(""));
+    let first = get(&gw.url("/function/echo"));
+    assert_eq!(first.status, 200);
+    let crash = get(&gw.url("/function/echo/crash"));
+    assert_eq!(crash.status, 502, "{}", crash.body);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut next = get(&gw.url("/function/echo"));
+    while next.status != 200 && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(50));
+        next = get(&gw.url("/function/echo"));
+    }
+    assert_eq!(next.status, 200, "{}", next.body);
+    assert_ne!(next.json()["pid"], first.json()["pid"], "a new replica answered");
+    assert_eq!(lines_in(&gw.dir.path().join("starts")), 2);
+}
+
+#[test]
+fn sigterm_leaves_no_child_process_behind() {
+    let mut gw = Defrost::start(&echo_config("min_replicas = 2\nmax_replicas = 2"));
+    assert_eq!(get(&gw.url("/function/echo")).status, 200);
+    thread::sleep(Duration::from_millis(300));
+    let pid = gw.child.id();
+    let pids: Vec<u32> = std::fs::read_to_string(gw.dir.path().join("starts"))
+        .unwrap()
+        .lines()
+        .map(|l| l.trim().parse().unwrap())
+        .collect();
+    assert_eq!(pids.len(), 2);
+    assert!(pids.iter().all(|p| alive(*p)));
+    let status = gw.terminate().expect("defrost exits after SIGTERM");
+    assert!(status.success(), "{status:?}");
+    for p in pids {
+        assert!(!alive(p), "replica {p} outlived defrost");
+    }
+    assert!(children_of(pid).is_empty());
+}
