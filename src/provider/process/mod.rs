@@ -1,53 +1,259 @@
 //! The embedded provider: replicas are local child processes.
-use std::collections::BTreeMap;
+//!
+//! Each replica is owned by one thread that spawns it and then blocks until it exits. That thread
+//! is the child's parent as far as `PR_SET_PDEATHSIG` is concerned, so the child dies with
+//! defrost however defrost dies; and blocking on the child means an exit is seen the moment it
+//! happens, not at the next poll. A short-lived probe thread decides readiness. Stopping signals
+//! the child's process group, so helpers the function forks go with it.
+
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::function::FunctionRef;
+use crate::provider::{FunctionStatus, FunctionSummary, Provider, ProviderError};
 
+mod readiness;
+mod replica;
+mod slot;
+#[cfg(test)]
+mod tests;
+
+use slot::Slot;
+
+/// How long `shutdown` waits for replicas to be reaped once they have been sent SIGKILL. Only a
+/// child stuck in the kernel outlives this.
+const REAP_BOUND: Duration = Duration::from_secs(2);
+
+/// How a replica shows it can take requests.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Readiness {
+    /// It accepts a TCP connection on its port.
     Tcp,
+    /// It answers `GET path` with a 2xx status.
     Http { path: String },
 }
 
+/// One function this provider runs, as configured.
+#[derive(Debug, Clone)]
 pub struct ProcessFunction {
     pub function: FunctionRef,
+    /// Program and arguments; the program is looked up in `PATH` when it has no slash.
     pub command: Vec<String>,
+    /// Added to defrost's own environment; `PORT` is always set by the provider.
     pub env: BTreeMap<String, String>,
     pub workdir: PathBuf,
     pub readiness: Readiness,
+    /// Replicas a cold start scales to.
     pub min_replicas: u64,
     pub max_replicas: u64,
     pub labels: BTreeMap<String, String>,
+    /// A replica not ready within this is killed and counted failed.
     pub startup_timeout: Duration,
 }
 
+impl ProcessFunction {
+    /// Refuses what could only fail later, at the first request, far from the config line.
+    fn check(&self) -> Result<(), String> {
+        let f = &self.function;
+        match self.command.first() {
+            None => return Err(format!("{f}: command is empty")),
+            Some(program) if program.is_empty() => {
+                return Err(format!("{f}: command names no program"))
+            }
+            Some(_) => {}
+        }
+        if !self.workdir.is_absolute() {
+            return Err(format!(
+                "{f}: workdir {} is not absolute",
+                self.workdir.display()
+            ));
+        }
+        if self.max_replicas == 0 {
+            return Err(format!("{f}: max_replicas is 0, so it could never run"));
+        }
+        if self.min_replicas > self.max_replicas {
+            return Err(format!(
+                "{f}: min_replicas {} is above max_replicas {}",
+                self.min_replicas, self.max_replicas
+            ));
+        }
+        if let Readiness::Http { path } = &self.readiness {
+            check_probe_path(f, path)?;
+        }
+        if self.env.contains_key("PORT") {
+            log::warn!("{f}: env sets PORT; it is replaced by the port each replica is given");
+        }
+        Ok(())
+    }
+
+    /// The labels reported in status: the configured ones, with the scale bounds this provider
+    /// actually enforces, so that a reader of `com.openfaas.scale.*` sees the truth.
+    fn reported_labels(&self) -> BTreeMap<String, String> {
+        let mut labels = self.labels.clone();
+        labels.insert(
+            super::LABEL_MIN_REPLICAS.into(),
+            self.min_replicas.to_string(),
+        );
+        labels.insert(
+            super::LABEL_MAX_REPLICAS.into(),
+            self.max_replicas.to_string(),
+        );
+        labels
+    }
+}
+
+/// The path goes into a raw request line, so it must not be able to end it.
+fn check_probe_path(f: &FunctionRef, path: &str) -> Result<(), String> {
+    if !path.starts_with('/') {
+        return Err(format!("{f}: readiness path {path:?} must start with '/'"));
+    }
+    if path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!(
+            "{f}: readiness path {path:?} contains whitespace or control characters"
+        ));
+    }
+    Ok(())
+}
+
+/// Settings shared by every function.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProcessOptions {
+    /// Between SIGTERM and SIGKILL; also the longest a scale-down waits for in-flight requests.
     pub stop_grace: Duration,
 }
-pub struct ProcessProvider;
-impl ProcessProvider {
-    pub fn new(_: Vec<ProcessFunction>, _: ProcessOptions) -> Result<ProcessProvider, String> {
-        Err("stub".into())
+
+impl Default for ProcessOptions {
+    fn default() -> Self {
+        ProcessOptions {
+            stop_grace: Duration::from_secs(5),
+        }
     }
 }
-impl crate::provider::Provider for ProcessProvider {
-    fn status(
-        &self,
-        _: &FunctionRef,
-    ) -> Result<crate::provider::FunctionStatus, crate::provider::ProviderError> {
-        unimplemented!()
+
+/// Runs each function's replicas as child processes of defrost.
+pub struct ProcessProvider {
+    slots: BTreeMap<FunctionRef, Arc<Slot>>,
+    stop_grace: Duration,
+}
+
+impl ProcessProvider {
+    pub fn new(
+        functions: Vec<ProcessFunction>,
+        options: ProcessOptions,
+    ) -> Result<ProcessProvider, String> {
+        let mut slots = BTreeMap::new();
+        for spec in functions {
+            spec.check()?;
+            let function = spec.function.clone();
+            if slots.contains_key(&function) {
+                return Err(format!("{function} is configured twice"));
+            }
+            slots.insert(function, Arc::new(Slot::new(spec, options.stop_grace)));
+        }
+        Ok(ProcessProvider {
+            slots,
+            stop_grace: options.stop_grace,
+        })
     }
-    fn set_replicas(&self, _: &FunctionRef, _: u64) -> Result<(), crate::provider::ProviderError> {
-        unimplemented!()
+
+    /// Replicas the provider has tried to start for `function`, whatever became of them.
+    pub fn replicas_started(&self, function: &FunctionRef) -> u64 {
+        self.slots.get(function).map_or(0, |s| s.counters.started())
     }
-    fn list(
-        &self,
-        _: &str,
-    ) -> Result<Vec<crate::provider::FunctionSummary>, crate::provider::ProviderError> {
-        unimplemented!()
+
+    /// `set_replicas` calls accepted for `function`.
+    pub fn scale_calls(&self, function: &FunctionRef) -> u64 {
+        self.slots
+            .get(function)
+            .map_or(0, |s| s.counters.scale_calls())
     }
-    fn namespaces(&self) -> Result<Vec<String>, crate::provider::ProviderError> {
-        unimplemented!()
+
+    /// Replicas of `function` that ended without being asked to: spawn failures, startup
+    /// timeouts and exits.
+    pub fn replicas_failed(&self, function: &FunctionRef) -> u64 {
+        self.slots.get(function).map_or(0, |s| s.counters.failed())
     }
+
+    fn slot(&self, function: &FunctionRef) -> Result<&Arc<Slot>, ProviderError> {
+        self.slots.get(function).ok_or(ProviderError::NotFound)
+    }
+}
+
+impl Provider for ProcessProvider {
+    fn status(&self, function: &FunctionRef) -> Result<FunctionStatus, ProviderError> {
+        Ok(self.slot(function)?.status())
+    }
+
+    fn set_replicas(&self, function: &FunctionRef, replicas: u64) -> Result<(), ProviderError> {
+        self.slot(function)?.scale(replicas)
+    }
+
+    fn wait_for_change(&self, function: &FunctionRef, timeout: Duration) {
+        match self.slots.get(function) {
+            Some(slot) => slot.wait_for_change(timeout),
+            // Nothing will ever change; sleeping keeps a confused caller from spinning.
+            None => std::thread::sleep(timeout),
+        }
+    }
+
+    fn list(&self, namespace: &str) -> Result<Vec<FunctionSummary>, ProviderError> {
+        Ok(self
+            .slots
+            .iter()
+            .filter(|(f, _)| f.namespace() == namespace)
+            .map(|(f, slot)| FunctionSummary {
+                function: f.clone(),
+                image: slot.spec.command.join(" "),
+                status: slot.status(),
+            })
+            .collect())
+    }
+
+    fn namespaces(&self) -> Result<Vec<String>, ProviderError> {
+        let set: BTreeSet<&str> = self.slots.keys().map(FunctionRef::namespace).collect();
+        Ok(set.into_iter().map(str::to_owned).collect())
+    }
+
+    /// SIGTERM to every replica at once, SIGKILL to those still there after the grace period.
+    fn shutdown(&self) {
+        for slot in self.slots.values() {
+            slot.stop_all();
+        }
+        let deadline = deadline_after(self.stop_grace);
+        let lingering: Vec<&Arc<Slot>> = self
+            .slots
+            .values()
+            .filter(|s| !s.wait_empty(deadline))
+            .collect();
+        for slot in &lingering {
+            slot.kill_all();
+        }
+        let deadline = deadline_after(REAP_BOUND);
+        for slot in lingering {
+            if !slot.wait_empty(deadline) {
+                log::error!(
+                    "{}: replicas still not reaped after SIGKILL",
+                    slot.spec.function
+                );
+            }
+        }
+    }
+}
+
+impl Drop for ProcessProvider {
+    /// Children outlive a dropped provider otherwise (their owning threads do not end), so a
+    /// provider dropped without `shutdown` still cleans up.
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// `now + d`, saturating instead of panicking on absurd durations from config.
+fn deadline_after(d: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(d)
+        .or_else(|| now.checked_add(Duration::from_secs(365 * 24 * 3600)))
+        .unwrap_or(now)
 }

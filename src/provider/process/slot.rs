@@ -1,0 +1,475 @@
+//! One function's replicas and the lock that guards them.
+//!
+//! Invariant, true whenever the lock is released: `desired` equals the number of replicas that
+//! are starting or ready. Every path that takes a replica out of that set without being asked to
+//! (spawn failure, startup timeout, exit) lowers `desired` in the same locked section, so the
+//! gateway's next status sees the truth and a new scale call starts exactly what is missing.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::process::ExitStatus;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+
+use super::{deadline_after, replica, ProcessFunction};
+use crate::provider::{Endpoint, FunctionStatus, ProviderError};
+
+pub(super) struct Slot {
+    pub(super) spec: ProcessFunction,
+    labels: BTreeMap<String, String>,
+    pub(super) stop_grace: Duration,
+    state: Mutex<State>,
+    changed: Condvar,
+    pub(super) counters: Counters,
+}
+
+/// Relaxed atomics: statistics for tests and metrics, never used to decide. Each is updated
+/// before the change it counts is announced, so a woken waiter sees it.
+#[derive(Default)]
+pub(super) struct Counters {
+    started: AtomicU64,
+    scale_calls: AtomicU64,
+    failed: AtomicU64,
+}
+
+impl Counters {
+    pub(super) fn started(&self) -> u64 {
+        self.started.load(Ordering::Relaxed)
+    }
+    pub(super) fn scale_calls(&self) -> u64 {
+        self.scale_calls.load(Ordering::Relaxed)
+    }
+    pub(super) fn failed(&self) -> u64 {
+        self.failed.load(Ordering::Relaxed)
+    }
+    fn count_failed(&self) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[derive(Default)]
+pub(super) struct State {
+    desired: u64,
+    pub(super) replicas: Vec<Replica>,
+    /// Ready replicas' endpoints, rebuilt on every change so `status` only clones it.
+    endpoints: Vec<Arc<Endpoint>>,
+    /// Bumped on every change; `wait_for_change` wakes when it moves.
+    generation: u64,
+    next_id: u64,
+    shut_down: bool,
+}
+
+pub(super) struct Replica {
+    pub(super) id: u64,
+    /// Set by the replica's thread once it has a port.
+    endpoint: Option<Arc<Endpoint>>,
+    /// The child's pid, which is also its process group. Only set while the child is unreaped,
+    /// so a signal sent under the lock can never reach a recycled pid.
+    pub(super) pid: Option<libc::pid_t>,
+    pub(super) phase: Phase,
+    /// Tells the probe thread to give up; read without the lock.
+    halt: Arc<AtomicBool>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Phase {
+    Starting,
+    Ready,
+    Stopping(StopReason),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum StopReason {
+    ScaleDown,
+    Shutdown,
+    /// Not ready in time, or could not be probed.
+    Failed,
+}
+
+impl State {
+    fn find_mut(&mut self, id: u64) -> Option<&mut Replica> {
+        self.replicas.iter_mut().find(|r| r.id == id)
+    }
+
+    fn active(&self) -> u64 {
+        self.replicas.iter().filter(|r| r.is_active()).count() as u64
+    }
+
+    fn add_replica(&mut self) -> u64 {
+        self.next_id += 1;
+        self.replicas.push(Replica {
+            id: self.next_id,
+            endpoint: None,
+            pid: None,
+            phase: Phase::Starting,
+            halt: Arc::new(AtomicBool::new(false)),
+        });
+        self.next_id
+    }
+
+    fn refresh_endpoints(&mut self) {
+        self.endpoints = self
+            .replicas
+            .iter()
+            .filter(|r| r.phase == Phase::Ready)
+            .filter_map(|r| r.endpoint.clone())
+            .collect();
+    }
+
+    /// Not-ready replicas first, newest first: they serve nothing and cost the least to lose.
+    /// Then the ready one with the fewest requests in flight, newest on a tie.
+    pub(super) fn pick_victim(&self) -> Option<u64> {
+        let starting = self.replicas.iter().filter(|r| r.phase == Phase::Starting);
+        if let Some(r) = starting.max_by_key(|r| r.id) {
+            return Some(r.id);
+        }
+        self.replicas
+            .iter()
+            .filter(|r| r.phase == Phase::Ready)
+            .min_by_key(|r| (r.in_flight(), std::cmp::Reverse(r.id)))
+            .map(|r| r.id)
+    }
+
+    /// Takes the replica out of service: no new requests, no readiness.
+    fn begin_stop(&mut self, id: u64, reason: StopReason) {
+        if let Some(r) = self.find_mut(id) {
+            r.phase = Phase::Stopping(reason);
+            r.halt.store(true, Ordering::Relaxed);
+        }
+        self.refresh_endpoints();
+    }
+
+    /// Signals the replica's process group, if it has a live child.
+    fn signal(&self, id: u64, signal: libc::c_int) {
+        if let Some(pid) = self
+            .replicas
+            .iter()
+            .find(|r| r.id == id)
+            .and_then(|r| r.pid)
+        {
+            replica::signal_group(pid, signal);
+        }
+    }
+}
+
+impl Replica {
+    fn is_active(&self) -> bool {
+        matches!(self.phase, Phase::Starting | Phase::Ready)
+    }
+
+    pub(super) fn in_flight(&self) -> usize {
+        self.endpoint.as_ref().map_or(0, |e| e.in_flight())
+    }
+}
+
+impl Slot {
+    pub(super) fn new(spec: ProcessFunction, stop_grace: Duration) -> Slot {
+        Slot {
+            labels: spec.reported_labels(),
+            spec,
+            stop_grace,
+            state: Mutex::new(State::default()),
+            changed: Condvar::new(),
+            counters: Counters::default(),
+        }
+    }
+
+    pub(super) fn replica_name(&self, id: u64) -> String {
+        format!("{}#{id}", self.spec.function)
+    }
+
+    /// Wakes every waiter; the caller holds the lock and has just changed the state.
+    fn touch(&self, state: &mut State) {
+        state.generation = state.generation.wrapping_add(1);
+        self.changed.notify_all();
+    }
+
+    pub(super) fn status(&self) -> FunctionStatus {
+        let (replicas, endpoints) = {
+            let state = self.state.lock();
+            (state.desired, state.endpoints.clone())
+        };
+        FunctionStatus {
+            replicas,
+            available_replicas: endpoints.len() as u64,
+            min_replicas: self.spec.min_replicas,
+            max_replicas: self.spec.max_replicas,
+            labels: self.labels.clone(),
+            endpoints,
+        }
+    }
+
+    pub(super) fn scale(self: &Arc<Self>, replicas: u64) -> Result<(), ProviderError> {
+        self.counters.scale_calls.fetch_add(1, Ordering::Relaxed);
+        let to = replicas.min(self.spec.max_replicas);
+        let (from, starts, stops) = {
+            let mut state = self.state.lock();
+            if state.shut_down && to > 0 {
+                return Err(ProviderError::Failed(
+                    "the provider is shutting down".into(),
+                ));
+            }
+            let from = state.desired;
+            state.desired = to;
+            let mut starts = Vec::new();
+            while state.active() < to {
+                starts.push(state.add_replica());
+            }
+            let mut stops = Vec::new();
+            while state.active() > to {
+                let Some(id) = state.pick_victim() else { break };
+                state.begin_stop(id, StopReason::ScaleDown);
+                stops.push(id);
+            }
+            self.touch(&mut state);
+            (from, starts, stops)
+        };
+        log::info!("scale {}: {from} -> {to} replicas", self.spec.function);
+        self.counters
+            .started
+            .fetch_add(starts.len() as u64, Ordering::Relaxed);
+        for id in starts {
+            replica::launch(self, id);
+        }
+        for id in stops {
+            replica::stop_later(self, id);
+        }
+        Ok(())
+    }
+
+    pub(super) fn wait_for_change(&self, timeout: Duration) {
+        let deadline = deadline_after(timeout);
+        let mut state = self.state.lock();
+        let seen = state.generation;
+        while state.generation == seen {
+            if self.changed.wait_until(&mut state, deadline).timed_out() {
+                return;
+            }
+        }
+    }
+
+    /// Gives the replica its endpoint; `None` if it was stopped before it could spawn, in which
+    /// case it is gone.
+    pub(super) fn assign_endpoint(&self, id: u64, endpoint: &Arc<Endpoint>) -> Option<()> {
+        let mut state = self.state.lock();
+        let replica = state.find_mut(id)?;
+        if !replica.is_active() {
+            state.replicas.retain(|r| r.id != id);
+            self.touch(&mut state);
+            return None;
+        }
+        replica.endpoint = Some(Arc::clone(endpoint));
+        Some(())
+    }
+
+    /// Records the child; returns the flag its probe should watch, or `None` if the replica
+    /// was stopped while spawning (then the child is killed at once: it never served anything).
+    pub(super) fn record_pid(&self, id: u64, pid: libc::pid_t) -> Option<Arc<AtomicBool>> {
+        let mut state = self.state.lock();
+        let Some(replica) = state.find_mut(id) else {
+            replica::signal_group(pid, libc::SIGKILL);
+            return None;
+        };
+        replica.pid = Some(pid);
+        if replica.is_active() {
+            return Some(Arc::clone(&replica.halt));
+        }
+        replica::signal_group(pid, libc::SIGKILL);
+        None
+    }
+
+    /// The child has exited but is not reaped yet: stop signalling it before its pid is freed.
+    pub(super) fn forget_pid(&self, id: u64) {
+        let mut state = self.state.lock();
+        if let Some(r) = state.find_mut(id) {
+            r.pid = None;
+            r.halt.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// A replica that never got a child (no port, no thread, spawn failed) leaves.
+    pub(super) fn fail_before_spawn(&self, id: u64, why: &str) {
+        let desired = {
+            let mut state = self.state.lock();
+            let was_active = state.replicas.iter().any(|r| r.id == id && r.is_active());
+            state.replicas.retain(|r| r.id != id);
+            if was_active {
+                state.desired = state.desired.saturating_sub(1);
+            }
+            self.counters.count_failed();
+            self.touch(&mut state);
+            state.desired
+        };
+        log::error!(
+            "{}: {why}; {} now wants {desired} replicas",
+            self.replica_name(id),
+            self.spec.function
+        );
+    }
+
+    pub(super) fn mark_ready(&self, id: u64, after: Duration, port: u16) {
+        {
+            let mut state = self.state.lock();
+            match state.find_mut(id) {
+                Some(r) if r.phase == Phase::Starting => r.phase = Phase::Ready,
+                _ => return,
+            }
+            state.refresh_endpoints();
+            self.touch(&mut state);
+        }
+        log::info!(
+            "{} ready on port {port} after {} ms",
+            self.replica_name(id),
+            after.as_millis()
+        );
+    }
+
+    /// A replica that cannot become ready is killed outright: it has served nothing.
+    pub(super) fn give_up(&self, id: u64, why: &str) {
+        let desired = {
+            let mut state = self.state.lock();
+            if !state
+                .find_mut(id)
+                .is_some_and(|r| r.phase == Phase::Starting)
+            {
+                return;
+            }
+            state.begin_stop(id, StopReason::Failed);
+            state.signal(id, libc::SIGKILL);
+            state.desired = state.desired.saturating_sub(1);
+            self.counters.count_failed();
+            self.touch(&mut state);
+            state.desired
+        };
+        log::error!(
+            "{}: {why}; killed it, {} now wants {desired} replicas",
+            self.replica_name(id),
+            self.spec.function
+        );
+    }
+
+    /// The child is reaped: the replica leaves, and if nobody asked it to, `desired` drops.
+    pub(super) fn reaped(&self, id: u64, status: io::Result<ExitStatus>) {
+        let (phase, desired) = {
+            let mut state = self.state.lock();
+            let Some(phase) = state.replicas.iter().find(|r| r.id == id).map(|r| r.phase) else {
+                return;
+            };
+            state.replicas.retain(|r| r.id != id);
+            if phase == Phase::Starting || phase == Phase::Ready {
+                state.desired = state.desired.saturating_sub(1);
+                self.counters.count_failed();
+            }
+            state.refresh_endpoints();
+            self.touch(&mut state);
+            (phase, state.desired)
+        };
+        let status = match status {
+            Ok(s) => s.to_string(),
+            Err(e) => format!("status unknown: {e}"),
+        };
+        let name = self.replica_name(id);
+        match phase {
+            Phase::Starting | Phase::Ready => {
+                log::warn!(
+                    "{name} exited unexpectedly ({status}); {} now wants {desired} replicas",
+                    self.spec.function
+                );
+            }
+            Phase::Stopping(_) => log::info!("{name} stopped ({status})"),
+        }
+    }
+
+    pub(super) fn endpoint_of(&self, id: u64) -> Option<Arc<Endpoint>> {
+        let state = self.state.lock();
+        state.replicas.iter().find(|r| r.id == id)?.endpoint.clone()
+    }
+
+    pub(super) fn signal(&self, id: u64, signal: libc::c_int) {
+        self.state.lock().signal(id, signal);
+    }
+
+    /// True once the replica is reaped; false if `deadline` came first.
+    pub(super) fn wait_gone(&self, id: u64, deadline: Instant) -> bool {
+        let mut state = self.state.lock();
+        while state.replicas.iter().any(|r| r.id == id) {
+            if self.changed.wait_until(&mut state, deadline).timed_out() {
+                return !state.replicas.iter().any(|r| r.id == id);
+            }
+        }
+        true
+    }
+
+    /// True once every replica is reaped; false if `deadline` came first.
+    pub(super) fn wait_empty(&self, deadline: Instant) -> bool {
+        let mut state = self.state.lock();
+        while !state.replicas.is_empty() {
+            if self.changed.wait_until(&mut state, deadline).timed_out() {
+                return state.replicas.is_empty();
+            }
+        }
+        true
+    }
+
+    /// Refuses new replicas and sends SIGTERM to every one; replicas still spawning are killed
+    /// by their own thread when it sees they are stopping.
+    pub(super) fn stop_all(&self) {
+        let mut state = self.state.lock();
+        state.shut_down = true;
+        state.desired = 0;
+        let ids: Vec<u64> = state.replicas.iter().map(|r| r.id).collect();
+        for id in ids {
+            state.begin_stop(id, StopReason::Shutdown);
+            state.signal(id, libc::SIGTERM);
+        }
+        self.touch(&mut state);
+    }
+
+    pub(super) fn kill_all(&self) {
+        let state = self.state.lock();
+        for r in &state.replicas {
+            if let Some(pid) = r.pid {
+                log::warn!(
+                    "{} did not stop in time; killing it",
+                    self.replica_name(r.id)
+                );
+                replica::signal_group(pid, libc::SIGKILL);
+            }
+        }
+    }
+
+    #[cfg(test)]
+    pub(super) fn pids(&self) -> Vec<libc::pid_t> {
+        self.state
+            .lock()
+            .replicas
+            .iter()
+            .filter_map(|r| r.pid)
+            .collect()
+    }
+
+    #[cfg(test)]
+    pub(super) fn replica_count(&self) -> usize {
+        self.state.lock().replicas.len()
+    }
+}
+
+#[cfg(test)]
+pub(super) fn test_state(phases: &[(Phase, usize)]) -> State {
+    let mut state = State::default();
+    for (phase, in_flight) in phases {
+        let id = state.add_replica();
+        let endpoint = Arc::new(Endpoint::new(format!("http://127.0.0.1:{id}")));
+        for _ in 0..*in_flight {
+            std::mem::forget(endpoint.begin());
+        }
+        if let Some(r) = state.find_mut(id) {
+            r.phase = *phase;
+            r.endpoint = Some(endpoint);
+        }
+    }
+    state
+}
