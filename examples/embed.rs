@@ -34,11 +34,18 @@ impl ThreadProvider {
     fn start_replica(&self) -> Result<Arc<Endpoint>, ProviderError> {
         let server = tiny_http::Server::http("127.0.0.1:0")
             .map_err(|e| ProviderError::Failed(format!("cannot listen: {e}")))?;
-        let addr = server.server_addr().to_ip().ok_or(ProviderError::Failed("no address".into()))?;
+        let addr = server
+            .server_addr()
+            .to_ip()
+            .ok_or(ProviderError::Failed("no address".into()))?;
         thread::spawn(move || {
             for request in server.incoming_requests() {
-                let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-                let _ = request.respond(tiny_http::Response::from_string(format!("unix time {now}\n")));
+                let now = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                let _ = request.respond(tiny_http::Response::from_string(format!(
+                    "unix time {now}\n"
+                )));
             }
         });
         Ok(Arc::new(Endpoint::new(format!("http://{addr}"))))
@@ -71,7 +78,7 @@ impl Provider for ThreadProvider {
         Ok(())
     }
 
-    fn wait_for_change(&self, _: &FunctionRef, timeout: Duration) {
+    fn wait_for_change(&self, _: &FunctionRef, _since: u64, timeout: Duration) {
         let mut replica = self.replica.lock();
         if replica.is_none() {
             self.ready.wait_for(&mut replica, timeout);
@@ -88,7 +95,10 @@ impl Provider for ThreadProvider {
 }
 
 fn main() -> std::io::Result<()> {
-    let settings = Settings { listen: ([127, 0, 0, 1], 8090).into(), ..Settings::default() };
+    let settings = Settings {
+        listen: ([127, 0, 0, 1], 8090).into(),
+        ..Settings::default()
+    };
     let gateway = Gateway::start(settings, Arc::new(ThreadProvider::default()))?;
     println!("try: curl http://{}/function/clock", gateway.local_addr());
     // A real program would wait for a signal; this example serves for a minute.

@@ -26,7 +26,12 @@ fn health_unknown_routes_and_bad_names() {
     let unknown = get(&gw.url("/function/ghost"));
     assert_eq!(unknown.status, 404);
     assert!(unknown.body.contains("ghost.default"), "{}", unknown.body);
-    for bad in ["/function/Echo", "/function/e_cho", "/function/%2e%2e", "/function/a.b.c"] {
+    for bad in [
+        "/function/Echo",
+        "/function/e_cho",
+        "/function/%2e%2e",
+        "/function/a.b.c",
+    ] {
         let reply = get(&gw.url(bad));
         assert_eq!(reply.status, 400, "{bad}: {}", reply.body);
         assert!(reply.body.contains("invalid"), "{}", reply.body);
@@ -53,15 +58,29 @@ fn method_path_query_and_headers_reach_the_function() {
     let headers = &echo["headers"];
     assert_eq!(headers["x-custom"], "kept");
     assert_eq!(headers["x-call-id"], "call-123");
-    assert!(headers.get("x-hop").is_none(), "hop-by-hop header forwarded");
+    assert!(
+        headers.get("x-hop").is_none(),
+        "hop-by-hop header forwarded"
+    );
     assert_eq!(headers["x-forwarded-for"], "127.0.0.1");
     assert_eq!(headers["x-forwarded-host"], gw.addr.to_string());
     assert_eq!(headers["x-forwarded-proto"], "http");
-    assert!(headers["forwarded"].as_str().unwrap().starts_with("for=127.0.0.1;host="));
-    assert!(headers["x-start-time"].as_str().unwrap().parse::<u128>().is_ok());
+    assert!(headers["forwarded"]
+        .as_str()
+        .unwrap()
+        .starts_with("for=127.0.0.1;host="));
+    assert!(headers["x-start-time"]
+        .as_str()
+        .unwrap()
+        .parse::<u128>()
+        .is_ok());
     assert_eq!(reply.header("x-call-id"), Some("call-123"));
     assert!(reply.header("x-start-time").is_some());
-    assert_eq!(reply.header("x-echo"), Some("yes"), "function headers pass through");
+    assert_eq!(
+        reply.header("x-echo"),
+        Some("yes"),
+        "function headers pass through"
+    );
 }
 
 #[test]
@@ -73,7 +92,12 @@ fn fifty_megabytes_stream_both_ways_intact() {
     std::fs::write(&file, &body).unwrap();
     let expected = sha256sum(&file);
 
-    let sized = read_reply(agent().post(&gw.url("/function/echo/upload")).send(&body[..]).unwrap());
+    let sized = read_reply(
+        agent()
+            .post(&gw.url("/function/echo/upload"))
+            .send(&body[..])
+            .unwrap(),
+    );
     assert_eq!(sized.status, 200);
     assert_eq!(sized.json()["body_bytes"], size);
     assert_eq!(sized.json()["body_sha256"], expected);
@@ -90,12 +114,22 @@ fn fifty_megabytes_stream_both_ways_intact() {
     assert_eq!(chunked.json()["body_bytes"], size);
     assert_eq!(chunked.json()["body_sha256"], expected);
 
-    let response = agent().get(&gw.url(&format!("/function/echo/bytes/{size}"))).call().unwrap();
+    let response = agent()
+        .get(&gw.url(&format!("/function/echo/bytes/{size}")))
+        .call()
+        .unwrap();
     assert_eq!(response.status(), 200);
     let mut got = Vec::with_capacity(size);
-    response.into_body().into_reader().read_to_end(&mut got).unwrap();
+    response
+        .into_body()
+        .into_reader()
+        .read_to_end(&mut got)
+        .unwrap();
     assert_eq!(got.len(), size);
-    assert!(got.iter().enumerate().all(|(i, b)| *b == (i % 256) as u8), "download corrupted");
+    assert!(
+        got.iter().enumerate().all(|(i, b)| *b == (i % 256) as u8),
+        "download corrupted"
+    );
 }
 
 #[test]
@@ -113,7 +147,9 @@ fn conflicting_framing_is_refused() {
 fn keep_alive_connection_serves_many_calls() {
     let gw = gateway();
     let mut stream = std::net::TcpStream::connect(gw.addr).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
     for i in 0..20 {
         write!(stream, "GET /function/echo/{i} HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
         let mut head = Vec::new();
@@ -126,7 +162,11 @@ fn keep_alive_connection_serves_many_calls() {
         assert!(head.starts_with("HTTP/1.1 200"), "{head}");
         let length: usize = head
             .lines()
-            .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length:")
+                    .map(|v| v.trim().parse().unwrap())
+            })
             .expect("content-length");
         let mut body = vec![0; length];
         stream.read_exact(&mut body).unwrap();
@@ -135,5 +175,10 @@ fn keep_alive_connection_serves_many_calls() {
 
 fn sha256sum(path: &std::path::Path) -> String {
     let out = Command::new("sha256sum").arg(path).output().unwrap();
-    String::from_utf8(out.stdout).unwrap().split_whitespace().next().unwrap().to_string()
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
 }

@@ -35,11 +35,20 @@ fn first_call_to_a_cold_function_starts_exactly_one_replica() {
     assert_eq!(reply.status, 200, "{}", reply.body);
     assert_eq!(reply.json()["path"], "/hello");
     assert_eq!(lines_in(&starts), 1);
-    assert_eq!(gw.log_count("cold start echo.default"), 1, "{}", gw.log_text());
+    assert_eq!(
+        gw.log_count("cold start echo.default"),
+        1,
+        "{}",
+        gw.log_text()
+    );
 
     let again = get(&gw.url("/function/echo.default/hello"));
     assert_eq!(again.status, 200);
-    assert_eq!(again.json()["pid"], reply.json()["pid"], "warm call reuses the replica");
+    assert_eq!(
+        again.json()["pid"],
+        reply.json()["pid"],
+        "warm call reuses the replica"
+    );
     assert_eq!(lines_in(&starts), 1);
 }
 
@@ -54,9 +63,23 @@ fn two_hundred_concurrent_cold_calls_share_one_scale_call() {
         .collect();
     let replies: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
     let ok = replies.iter().filter(|r| r.status == 200).count();
-    assert_eq!(ok, 200, "statuses: {:?}", replies.iter().map(|r| r.status).collect::<Vec<_>>());
-    assert_eq!(lines_in(&gw.dir.path().join("starts")), 1, "replicas started");
-    assert_eq!(gw.log_count("scale echo.default: 0 -> 1"), 1, "{}", gw.log_text());
+    assert_eq!(
+        ok,
+        200,
+        "statuses: {:?}",
+        replies.iter().map(|r| r.status).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        lines_in(&gw.dir.path().join("starts")),
+        1,
+        "replicas started"
+    );
+    assert_eq!(
+        gw.log_count("scale echo.default: 0 -> 1"),
+        1,
+        "{}",
+        gw.log_text()
+    );
 }
 
 #[test]
@@ -69,7 +92,12 @@ fn min_replicas_are_started_on_a_cold_call() {
         thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(lines_in(&starts), 2);
-    assert_eq!(gw.log_count("scale echo.default: 0 -> 2"), 1, "{}", gw.log_text());
+    assert_eq!(
+        gw.log_count("scale echo.default: 0 -> 2"),
+        1,
+        "{}",
+        gw.log_text()
+    );
 }
 
 #[test]
@@ -93,7 +121,10 @@ readiness_path = "/healthz"
     let took = started.elapsed();
     assert_eq!(reply.status, 504, "{}", reply.body);
     assert!(reply.body.contains("sloth.default"), "{}", reply.body);
-    assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(5), "{took:?}");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
 }
 
 #[test]
@@ -110,7 +141,11 @@ fn a_crashed_function_is_restarted_by_the_next_request() {
         next = get(&gw.url("/function/echo"));
     }
     assert_eq!(next.status, 200, "{}", next.body);
-    assert_ne!(next.json()["pid"], first.json()["pid"], "a new replica answered");
+    assert_ne!(
+        next.json()["pid"],
+        first.json()["pid"],
+        "a new replica answered"
+    );
     assert_eq!(lines_in(&gw.dir.path().join("starts")), 2);
 }
 

@@ -38,6 +38,10 @@ pub struct FunctionStatus {
     pub labels: BTreeMap<String, String>,
     /// Where ready replicas take requests. Empty while none is ready.
     pub endpoints: Vec<Arc<Endpoint>>,
+    /// Bumped by the provider on every change it can signal; passed back to
+    /// [`Provider::wait_for_change`] so that a change between the query and the wait is not
+    /// missed. Providers that cannot signal leave it at 0.
+    pub generation: u64,
 }
 
 impl FunctionStatus {
@@ -161,13 +165,14 @@ pub trait Provider: Send + Sync + 'static {
     /// replicas are ready.
     fn set_replicas(&self, function: &FunctionRef, replicas: u64) -> Result<(), ProviderError>;
 
-    /// Blocks until the function's status may have changed, or `timeout` has passed.
+    /// Blocks until the function's status differs from generation `since` (returning at once
+    /// if it already does), or `timeout` has passed.
     ///
     /// Waiting requests call this between polls. The default just sleeps, which is all a remote
     /// provider can do; a provider that knows the moment a replica becomes ready wakes every
     /// waiter at once, so a cold start costs its readiness time and nothing more.
-    fn wait_for_change(&self, function: &FunctionRef, timeout: Duration) {
-        let _ = function;
+    fn wait_for_change(&self, function: &FunctionRef, since: u64, timeout: Duration) {
+        let _ = (function, since);
         std::thread::sleep(timeout);
     }
 

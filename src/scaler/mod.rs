@@ -188,7 +188,8 @@ impl Scaler {
                 });
             }
             let pause = self.config.poll_interval.min(deadline - now);
-            self.provider.wait_for_change(function, pause);
+            self.provider
+                .wait_for_change(function, status.generation, pause);
             status = self.query(function)?;
         }
     }
@@ -384,7 +385,7 @@ mod tests {
             Ok(())
         }
 
-        fn wait_for_change(&self, _: &FunctionRef, timeout: Duration) {
+        fn wait_for_change(&self, _: &FunctionRef, _: u64, timeout: Duration) {
             let mut state = self.state.lock();
             let until = state
                 .ready_at

@@ -37,7 +37,10 @@ impl Drop for TempDir {
 
 /// The echo test function's path, for `command = ["python3", ECHO]`.
 pub fn echo_script() -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/functions/echo.py").display().to_string()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/functions/echo.py")
+        .display()
+        .to_string()
 }
 
 /// A running `defrost` process with its log captured.
@@ -57,14 +60,25 @@ impl Defrost {
     pub fn start_with(config: &str, args: &[&str], env: &[(&str, &str)]) -> Defrost {
         let dir = TempDir::new("gw");
         let config_path = dir.path().join("defrost.toml");
-        std::fs::write(&config_path, config.replace("$DIR", &dir.path().display().to_string())).unwrap();
+        std::fs::write(
+            &config_path,
+            config.replace("$DIR", &dir.path().display().to_string()),
+        )
+        .unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_defrost"));
-        cmd.arg("--config").arg(&config_path).arg("--listen").arg("127.0.0.1:0").args(args);
+        cmd.arg("--config")
+            .arg(&config_path)
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .args(args);
         Defrost::spawn(cmd, env, dir)
     }
 
     pub fn spawn(mut cmd: Command, env: &[(&str, &str)], dir: TempDir) -> Defrost {
-        cmd.env("RUST_LOG", "info").stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+        cmd.env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -88,7 +102,12 @@ impl Defrost {
                 panic!("defrost did not start: {:?}", log.lock().unwrap());
             }
         };
-        Defrost { child, addr, log, dir }
+        Defrost {
+            child,
+            addr,
+            log,
+            dir,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -97,7 +116,12 @@ impl Defrost {
 
     /// Log lines containing `needle`.
     pub fn log_count(&self, needle: &str) -> usize {
-        self.log.lock().unwrap().iter().filter(|l| l.contains(needle)).count()
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
     }
 
     pub fn log_text(&self) -> String {
@@ -125,7 +149,10 @@ impl Drop for Defrost {
 
 /// Sends a signal with the `kill` command (no libc in tests).
 pub fn unsafe_kill(pid: u32, signal: &str) {
-    let _ = Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status();
+    let _ = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status();
 }
 
 pub fn wait_exit(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
@@ -152,10 +179,17 @@ pub fn children_of(pid: u32) -> Vec<u32> {
     let mut out = Vec::new();
     if let Ok(entries) = std::fs::read_dir("/proc") {
         for entry in entries.flatten() {
-            let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
-            let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else { continue };
+            let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+                continue;
+            };
             let after = stat.rsplit(')').next().unwrap_or("");
-            let ppid = after.split_whitespace().nth(1).and_then(|p| p.parse::<u32>().ok());
+            let ppid = after
+                .split_whitespace()
+                .nth(1)
+                .and_then(|p| p.parse::<u32>().ok());
             if ppid == Some(pid) {
                 out.push(child);
             }
@@ -192,7 +226,10 @@ impl Reply {
 }
 
 pub fn get(url: &str) -> Reply {
-    let response = agent().get(url).call().unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    let response = agent()
+        .get(url)
+        .call()
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
     read_reply(response)
 }
 
@@ -200,7 +237,11 @@ pub fn read_reply(response: ureq::http::Response<ureq::Body>) -> Reply {
     let (parts, body) = response.into_parts();
     let mut text = String::new();
     body.into_reader().read_to_string(&mut text).unwrap();
-    Reply { status: parts.status.as_u16(), headers: parts.headers, body: text }
+    Reply {
+        status: parts.status.as_u16(),
+        headers: parts.headers,
+        body: text,
+    }
 }
 
 /// Sends raw bytes and returns the raw answer (until close or `limit`).
@@ -215,5 +256,7 @@ pub fn raw(addr: SocketAddr, request: &[u8], limit: Duration) -> String {
 
 /// Lines in a file (0 when it does not exist yet).
 pub fn lines_in(path: &Path) -> usize {
-    std::fs::read_to_string(path).map(|s| s.lines().count()).unwrap_or(0)
+    std::fs::read_to_string(path)
+        .map(|s| s.lines().count())
+        .unwrap_or(0)
 }

@@ -190,9 +190,9 @@ impl Provider for ProcessProvider {
         self.slot(function)?.scale(replicas)
     }
 
-    fn wait_for_change(&self, function: &FunctionRef, timeout: Duration) {
+    fn wait_for_change(&self, function: &FunctionRef, since: u64, timeout: Duration) {
         match self.slots.get(function) {
-            Some(slot) => slot.wait_for_change(timeout),
+            Some(slot) => slot.wait_for_change(since, timeout),
             // Nothing will ever change; sleeping keeps a confused caller from spinning.
             None => std::thread::sleep(timeout),
         }

@@ -188,9 +188,9 @@ impl Slot {
     }
 
     pub(super) fn status(&self) -> FunctionStatus {
-        let (replicas, endpoints) = {
+        let (replicas, endpoints, generation) = {
             let state = self.state.lock();
-            (state.desired, state.endpoints.clone())
+            (state.desired, state.endpoints.clone(), state.generation)
         };
         FunctionStatus {
             replicas,
@@ -199,6 +199,7 @@ impl Slot {
             max_replicas: self.spec.max_replicas,
             labels: self.labels.clone(),
             endpoints,
+            generation,
         }
     }
 
@@ -240,10 +241,9 @@ impl Slot {
         Ok(())
     }
 
-    pub(super) fn wait_for_change(&self, timeout: Duration) {
+    pub(super) fn wait_for_change(&self, seen: u64, timeout: Duration) {
         let deadline = deadline_after(timeout);
         let mut state = self.state.lock();
-        let seen = state.generation;
         while state.generation == seen {
             if self.changed.wait_until(&mut state, deadline).timed_out() {
                 return;

@@ -82,7 +82,7 @@ fn wait_until(
             !left.is_zero(),
             "{f}: not {what} within {within:?}: {status:?}"
         );
-        p.wait_for_change(f, left);
+        p.wait_for_change(f, status.generation, left);
     }
 }
 
@@ -95,13 +95,17 @@ fn ready(p: &ProcessProvider, f: &FunctionRef, n: u64) -> FunctionStatus {
 /// Reaped replicas leave the state, so an empty state means no child is left.
 fn wait_reaped(p: &ProcessProvider, f: &FunctionRef, within: Duration) {
     let deadline = Instant::now() + within;
-    while p.slots[f].replica_count() > 0 {
+    loop {
+        let seen = p.status(f).unwrap().generation;
+        if p.slots[f].replica_count() == 0 {
+            break;
+        }
         let left = deadline.saturating_duration_since(Instant::now());
         assert!(
             !left.is_zero(),
             "{f}: replicas not reaped within {within:?}"
         );
-        p.wait_for_change(f, left);
+        p.wait_for_change(f, seen, left);
     }
 }
 
@@ -234,8 +238,9 @@ fn kill_9_is_noticed_at_once_and_wakes_waiters() {
         thread::sleep(Duration::from_millis(100));
         unsafe { libc::kill(pid, libc::SIGKILL) };
     });
+    let seen = p.status(&f).unwrap().generation;
     let t0 = Instant::now();
-    p.wait_for_change(&f, Duration::from_secs(5));
+    p.wait_for_change(&f, seen, Duration::from_secs(5));
     assert!(
         t0.elapsed() < Duration::from_secs(1),
         "waiter not woken: {:?}",
