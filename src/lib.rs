@@ -39,6 +39,7 @@
 //! # Ok::<(), std::io::Error>(())
 //! ```
 
+pub mod auth;
 pub mod client;
 pub mod config;
 pub mod error;
