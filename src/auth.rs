@@ -16,7 +16,11 @@ pub struct Credentials {
 
 impl fmt::Debug for Credentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Credentials {{ user: {:?}, password: <hidden> }}", self.user)
+        write!(
+            f,
+            "Credentials {{ user: {:?}, password: <hidden> }}",
+            self.user
+        )
     }
 }
 
@@ -30,21 +34,32 @@ impl Credentials {
                 .map(|s| s.trim_end_matches(['\r', '\n']).to_owned())
                 .map_err(|e| format!("cannot read {}: {e}", path.display()))
         };
-        let credentials = Credentials { user: read("basic-auth-user")?, password: read("basic-auth-password")? };
+        let credentials = Credentials {
+            user: read("basic-auth-user")?,
+            password: read("basic-auth-password")?,
+        };
         if credentials.user.is_empty() || credentials.password.is_empty() {
-            return Err(format!("empty basic-auth-user or basic-auth-password in {}", dir.display()));
+            return Err(format!(
+                "empty basic-auth-user or basic-auth-password in {}",
+                dir.display()
+            ));
         }
         Ok(credentials)
     }
 
     /// The `Authorization` header value that presents these credentials.
     pub fn header_value(&self) -> String {
-        format!("Basic {}", encode(format!("{}:{}", self.user, self.password).as_bytes()))
+        format!(
+            "Basic {}",
+            encode(format!("{}:{}", self.user, self.password).as_bytes())
+        )
     }
 
     /// Whether an `Authorization` header value presents these credentials.
     pub fn accepts(&self, header: Option<&str>) -> bool {
-        let Some(presented) = header.and_then(parse_basic) else { return false };
+        let Some(presented) = header.and_then(parse_basic) else {
+            return false;
+        };
         let (user, password) = presented;
         // Evaluate both comparisons whatever the first says.
         let user_ok = constant_time_eq(user.as_bytes(), self.user.as_bytes());
@@ -80,7 +95,11 @@ const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwx
 pub fn encode(input: &[u8]) -> String {
     let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
     for chunk in input.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {
@@ -128,7 +147,10 @@ mod tests {
 
     #[test]
     fn accepts_only_the_right_pair() {
-        let c = Credentials { user: "admin".into(), password: "pw".into() };
+        let c = Credentials {
+            user: "admin".into(),
+            password: "pw".into(),
+        };
         assert!(c.accepts(Some(&c.header_value())));
         assert!(c.accepts(Some("basic YWRtaW46cHc=")));
         assert!(!c.accepts(Some("Basic YWRtaW46cHd4")), "wrong password");
@@ -147,7 +169,9 @@ mod tests {
         let c = Credentials::from_dir(&dir).unwrap();
         assert_eq!((c.user.as_str(), c.password.as_str()), ("admin", "pw"));
         std::fs::remove_file(dir.join("basic-auth-password")).unwrap();
-        assert!(Credentials::from_dir(&dir).unwrap_err().contains("basic-auth-password"));
+        assert!(Credentials::from_dir(&dir)
+            .unwrap_err()
+            .contains("basic-auth-password"));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

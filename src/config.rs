@@ -58,6 +58,13 @@ pub struct GatewaySection {
     pub shutdown_grace: Dur,
     pub stop_grace: Dur,
     pub startup_timeout: Dur,
+    /// Longest wait for each read from a client.
+    pub read_timeout: Dur,
+    /// Longest wait for each write to a client.
+    pub write_timeout: Dur,
+    /// Require basic auth on `/system/*`, with credentials from `secret_mount_path`.
+    pub basic_auth: bool,
+    pub secret_mount_path: PathBuf,
 }
 
 impl Default for GatewaySection {
@@ -86,6 +93,10 @@ impl Default for GatewaySection {
             shutdown_grace: Dur(Duration::from_secs(30)),
             stop_grace: Dur(Duration::from_secs(10)),
             startup_timeout: Dur(Duration::from_secs(60)),
+            read_timeout: Dur(Duration::from_secs(30)),
+            write_timeout: Dur(Duration::from_secs(30)),
+            basic_auth: false,
+            secret_mount_path: PathBuf::from("/run/secrets"),
         }
     }
 }

@@ -57,6 +57,8 @@ pub enum Error {
         function: FunctionRef,
         after: Duration,
     },
+    /// The provider's API could not be reached for a pass-through call.
+    ProviderApi(String),
     /// The client credentials are missing or wrong.
     Unauthorized,
     /// The gateway is shutting down.
@@ -73,7 +75,10 @@ impl Error {
             Error::MethodNotAllowed { .. } => 405,
             Error::BodyTooLarge { .. } => 413,
             Error::Provider(_, ProviderError::NotFound) => 404,
-            Error::Provider(..) | Error::ScaleFailed { .. } | Error::Upstream { .. } => 502,
+            Error::Provider(..)
+            | Error::ProviderApi(_)
+            | Error::ScaleFailed { .. }
+            | Error::Upstream { .. } => 502,
             Error::ScaleFromZeroDisabled(_) | Error::Overloaded { .. } | Error::ShuttingDown => 503,
             Error::NotReady { .. } | Error::UpstreamTimeout { .. } => 504,
         }
@@ -130,6 +135,7 @@ impl fmt::Display for Error {
                 "function {function}: no answer within {:.1}s",
                 after.as_secs_f64()
             ),
+            Error::ProviderApi(why) => write!(f, "provider unavailable: {why}"),
             Error::Unauthorized => f.write_str("authentication required"),
             Error::ShuttingDown => f.write_str("the gateway is shutting down"),
         }

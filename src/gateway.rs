@@ -7,7 +7,10 @@ use std::time::Instant;
 
 use tiny_http::{Header, Request, Response, ResponseBox, StatusCode};
 
+use crate::auth::Credentials;
 use crate::error::Error;
+use crate::function::FunctionRef;
+use crate::provider::api::{self, ApiRequest};
 use crate::proxy::{Call, Proxy};
 use crate::router::{self, Route};
 use crate::scaler::Scaler;
@@ -17,16 +20,24 @@ pub struct Handler {
     scaler: Arc<Scaler>,
     proxy: Proxy,
     default_namespace: String,
+    /// Credentials `/system/*` callers must present, when basic auth is on.
+    auth: Option<Credentials>,
     in_flight: AtomicUsize,
     draining: AtomicBool,
 }
 
 impl Handler {
-    pub fn new(scaler: Arc<Scaler>, proxy: Proxy, default_namespace: String) -> Handler {
+    pub fn new(
+        scaler: Arc<Scaler>,
+        proxy: Proxy,
+        default_namespace: String,
+        auth: Option<Credentials>,
+    ) -> Handler {
         Handler {
             scaler,
             proxy,
             default_namespace,
+            auth,
             in_flight: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
         }
@@ -88,15 +99,95 @@ impl Handler {
                     query,
                 },
             ),
-            Route::Healthz => Ok(text(200, "OK\n")),
-            Route::System { path, .. } => Err(Error::NoRoute {
-                path: path.to_owned(),
-            }),
+            Route::Healthz => self.healthz(request),
+            Route::System { path, query } => self.system(request, path, query),
             Route::NotFound => Err(Error::NoRoute {
                 path: printable_path(&target),
             }),
         }
     }
+}
+
+impl Handler {
+    /// Liveness: the gateway's own, and its remote provider's when there is one.
+    fn healthz(&self, request: &mut Request) -> Result<ResponseBox, Error> {
+        match self.scaler.provider().remote_api() {
+            Some(api) => {
+                let url = format!("{}/healthz", api.base_url);
+                self.proxy.pass_through(request, &url, api.authorization)
+            }
+            None => Ok(text(200, "OK\n")),
+        }
+    }
+
+    /// The provider API. Scale calls always go through the scaler's single-flight, so a manual
+    /// scale and a cold start never race; the rest is forwarded to a remote provider, or
+    /// answered from the local one.
+    fn system(
+        &self,
+        request: &mut Request,
+        path: &str,
+        query: Option<&str>,
+    ) -> Result<ResponseBox, Error> {
+        self.authorize(request)?;
+        let provider = self.scaler.provider();
+        if let (Some(api), false) = (
+            provider.remote_api(),
+            path.starts_with("/system/scale-function/"),
+        ) {
+            let url = match query {
+                Some(q) => format!("{}{path}?{q}", api.base_url),
+                None => format!("{}{path}", api.base_url),
+            };
+            return self.proxy.pass_through(request, &url, api.authorization);
+        }
+        let body = read_small_body(request)?;
+        let scale = |f: &FunctionRef, n: u64| self.scaler.scale(f, n);
+        let api_request = ApiRequest {
+            method: request.method().as_str(),
+            path,
+            query,
+            body: &body,
+        };
+        let reply = api::handle(
+            provider.as_ref(),
+            &scale,
+            &self.default_namespace,
+            &api_request,
+        );
+        Ok(bytes(reply.status, reply.content_type, reply.body))
+    }
+
+    fn authorize(&self, request: &Request) -> Result<(), Error> {
+        let Some(expected) = &self.auth else {
+            return Ok(());
+        };
+        let presented = request
+            .headers()
+            .iter()
+            .find(|h| h.field.equiv("Authorization"))
+            .map(|h| h.value.as_str());
+        if expected.accepts(presented) {
+            Ok(())
+        } else {
+            Err(Error::Unauthorized)
+        }
+    }
+}
+
+/// API requests are small JSON documents; anything bigger is refused, not buffered.
+fn read_small_body(request: &mut Request) -> Result<Vec<u8>, Error> {
+    const LIMIT: u64 = 1 << 20;
+    let mut body = Vec::new();
+    request
+        .as_reader()
+        .take(LIMIT + 1)
+        .read_to_end(&mut body)
+        .map_err(|e| Error::BadRequest(format!("reading the request body failed: {e}")))?;
+    if body.len() as u64 > LIMIT {
+        return Err(Error::BodyTooLarge { limit: LIMIT });
+    }
+    Ok(body)
 }
 
 /// Failures the operator should hear about are logged; a client's own mistakes are not.

@@ -81,6 +81,14 @@ pub struct Settings {
     pub max_idle_per_host: usize,
     /// Longest wait for requests in flight when shutting down.
     pub shutdown_grace: Duration,
+    /// Client connections at once; more are refused quickly.
+    pub max_connections: usize,
+    /// Longest wait for each read from a client (request head and body).
+    pub client_read_timeout: Duration,
+    /// Longest wait for each write to a client.
+    pub client_write_timeout: Duration,
+    /// Credentials required on `/system/*` (never on `/function/*`); `None`: open.
+    pub auth: Option<auth::Credentials>,
 }
 
 impl Default for Settings {
@@ -100,6 +108,10 @@ impl From<&GatewaySection> for Settings {
             connect_timeout: g.connect_timeout.0,
             max_idle_per_host: g.max_idle_per_host,
             shutdown_grace: g.shutdown_grace.0,
+            client_read_timeout: g.read_timeout.0,
+            client_write_timeout: g.write_timeout.0,
+            max_connections: g.max_connections,
+            auth: None,
         }
     }
 }
@@ -130,6 +142,7 @@ impl Gateway {
             scaler,
             proxy,
             settings.default_namespace.clone(),
+            settings.auth.clone(),
         ));
         let worker_handler = Arc::clone(&handler);
         let pool = Pool::start(

@@ -1,43 +1,201 @@
-//! From what the operator wrote (a config file, or the OpenFaaS environment) to settings and a
-//! provider ready to run.
+//! From what the operator wrote (a config file, or the OpenFaaS gateway's environment
+//! variables) to settings and a provider ready to run.
 
-use std::path::Path;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
-use crate::config::{Loaded, ProviderKind};
+use crate::auth::Credentials;
+use crate::config::{parse_duration, GatewaySection, Loaded, ProviderKind, ProviderSection};
+use crate::provider::openfaas::{OpenFaasOptions, OpenFaasProvider};
 use crate::provider::process::{ProcessOptions, ProcessProvider};
 use crate::provider::Provider;
 use crate::Settings;
 
-/// Reads `config` when given; otherwise the environment.
+/// Reads `config` when given; otherwise the OpenFaaS environment variables.
 pub fn from_sources(config: Option<&Path>) -> Result<(Settings, Arc<dyn Provider>), String> {
     match config {
         Some(path) => from_file(&Loaded::read(path).map_err(|e| e.to_string())?),
-        None => from_file(
-            &Loaded::parse(Path::new("(defaults)"), String::new()).map_err(|e| e.to_string())?,
-        ),
+        None => from_env(&|name| std::env::var(name).ok()),
     }
 }
 
 /// Settings and provider described by a loaded config file.
 pub fn from_file(loaded: &Loaded) -> Result<(Settings, Arc<dyn Provider>), String> {
-    let settings = Settings::from(&loaded.config.gateway);
-    let kind = loaded
-        .config
-        .provider
-        .as_ref()
-        .map_or(ProviderKind::Process, |p| p.kind);
-    let provider: Arc<dyn Provider> = match kind {
-        ProviderKind::Process => {
-            let functions = loaded.process_functions().map_err(|e| e.to_string())?;
-            let options = ProcessOptions {
-                stop_grace: loaded.config.gateway.stop_grace.0,
-            };
-            Arc::new(ProcessProvider::new(functions, options)?)
-        }
-        ProviderKind::Openfaas => {
-            return Err("provider kind \"openfaas\" is not available yet".into())
+    let gateway = &loaded.config.gateway;
+    let mut settings = Settings::from(gateway);
+    settings.auth = gateway_credentials(gateway)?;
+    let provider: Arc<dyn Provider> = match &loaded.config.provider {
+        None => process_provider(loaded)?,
+        Some(section) if section.kind == ProviderKind::Process => process_provider(loaded)?,
+        Some(section) => {
+            if !loaded.config.functions.is_empty() {
+                return Err(format!(
+                    "{}: [[function]] entries are for the process provider; with kind = \"openfaas\" the provider owns the functions",
+                    loaded.path.display()
+                ));
+            }
+            Arc::new(openfaas_provider(loaded, section, gateway)?)
         }
     };
     Ok((settings, provider))
+}
+
+fn process_provider(loaded: &Loaded) -> Result<Arc<dyn Provider>, String> {
+    let functions = loaded.process_functions().map_err(|e| e.to_string())?;
+    let options = ProcessOptions {
+        stop_grace: loaded.config.gateway.stop_grace.0,
+    };
+    Ok(Arc::new(ProcessProvider::new(functions, options)?))
+}
+
+fn openfaas_provider(
+    loaded: &Loaded,
+    section: &ProviderSection,
+    gateway: &GatewaySection,
+) -> Result<OpenFaasProvider, String> {
+    let url = section.url.as_ref().ok_or_else(|| {
+        format!(
+            "{}: [provider] kind = \"openfaas\" needs `url`",
+            loaded.path.display()
+        )
+    })?;
+    let credentials = match &section.credentials {
+        Some(dir) => Some(Credentials::from_dir(&loaded.base_dir().join(dir))?),
+        None => None,
+    };
+    OpenFaasProvider::new(OpenFaasOptions {
+        base_url: url.get_ref().clone(),
+        credentials,
+        timeout: section.timeout.0,
+        max_idle_per_host: gateway.max_idle_per_host,
+    })
+}
+
+fn gateway_credentials(gateway: &GatewaySection) -> Result<Option<Credentials>, String> {
+    if !gateway.basic_auth {
+        return Ok(None);
+    }
+    Credentials::from_dir(&gateway.secret_mount_path)
+        .map(Some)
+        .map_err(|e| format!("basic_auth is on but {e}"))
+}
+
+/// The OpenFaaS gateway's configuration, read from its environment variables with their
+/// meaning and defaults (8s timeouts, scale from zero only when `scale_from_zero=true`,
+/// secrets in `/run/secrets/`), listening on port 8080.
+pub fn from_env(
+    var: &dyn Fn(&str) -> Option<String>,
+) -> Result<(Settings, Arc<dyn Provider>), String> {
+    let duration = |name: &str, default: Duration| match var(name).filter(|v| !v.is_empty()) {
+        None => Ok(default),
+        Some(v) => parse_duration(&v).map_err(|e| format!("{name}: {e}")),
+    };
+    let number = |name: &str, default: usize| match var(name).filter(|v| !v.is_empty()) {
+        None => Ok(default),
+        Some(v) => v
+            .trim()
+            .parse()
+            .map_err(|_| format!("{name}: {v:?} is not a whole number")),
+    };
+    let gateway = GatewaySection {
+        listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+        upstream_timeout: crate::config::Dur(duration("upstream_timeout", Duration::from_secs(8))?),
+        scale_from_zero: var("scale_from_zero").as_deref() == Some("true"),
+        default_namespace: var("function_namespace")
+            .filter(|ns| !ns.is_empty())
+            .unwrap_or_else(|| "openfaas-fn".into()),
+        basic_auth: var("basic_auth").as_deref() == Some("true"),
+        secret_mount_path: PathBuf::from(
+            var("secret_mount_path").unwrap_or_else(|| "/run/secrets/".into()),
+        ),
+        max_idle_per_host: number("max_idle_conns_per_host", 1024)?,
+        ..GatewaySection::default()
+    };
+    // Read for their meaning in the OpenFaaS gateway: client read/write timeouts.
+    let read_timeout = duration("read_timeout", Duration::from_secs(8))?;
+    let write_timeout = duration("write_timeout", Duration::from_secs(8))?;
+    let _max_idle_total = number("max_idle_conns", 1024)?;
+    let mut settings = Settings::from(&gateway);
+    settings.client_read_timeout = read_timeout;
+    settings.client_write_timeout = write_timeout;
+    settings.auth = gateway_credentials(&gateway)?;
+    let provider: Arc<dyn Provider> = match var("functions_provider_url").filter(|u| !u.is_empty())
+    {
+        Some(url) => Arc::new(OpenFaasProvider::new(OpenFaasOptions {
+            base_url: url,
+            credentials: settings.auth.clone(),
+            timeout: settings.proxy.upstream_timeout,
+            max_idle_per_host: gateway.max_idle_per_host,
+        })?),
+        None => {
+            log::warn!("no config file and no functions_provider_url: serving no functions");
+            Arc::new(ProcessProvider::new(
+                Vec::new(),
+                ProcessOptions {
+                    stop_grace: gateway.stop_grace.0,
+                },
+            )?)
+        }
+    };
+    Ok((settings, provider))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn openfaas_environment_defaults() {
+        let (settings, provider) = from_env(&env(&[(
+            "functions_provider_url",
+            "http://127.0.0.1:8081/",
+        )]))
+        .unwrap();
+        assert_eq!(settings.listen.port(), 8080);
+        assert_eq!(settings.proxy.upstream_timeout, Duration::from_secs(8));
+        assert!(!settings.scaling.scale_from_zero);
+        assert_eq!(settings.default_namespace, "openfaas-fn");
+        assert_eq!(
+            provider
+                .remote_api()
+                .map(|a| a.base_url.to_owned())
+                .as_deref(),
+            Some("http://127.0.0.1:8081")
+        );
+    }
+
+    #[test]
+    fn openfaas_environment_values() {
+        let (settings, _) = from_env(&env(&[
+            ("upstream_timeout", "1m30s"),
+            ("read_timeout", "15"),
+            ("scale_from_zero", "true"),
+            ("function_namespace", "fns"),
+        ]))
+        .unwrap();
+        assert_eq!(settings.proxy.upstream_timeout, Duration::from_secs(90));
+        assert_eq!(settings.client_read_timeout, Duration::from_secs(15));
+        assert!(settings.scaling.scale_from_zero);
+        assert_eq!(settings.default_namespace, "fns");
+        assert!(from_env(&env(&[("upstream_timeout", "soon")]))
+            .unwrap_err()
+            .contains("upstream_timeout"));
+        assert!(from_env(&env(&[
+            ("basic_auth", "true"),
+            ("secret_mount_path", "/nonexistent")
+        ]))
+        .unwrap_err()
+        .contains("basic-auth-user"));
+    }
 }

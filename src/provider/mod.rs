@@ -16,6 +16,7 @@ use crate::function::FunctionRef;
 pub mod api;
 pub mod openfaas;
 pub mod process;
+pub mod wire;
 
 /// Label that sets the replicas a cold function is scaled to (OpenFaaS' name).
 pub const LABEL_MIN_REPLICAS: &str = "com.openfaas.scale.min";
@@ -184,6 +185,13 @@ pub trait Provider: Send + Sync + 'static {
 
     /// Stops everything the provider started; called once when the gateway shuts down.
     fn shutdown(&self) {}
+
+    /// Where the provider serves the faas-provider HTTP API, if it is remote: the gateway then
+    /// forwards `/system/*` calls there. `None` (the default): the gateway answers them itself
+    /// from this trait.
+    fn remote_api(&self) -> Option<openfaas::RemoteApi<'_>> {
+        None
+    }
 }
 
 /// Reads `com.openfaas.scale.min`/`max`, falling back (with a warning) on values that are not

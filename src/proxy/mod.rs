@@ -73,18 +73,13 @@ impl Proxy {
 
     /// Sends the request to a ready replica of the function and returns the response to relay.
     pub fn forward(&self, request: &mut Request, call: &Call<'_>) -> Result<ResponseBox, Error> {
-        let declared = declared_body(request)?;
-        if let Body::Length(n) = declared {
-            if n > self.config.max_body_bytes {
-                return Err(Error::BodyTooLarge {
-                    limit: self.config.max_body_bytes,
-                });
-            }
-        }
-        let outgoing = OutgoingHead::from_request(request, call.function);
+        let declared = self.declared_body(request)?;
+        let mut outgoing = OutgoingHead::from_request(request);
+        let function = call.function;
+        outgoing.push("X-Defrost-Function-Name", function.name());
+        outgoing.push("X-Defrost-Function-Namespace", function.namespace());
         let method = request.method().as_str().to_owned();
-        let limit = self.config.max_body_bytes;
-        let mut body = ClientBody::new(request.as_reader(), limit);
+        let mut body = ClientBody::new(request.as_reader(), self.config.max_body_bytes);
         let mut attempt = 0;
         loop {
             let status = self.scaler.ready(call.function)?;
@@ -96,7 +91,7 @@ impl Proxy {
             let url = upstream_url(endpoint.base_url(), call.rest, call.query);
             let sent = self.send(&method, &url, &outgoing, declared, &mut body);
             match sent {
-                Ok(response) => return Ok(relay(response, in_flight, &outgoing)),
+                Ok(response) => return Ok(relay(response, Some(in_flight), &outgoing)),
                 Err(e)
                     if is_connect_error(&e)
                         && !body.touched()
@@ -109,6 +104,43 @@ impl Proxy {
                 }
                 Err(e) => return Err(self.failure(call.function, &url, e, &body)),
             }
+        }
+    }
+
+    /// Sends the request as is to `url`, a provider's API, presenting the provider's own
+    /// credentials instead of the client's.
+    pub fn pass_through(
+        &self,
+        request: &mut Request,
+        url: &str,
+        authorization: Option<&str>,
+    ) -> Result<ResponseBox, Error> {
+        let declared = self.declared_body(request)?;
+        let mut outgoing = OutgoingHead::from_request(request);
+        outgoing
+            .headers
+            .retain(|(n, _)| !n.eq_ignore_ascii_case("Authorization"));
+        if let Some(auth) = authorization {
+            outgoing.push("Authorization", auth);
+        }
+        let method = request.method().as_str().to_owned();
+        let mut body = ClientBody::new(request.as_reader(), self.config.max_body_bytes);
+        match self.send(&method, url, &outgoing, declared, &mut body) {
+            Ok(response) => Ok(relay(response, None, &outgoing)),
+            Err(_) if body.too_large() => Err(Error::BodyTooLarge {
+                limit: self.config.max_body_bytes,
+            }),
+            Err(e) => Err(Error::ProviderApi(format!("{url}: {e}"))),
+        }
+    }
+
+    /// The client's body framing, refused when it is ambiguous or declares too much.
+    fn declared_body(&self, request: &Request) -> Result<Body, Error> {
+        match declared_body(request)? {
+            Body::Length(n) if n > self.config.max_body_bytes => Err(Error::BodyTooLarge {
+                limit: self.config.max_body_bytes,
+            }),
+            declared => Ok(declared),
         }
     }
 
@@ -223,7 +255,11 @@ struct OutgoingHead {
 }
 
 impl OutgoingHead {
-    fn from_request(request: &Request, function: &FunctionRef) -> OutgoingHead {
+    fn push(&mut self, name: &str, value: &str) {
+        self.headers.push((name.to_owned(), value.to_owned()));
+    }
+
+    fn from_request(request: &Request) -> OutgoingHead {
         let connection = request
             .headers()
             .iter()
@@ -258,11 +294,6 @@ impl OutgoingHead {
         });
         headers.push((X_CALL_ID.into(), call_id.clone()));
         headers.push((X_START_TIME.into(), start_time.clone()));
-        headers.push(("X-Defrost-Function-Name".into(), function.name().into()));
-        headers.push((
-            "X-Defrost-Function-Namespace".into(),
-            function.namespace().into(),
-        ));
         OutgoingHead {
             headers,
             call_id,
@@ -275,7 +306,7 @@ impl OutgoingHead {
 /// the body has been relayed.
 fn relay(
     response: http::Response<ureq::Body>,
-    in_flight: InFlight,
+    in_flight: Option<InFlight>,
     head: &OutgoingHead,
 ) -> ResponseBox {
     let (parts, body) = response.into_parts();
@@ -318,7 +349,7 @@ fn relay(
 /// The function's response body, holding its replica's in-flight count while it streams.
 struct Relayed<R> {
     body: R,
-    _in_flight: InFlight,
+    _in_flight: Option<InFlight>,
 }
 
 impl<R: Read> Read for Relayed<R> {
