@@ -189,13 +189,15 @@ mod tests {
         assert!(settings.scaling.scale_from_zero);
         assert_eq!(settings.default_namespace, "fns");
         assert!(from_env(&env(&[("upstream_timeout", "soon")]))
-            .unwrap_err()
+            .err()
+            .unwrap()
             .contains("upstream_timeout"));
         assert!(from_env(&env(&[
             ("basic_auth", "true"),
             ("secret_mount_path", "/nonexistent")
         ]))
-        .unwrap_err()
+        .err()
+        .unwrap()
         .contains("basic-auth-user"));
     }
 }

@@ -243,3 +243,186 @@ pub struct RemoteApi<'a> {
     pub base_url: &'a str,
     pub authorization: Option<&'a str>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader, Write};
+    use std::net::TcpListener;
+    use std::sync::mpsc;
+    use std::thread;
+    use std::time::Instant;
+
+    /// A one-connection provider on loopback that records the request and answers `reply`
+    /// (or never answers when `reply` is `None`).
+    fn provider_once(reply: Option<&'static str>) -> (String, mpsc::Receiver<String>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            let Ok((stream, _)) = listener.accept() else {
+                return;
+            };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut head = String::new();
+            let mut length = 0;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+                head.push_str(&line);
+            }
+            let mut body = vec![0; length];
+            let _ = std::io::Read::read_exact(&mut reader, &mut body);
+            let _ = tx.send(format!("{head}\r\n{}", String::from_utf8_lossy(&body)));
+            match reply {
+                Some(reply) => {
+                    let _ = (&stream).write_all(reply.as_bytes());
+                }
+                None => thread::sleep(Duration::from_secs(5)),
+            }
+        });
+        (url, rx)
+    }
+
+    fn client(url: &str, credentials: Option<Credentials>) -> OpenFaasProvider {
+        OpenFaasProvider::new(OpenFaasOptions {
+            base_url: url.to_owned(),
+            credentials,
+            timeout: Duration::from_millis(500),
+            max_idle_per_host: 4,
+        })
+        .unwrap()
+    }
+
+    fn answer(status: &str, body: &str) -> &'static str {
+        Box::leak(
+            format!(
+                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .into_boxed_str(),
+        )
+    }
+
+    fn echo() -> FunctionRef {
+        FunctionRef::new("echo", "team").unwrap()
+    }
+
+    #[test]
+    fn scale_sends_namespace_in_query_and_body_with_credentials() {
+        let (url, seen) = provider_once(Some(answer("202 Accepted", "")));
+        let creds = Credentials {
+            user: "admin".into(),
+            password: "pw".into(),
+        };
+        let provider = client(&format!("{url}/"), Some(creds));
+        provider.set_replicas(&echo(), 3).unwrap();
+        let request = seen.recv_timeout(Duration::from_secs(2)).unwrap();
+        assert!(
+            request.starts_with("POST /system/scale-function/echo?namespace=team HTTP/1.1"),
+            "{request}"
+        );
+        assert!(
+            request.contains("authorization: Basic YWRtaW46cHc=")
+                || request.contains("Authorization: Basic YWRtaW46cHc="),
+            "{request}"
+        );
+        assert!(
+            request.ends_with(r#"{"serviceName":"echo","namespace":"team","replicas":3}"#),
+            "{request}"
+        );
+    }
+
+    #[test]
+    fn status_treats_absent_replicas_as_zero_and_reads_labels() {
+        let body = r#"{"name":"echo","image":"x","labels":{"com.openfaas.scale.min":"3"}}"#;
+        let (url, seen) = provider_once(Some(answer("200 OK", body)));
+        let status = client(&url, None).status(&echo()).unwrap();
+        assert_eq!(
+            (
+                status.replicas,
+                status.available_replicas,
+                status.min_replicas
+            ),
+            (0, 0, 3)
+        );
+        assert!(status.endpoints.is_empty());
+        let request = seen.recv_timeout(Duration::from_secs(2)).unwrap();
+        assert!(
+            request.starts_with("GET /system/function/echo?namespace=team HTTP/1.1"),
+            "{request}"
+        );
+    }
+
+    #[test]
+    fn ready_status_points_at_the_providers_function_route() {
+        let (url, _) = provider_once(Some(answer(
+            "200 OK",
+            r#"{"name":"echo","replicas":1,"availableReplicas":1}"#,
+        )));
+        let status = client(&url, None).status(&echo()).unwrap();
+        assert_eq!(
+            status.endpoints[0].base_url(),
+            format!("{url}/function/echo.team")
+        );
+    }
+
+    #[test]
+    fn failures_are_told_apart() {
+        let (url, _) = provider_once(Some(answer("404 Not Found", "nope")));
+        assert!(matches!(
+            client(&url, None).status(&echo()),
+            Err(ProviderError::NotFound)
+        ));
+        let (url, _) = provider_once(Some(answer("500 Internal Server Error", "boom")));
+        assert!(
+            matches!(client(&url, None).status(&echo()), Err(ProviderError::Failed(m)) if m.contains("500"))
+        );
+        let (url, _) = provider_once(Some(answer("200 OK", "{not json")));
+        assert!(matches!(
+            client(&url, None).status(&echo()),
+            Err(ProviderError::Unavailable(_))
+        ));
+        let closed = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let refused = client(&format!("http://{closed}"), None).status(&echo());
+        assert!(
+            matches!(refused, Err(ProviderError::Unavailable(_))),
+            "{refused:?}"
+        );
+    }
+
+    #[test]
+    fn a_hanging_provider_costs_at_most_the_timeout() {
+        let (url, _) = provider_once(None);
+        let started = Instant::now();
+        let result = client(&url, None).status(&echo());
+        assert!(
+            matches!(result, Err(ProviderError::Unavailable(_))),
+            "{result:?}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[test]
+    fn base_urls_are_checked() {
+        assert!(OpenFaasProvider::new(OpenFaasOptions {
+            base_url: "ftp://x".into(),
+            credentials: None,
+            timeout: Duration::from_secs(1),
+            max_idle_per_host: 1
+        })
+        .is_err());
+    }
+}

@@ -1,0 +1,219 @@
+//! A user puts defrost where the OpenFaaS gateway was: in front of an OpenFaaS provider. Here
+//! the provider is another defrost serving the faas-provider API from its process provider.
+
+mod common;
+
+use std::process::Command;
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const USER: &str = "admin";
+const PASSWORD: &str = "s3cret";
+
+fn provider(extra: &str) -> Defrost {
+    Defrost::start(&format!(
+        r#"
+[gateway]
+ready_timeout = "20s"
+
+[[function]]
+name = "echo"
+command = ["python3", "{echo}"]
+env = {{ STARTS_FILE = "$DIR/starts" }}
+readiness_path = "/healthz"
+
+[[function]]
+name = "pair"
+command = ["python3", "{echo}"]
+env = {{ STARTS_FILE = "$DIR/pair-starts" }}
+readiness_path = "/healthz"
+labels = {{ "com.openfaas.scale.min" = "2" }}
+
+[[function]]
+name = "sloth"
+command = ["python3", "{echo}"]
+env = {{ READY_DELAY_MS = "600000" }}
+readiness_path = "/healthz"
+{extra}
+"#,
+        echo = echo_script()
+    ))
+}
+
+/// A gateway configured like the OpenFaaS gateway: environment variables only.
+fn env_gateway(provider_url: &str, secrets: Option<&TempDir>) -> Defrost {
+    let dir = TempDir::new("env-gw");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_defrost"));
+    cmd.arg("--listen").arg("127.0.0.1:0");
+    let mut env = vec![
+        ("functions_provider_url", provider_url.to_string()),
+        ("scale_from_zero", "true".to_string()),
+        ("function_namespace", "default".to_string()),
+        ("upstream_timeout", "20s".to_string()),
+    ];
+    if let Some(secrets) = secrets {
+        env.push(("basic_auth", "true".into()));
+        env.push(("secret_mount_path", secrets.path().display().to_string()));
+    }
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    Defrost::spawn(cmd, &env, dir)
+}
+
+fn secrets() -> TempDir {
+    let dir = TempDir::new("secrets");
+    std::fs::write(dir.path().join("basic-auth-user"), format!("{USER}\n")).unwrap();
+    std::fs::write(
+        dir.path().join("basic-auth-password"),
+        format!("{PASSWORD}\n"),
+    )
+    .unwrap();
+    dir
+}
+
+#[test]
+fn cold_start_through_both_with_one_scale_call_for_two_hundred_requests() {
+    let provider = provider("");
+    let gw = Arc::new(env_gateway(&provider.url("/"), None));
+    let handles: Vec<_> = (0..200)
+        .map(|i| {
+            let url = gw.url(&format!("/function/echo/n/{i}?q={i}"));
+            thread::spawn(move || get(&url))
+        })
+        .collect();
+    for (i, h) in handles.into_iter().enumerate() {
+        let reply = h.join().unwrap();
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        assert_eq!(reply.json()["path"], format!("/n/{i}?q={i}"));
+    }
+    assert_eq!(
+        provider.log_count("scale echo.default: 0 -> 1"),
+        1,
+        "{}",
+        provider.log_text()
+    );
+    assert_eq!(lines_in(&provider.dir.path().join("starts")), 1);
+    assert_eq!(
+        gw.log_count("cold start echo.default"),
+        1,
+        "{}",
+        gw.log_text()
+    );
+}
+
+#[test]
+fn min_label_unknown_functions_and_provider_status() {
+    let provider = provider("");
+    let gw = env_gateway(&provider.url(""), None);
+    assert_eq!(get(&gw.url("/function/pair")).status, 200);
+    assert_eq!(
+        provider.log_count("scale pair.default: 0 -> 2"),
+        1,
+        "{}",
+        provider.log_text()
+    );
+    let unknown = get(&gw.url("/function/ghost"));
+    assert_eq!(unknown.status, 404, "{}", unknown.body);
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut status = get(&gw.url("/system/function/pair?namespace=default")).json();
+    while status["availableReplicas"] != 2 && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(50));
+        status = get(&gw.url("/system/function/pair?namespace=default")).json();
+    }
+    assert_eq!(status["name"], "pair");
+    assert_eq!(status["replicas"], 2);
+    assert_eq!(status["availableReplicas"], 2);
+    assert_eq!(status["labels"]["com.openfaas.scale.min"], "2");
+    let list = get(&gw.url("/system/functions?namespace=default")).json();
+    assert_eq!(list.as_array().map(Vec::len), Some(3), "{list}");
+    assert_eq!(
+        get(&gw.url("/system/namespaces")).json(),
+        serde_json::json!(["default"])
+    );
+}
+
+#[test]
+fn manual_scale_goes_through_the_gateway() {
+    let provider = provider("");
+    let gw = env_gateway(&provider.url(""), None);
+    let response = agent()
+        .post(&gw.url("/system/scale-function/echo?namespace=default"))
+        .send(r#"{"serviceName":"echo","namespace":"default","replicas":2}"#)
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    assert_eq!(
+        provider.log_count("scale echo.default: 0 -> 2"),
+        1,
+        "{}",
+        provider.log_text()
+    );
+}
+
+#[test]
+fn provider_down_is_a_502_not_a_404() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let gw = env_gateway(&format!("http://{closed}"), None);
+    let reply = get(&gw.url("/function/echo"));
+    assert_eq!(reply.status, 502, "{}", reply.body);
+    assert!(reply.body.contains("echo.default"), "{}", reply.body);
+}
+
+#[test]
+fn provider_that_never_reports_ready_is_a_504() {
+    let provider = provider("");
+    let gw = Defrost::start(&format!(
+        "[gateway]\nready_timeout = \"1s\"\n[provider]\nkind = \"openfaas\"\nurl = \"{}\"\n",
+        provider.url("/")
+    ));
+    let started = Instant::now();
+    let reply = get(&gw.url("/function/sloth"));
+    assert_eq!(reply.status, 504, "{}", reply.body);
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
+fn basic_auth_guards_system_routes_but_not_functions() {
+    let provider = provider("");
+    let secrets = secrets();
+    let gw = env_gateway(&provider.url(""), Some(&secrets));
+
+    let denied = get(&gw.url("/system/functions"));
+    assert_eq!(denied.status, 401);
+    assert_eq!(
+        denied.header("www-authenticate"),
+        Some("Basic realm=\"Restricted\"")
+    );
+    let wrong = read_reply(
+        agent()
+            .get(&gw.url("/system/functions"))
+            .header("Authorization", "Basic YWRtaW46bm9wZQ==")
+            .call()
+            .unwrap(),
+    );
+    assert_eq!(wrong.status, 401);
+    let allowed = read_reply(
+        agent()
+            .get(&gw.url("/system/functions"))
+            .header("Authorization", "Basic YWRtaW46czNjcmV0")
+            .call()
+            .unwrap(),
+    );
+    assert_eq!(allowed.status, 200, "{}", allowed.body);
+    let scale = agent()
+        .post(&gw.url("/system/scale-function/echo"))
+        .send(r#"{"serviceName":"echo","replicas":1}"#)
+        .unwrap();
+    assert_eq!(scale.status(), 401);
+
+    assert_eq!(
+        get(&gw.url("/function/echo")).status,
+        200,
+        "functions are never behind auth"
+    );
+}
