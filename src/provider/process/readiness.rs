@@ -100,7 +100,22 @@ fn http_2xx(port: u16, path: &str, timeout: Duration) -> io::Result<bool> {
             Err(e) => return Err(e),
         }
     }
+    drain(&mut stream);
     Ok(is_2xx(&head[..len]))
+}
+
+/// Reads what is left of the answer before closing: closing with unread data makes the kernel
+/// reset the connection, which many servers log as an error on every probe.
+fn drain(stream: &mut TcpStream) {
+    const MOST: usize = 64 * 1024;
+    let mut sink = [0u8; 1024];
+    let mut drained = 0;
+    while drained < MOST {
+        match stream.read(&mut sink) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => drained += n,
+        }
+    }
 }
 
 /// `HTTP/1.x 2yz`: the status line's first twelve bytes say all a probe needs.
