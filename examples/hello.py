@@ -46,7 +46,14 @@ class Hello(BaseHTTPRequestHandler):
         pass  # defrost logs requests itself (RUST_LOG=debug)
 
 
+class Server(ThreadingHTTPServer):
+    # socketserver's default listen backlog is 5: a burst of connections from the gateway
+    # would overflow it and stall in SYN/data retransmits.
+    request_queue_size = 1024
+    daemon_threads = True
+
+
 if __name__ == "__main__":
     port = int(os.environ["PORT"])
     print("hello listening on 127.0.0.1:%d" % port, flush=True)
-    ThreadingHTTPServer(("127.0.0.1", port), Hello).serve_forever()
+    Server(("127.0.0.1", port), Hello).serve_forever()

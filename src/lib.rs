@@ -53,7 +53,7 @@ pub mod server;
 pub mod setup;
 
 use std::io;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -127,7 +127,7 @@ pub struct Gateway {
 impl Gateway {
     /// Binds `settings.listen` and starts serving with `provider`.
     pub fn start(settings: Settings, provider: Arc<dyn Provider>) -> io::Result<Gateway> {
-        let listener = TcpListener::bind(settings.listen)?;
+        let listener = server::bind(settings.listen)?;
         let addr = listener.local_addr()?;
         let server = tiny_http::Server::from_listener(listener, None).map_err(io::Error::other)?;
         let scaler = Arc::new(Scaler::new(provider, settings.scaling.clone()));

@@ -9,20 +9,8 @@ use std::time::{Duration, Instant};
 use common::*;
 
 fn echo_config(extra: &str) -> String {
-    format!(
-        r#"
-[gateway]
-ready_timeout = "20s"
-
-[[function]]
-name = "echo"
-command = ["python3", "{echo}"]
-env = {{ STARTS_FILE = "$DIR/starts" }}
-readiness_path = "/healthz"
-{extra}
-"#,
-        echo = echo_script()
-    )
+    let function = echo_function("echo", r#"STARTS_FILE = "$DIR/starts""#, extra);
+    format!("[gateway]\nready_timeout = \"20s\"\n{function}")
 }
 
 #[test]
@@ -102,19 +90,8 @@ fn min_replicas_are_started_on_a_cold_call() {
 
 #[test]
 fn a_function_that_never_becomes_ready_gets_a_504_within_the_bound() {
-    let config = format!(
-        r#"
-[gateway]
-ready_timeout = "1s"
-
-[[function]]
-name = "sloth"
-command = ["python3", "{echo}"]
-env = {{ READY_DELAY_MS = "600000" }}
-readiness_path = "/healthz"
-"#,
-        echo = echo_script()
-    );
+    let sloth = echo_function("sloth", r#"READY_DELAY_MS = "600000""#, "");
+    let config = format!("[gateway]\nready_timeout = \"1s\"\n{sloth}");
     let gw = Defrost::start(&config);
     let started = Instant::now();
     let reply = get(&gw.url("/function/sloth"));

@@ -10,3 +10,28 @@
 mod pool;
 
 pub use pool::{Pool, PoolConfig};
+
+use std::io;
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::AsRawFd;
+
+/// Pending connections the kernel may queue before accepting (capped by `net.core.somaxconn`).
+const LISTEN_BACKLOG: libc::c_int = 4096;
+
+/// Binds the listening socket with a deep accept queue. The standard library listens with a
+/// backlog of 128: a burst of a few hundred connections (a load test, or every waiter of a cold
+/// function released at once towards a provider) would overflow it, and the overflow costs
+/// the clients seconds of SYN retransmits.
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let listener = TcpListener::bind(addr)?;
+    // SAFETY: the descriptor is valid and owned by `listener` for the whole call; listen(2) on
+    // a listening socket only updates its backlog.
+    let rc = unsafe { libc::listen(listener.as_raw_fd(), LISTEN_BACKLOG) };
+    if rc != 0 {
+        log::warn!(
+            "cannot raise the listen backlog: {}",
+            io::Error::last_os_error()
+        );
+    }
+    Ok(listener)
+}

@@ -43,6 +43,26 @@ pub fn echo_script() -> String {
         .to_string()
 }
 
+/// A `[[function]]` entry running the echo test function, ready when `/healthz` answers.
+/// `env` is a TOML inline table's contents; `extra` more keys, one per line.
+pub fn echo_function(name: &str, env: &str, extra: &str) -> String {
+    format!(
+        "\n[[function]]\nname = \"{name}\"\ncommand = [\"python3\", \"{}\"]\nenv = {{ {env} }}\nreadiness_path = \"/healthz\"\n{extra}\n",
+        echo_script()
+    )
+}
+
+/// GET with an `Authorization` header.
+pub fn get_authorized(url: &str, authorization: &str) -> Reply {
+    read_reply(
+        agent()
+            .get(url)
+            .header("Authorization", authorization)
+            .call()
+            .unwrap(),
+    )
+}
+
 /// A running `defrost` process with its log captured.
 pub struct Defrost {
     pub child: Child,

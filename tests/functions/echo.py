@@ -98,8 +98,15 @@ class Echo(BaseHTTPRequestHandler):
         pass
 
 
+class Server(ThreadingHTTPServer):
+    # socketserver's default listen backlog is 5: a burst of connections from the gateway
+    # would overflow it and stall in SYN/data retransmits.
+    request_queue_size = 1024
+    daemon_threads = True
+
+
 if __name__ == "__main__":
     if os.environ.get("STARTS_FILE"):
         with open(os.environ["STARTS_FILE"], "a") as f:
             f.write("%d\n" % os.getpid())
-    ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Echo).serve_forever()
+    Server(("127.0.0.1", int(os.environ["PORT"])), Echo).serve_forever()
