@@ -1,15 +1,15 @@
 use std::io::Error as IoError;
-use std::io::{self, Cursor, ErrorKind, Read, Write};
+use std::io::{self, BufReader, ErrorKind, Read, Write};
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{Shutdown, SocketAddr};
 use std::str::FromStr;
+use std::sync::Arc;
 
-use std::sync::mpsc::Sender;
-
-use crate::util::{EqualReader, FusedReader};
+use crate::response::ConnectionHint;
+use crate::util::body::{BodyDecoder, BodyReader, ChunkState};
+use crate::util::conn::ConnShared;
 use crate::{HTTPVersion, Header, Method, Response, StatusCode};
-use chunked_transfer::Decoder;
 
 /// Represents an HTTP request made by a client.
 ///
@@ -49,7 +49,7 @@ use chunked_transfer::Decoder;
 /// If you want to build fake requests to test your server, use [`TestRequest`](crate::test::TestRequest).
 pub struct Request {
     // where to read the body from
-    data_reader: Option<Box<dyn Read + Send + 'static>>,
+    data_reader: Option<Body>,
 
     // if this writer is empty, then the request has been answered
     response_writer: Option<Box<dyn Write + Send + 'static>>,
@@ -72,31 +72,41 @@ pub struct Request {
     // true if a `100 Continue` response must be sent when `as_reader()` is called
     must_send_continue: bool,
 
-    // If Some, a message must be sent after responding
-    notify_when_responded: Option<Sender<()>>,
+    // the connection this request came from (`None` for test requests)
+    conn: Option<Arc<ConnShared>>,
+
+    // true if the connection is closed after this request's response (the client asked
+    // for it, or HTTP/1.0 without keep-alive)
+    close_after: bool,
 }
 
-struct NotifyOnDrop<R> {
-    sender: Sender<()>,
-    inner: R,
+/// Body of a request.
+pub(crate) enum Body {
+    Reader(Box<dyn Read + Send + 'static>),
+    Conn(BodyReader),
 }
 
-impl<R: Read> Read for NotifyOnDrop<R> {
+impl Read for Body {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.inner.read(buf)
+        match self {
+            Body::Reader(r) => r.read(buf),
+            Body::Conn(r) => r.read(buf),
+        }
     }
 }
-impl<R: Write> Write for NotifyOnDrop<R> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.inner.write(buf)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
+
+/// Decodes a chunked body from any reader (test requests).
+struct ChunkedReader<R: Read> {
+    src: BufReader<R>,
+    decoder: BodyDecoder,
 }
-impl<R> Drop for NotifyOnDrop<R> {
-    fn drop(&mut self) {
-        self.sender.send(()).unwrap();
+
+impl<R: Read> Read for ChunkedReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        self.decoder.read(&mut self.src, buf)
     }
 }
 
@@ -105,15 +115,6 @@ impl<R> Drop for NotifyOnDrop<R> {
 pub enum RequestCreationError {
     /// The client sent an `Expect` header that was not recognized by tiny-http.
     ExpectationFailed,
-
-    /// Error while reading data from the socket during the creation of the `Request`.
-    CreationIoError(IoError),
-}
-
-impl From<IoError> for RequestCreationError {
-    fn from(err: IoError) -> RequestCreationError {
-        RequestCreationError::CreationIoError(err)
-    }
 }
 
 /// Builds a new request.
@@ -133,7 +134,7 @@ pub fn new_request<R, W>(
     version: HTTPVersion,
     headers: Vec<Header>,
     remote_addr: Option<SocketAddr>,
-    mut source_data: R,
+    source_data: R,
     writer: W,
 ) -> Result<Request, RequestCreationError>
 where
@@ -189,45 +190,20 @@ where
         // if we have a `Connection: upgrade`, always keeping the whole reader
         Box::new(source_data) as Box<dyn Read + Send + 'static>
     } else if let Some(content_length) = content_length {
-        if content_length == 0 {
-            Box::new(io::empty()) as Box<dyn Read + Send + 'static>
-        } else if content_length <= 1024 && !expects_continue {
-            // if the content-length is small enough, we just read everything into a buffer
-
-            let mut buffer = vec![0; content_length];
-            let mut offset = 0;
-
-            while offset != content_length {
-                let read = source_data.read(&mut buffer[offset..])?;
-                if read == 0 {
-                    // the socket returned EOF, but we were before the expected content-length
-                    // aborting
-                    let info = "Connection has been closed before we received enough data";
-                    let err = IoError::new(ErrorKind::ConnectionAborted, info);
-                    return Err(RequestCreationError::CreationIoError(err));
-                }
-
-                offset += read;
-            }
-
-            Box::new(Cursor::new(buffer)) as Box<dyn Read + Send + 'static>
-        } else {
-            let (data_reader, _) = EqualReader::new(source_data, content_length); // TODO:
-            Box::new(FusedReader::new(data_reader)) as Box<dyn Read + Send + 'static>
-        }
+        Box::new(source_data.take(content_length as u64)) as Box<dyn Read + Send + 'static>
     } else if transfer_encoding.is_some() {
-        // if a transfer-encoding was specified, then "chunked" is ALWAYS applied
-        // over the message (RFC2616 #3.6)
-        Box::new(FusedReader::new(Decoder::new(source_data))) as Box<dyn Read + Send + 'static>
+        Box::new(ChunkedReader {
+            src: BufReader::new(source_data),
+            decoder: BodyDecoder::Chunked(ChunkState::Size),
+        }) as Box<dyn Read + Send + 'static>
     } else {
         // if we have neither a Content-Length nor a Transfer-Encoding,
         // assuming that we have no data
-        // TODO: could also be multipart/byteranges
         Box::new(io::empty()) as Box<dyn Read + Send + 'static>
     };
 
     Ok(Request {
-        data_reader: Some(reader),
+        data_reader: Some(Body::Reader(reader)),
         response_writer: Some(Box::new(writer) as Box<dyn Write + Send + 'static>),
         remote_addr,
         secure,
@@ -237,8 +213,43 @@ where
         headers,
         body_length: content_length,
         must_send_continue: expects_continue,
-        notify_when_responded: None,
+        conn: None,
+        close_after: false,
     })
+}
+
+/// Parts of a request read from a connection (see `client.rs`).
+pub(crate) struct ConnRequest {
+    pub(crate) method: Method,
+    pub(crate) path: String,
+    pub(crate) version: HTTPVersion,
+    pub(crate) headers: Vec<Header>,
+    pub(crate) remote_addr: Option<SocketAddr>,
+    pub(crate) body: Body,
+    pub(crate) body_length: Option<usize>,
+    pub(crate) expects_continue: bool,
+    pub(crate) writer: Box<dyn Write + Send + 'static>,
+    pub(crate) conn: Arc<ConnShared>,
+    pub(crate) close_after: bool,
+}
+
+impl From<ConnRequest> for Request {
+    fn from(parts: ConnRequest) -> Request {
+        Request {
+            data_reader: Some(parts.body),
+            response_writer: Some(parts.writer),
+            remote_addr: parts.remote_addr,
+            secure: false,
+            method: parts.method,
+            path: parts.path,
+            http_version: parts.version,
+            headers: parts.headers,
+            body_length: parts.body_length,
+            must_send_continue: parts.expects_continue,
+            conn: Some(parts.conn),
+            close_after: parts.close_after,
+        }
+    }
 }
 
 impl Request {
@@ -309,28 +320,21 @@ impl Request {
     ) -> Box<dyn ReadWrite + Send> {
         use crate::util::CustomStream;
 
+        let mut writer = self.extract_writer_impl();
         response
-            .raw_print(
-                self.response_writer.as_mut().unwrap().by_ref(),
-                self.http_version.clone(),
-                &self.headers,
+            .print(
+                writer.by_ref(),
+                &self.http_version,
                 false,
                 Some(protocol),
+                ConnectionHint::Unspecified,
             )
             .ok(); // TODO: unused result
 
-        self.response_writer.as_mut().unwrap().flush().ok(); // TODO: unused result
+        writer.flush().ok(); // TODO: unused result
 
-        let stream = CustomStream::new(self.extract_reader_impl(), self.extract_writer_impl());
-        if let Some(sender) = self.notify_when_responded.take() {
-            let stream = NotifyOnDrop {
-                sender,
-                inner: stream,
-            };
-            Box::new(stream) as Box<dyn ReadWrite + Send>
-        } else {
-            Box::new(stream) as Box<dyn ReadWrite + Send>
-        }
+        let stream = CustomStream::new(self.extract_reader_impl(), writer);
+        Box::new(stream) as Box<dyn ReadWrite + Send>
     }
 
     /// Allows to read the body of the request.
@@ -338,9 +342,6 @@ impl Request {
     /// # Example
     ///
     /// ```no_run
-    /// # extern crate rustc_serialize;
-    /// # extern crate tiny_http;
-    /// # use rustc_serialize::json::Json;
     /// # use std::io::Read;
     /// # fn get_content_type(_: &tiny_http::Request) -> &'static str { "" }
     /// # fn main() {
@@ -350,30 +351,36 @@ impl Request {
     /// if get_content_type(&request) == "application/json" {
     ///     let mut content = String::new();
     ///     request.as_reader().read_to_string(&mut content).unwrap();
-    ///     let json: Json = content.parse().unwrap();
     /// }
     /// # }
     /// ```
     ///
     /// If the client sent a `Expect: 100-continue` header with the request, calling this
     ///  function will send back a `100 Continue` response.
+    ///
+    /// A body that ends before its declared `Content-Length` (or a malformed chunked body)
+    /// is reported as an error instead of a short read. Body reads time out after the
+    /// server's [`Limits::read_timeout`](crate::Limits::read_timeout).
     #[inline]
     pub fn as_reader(&mut self) -> &mut dyn Read {
         if self.must_send_continue {
-            let msg = Response::new_empty(StatusCode(100));
-            msg.raw_print(
-                self.response_writer.as_mut().unwrap().by_ref(),
-                self.http_version.clone(),
-                &self.headers,
-                true,
-                None,
-            )
-            .ok();
-            self.response_writer.as_mut().unwrap().flush().ok();
+            if let Some(writer) = self.response_writer.as_mut() {
+                let msg = Response::new_empty(StatusCode(100));
+                msg.print(
+                    writer.by_ref(),
+                    &self.http_version,
+                    true,
+                    None,
+                    ConnectionHint::Unspecified,
+                )
+                .ok();
+                writer.flush().ok();
+            }
             self.must_send_continue = false;
         }
 
-        self.data_reader.as_mut().unwrap()
+        self.data_reader
+            .get_or_insert_with(|| Body::Reader(Box::new(io::empty())))
     }
 
     /// Turns the `Request` into a writer.
@@ -388,59 +395,63 @@ impl Request {
     /// Therefore you should always destroy the `Writer` as soon as possible.
     #[inline]
     pub fn into_writer(mut self) -> Box<dyn Write + Send + 'static> {
-        let writer = self.extract_writer_impl();
-        if let Some(sender) = self.notify_when_responded.take() {
-            let writer = NotifyOnDrop {
-                sender,
-                inner: writer,
-            };
-            Box::new(writer) as Box<dyn Write + Send + 'static>
-        } else {
-            writer
-        }
+        self.extract_writer_impl()
     }
 
     /// Extract the response `Writer` object from the Request, dropping this `Writer` has the same side effects
     /// as the object returned by `into_writer` above.
     ///
-    /// This may only be called once on a single request.
+    /// Returns a sink if it was already extracted.
     fn extract_writer_impl(&mut self) -> Box<dyn Write + Send + 'static> {
-        use std::mem;
-
-        assert!(self.response_writer.is_some());
-
-        let mut writer = None;
-        mem::swap(&mut self.response_writer, &mut writer);
-        writer.unwrap()
+        self.response_writer
+            .take()
+            .unwrap_or_else(|| Box::new(io::sink()))
     }
 
     /// Extract the body `Reader` object from the Request.
     ///
-    /// This may only be called once on a single request.
+    /// Returns an empty reader if it was already extracted.
     fn extract_reader_impl(&mut self) -> Box<dyn Read + Send + 'static> {
-        use std::mem;
-
-        assert!(self.data_reader.is_some());
-
-        let mut reader = None;
-        mem::swap(&mut self.data_reader, &mut reader);
-        reader.unwrap()
+        match self.data_reader.take() {
+            Some(Body::Reader(r)) => r,
+            Some(body) => Box::new(body),
+            None => Box::new(io::empty()),
+        }
     }
 
     /// Sends a response to this request.
+    ///
+    /// The response goes through the connection's limits: a known length is sent with
+    /// `Content-Length` (see [`Limits::chunked_threshold`](crate::Limits::chunked_threshold)),
+    /// and the connection is closed after the response (`Connection: close`) when the
+    /// unread rest of the request body is too large to be drained.
     #[inline]
     pub fn respond<R>(mut self, response: Response<R>) -> Result<(), IoError>
     where
         R: Read,
     {
-        let res = self.respond_impl(response);
-        if let Some(sender) = self.notify_when_responded.take() {
-            sender.send(()).unwrap();
-        }
-        res
+        self.respond_impl(response)
     }
 
-    fn respond_impl<R>(&mut self, response: Response<R>) -> Result<(), IoError>
+    /// True if what is left unread of the body means the connection cannot be reused.
+    fn unread_body_forces_close(&self, max_drain: usize) -> bool {
+        if self.must_send_continue && self.body_length != Some(0) {
+            // the client waits for `100 Continue` before sending the body, or sends it
+            // anyway: either way the next request's start is unknown
+            return true;
+        }
+        match &self.data_reader {
+            Some(Body::Conn(body)) => {
+                body.is_broken()
+                    || body
+                        .unread_length()
+                        .map_or(false, |left| left > max_drain as u64)
+            }
+            _ => false,
+        }
+    }
+
+    fn respond_impl<R>(&mut self, mut response: Response<R>) -> Result<(), IoError>
     where
         R: Read,
     {
@@ -448,15 +459,53 @@ impl Request {
 
         let do_not_send_body = self.method == Method::Head;
 
-        Self::ignore_client_closing_errors(response.raw_print(
-            writer.by_ref(),
-            self.http_version.clone(),
-            &self.headers,
-            do_not_send_body,
-            None,
-        ))?;
+        let hint = match &self.conn {
+            None => ConnectionHint::Unspecified,
+            Some(conn) => {
+                // wait until the responses to earlier pipelined requests are written: one
+                // of them may decide to close the connection
+                let _ = writer.flush();
+                response.default_chunked_threshold(conn.limits.chunked_threshold);
+                if self.close_after
+                    || conn.must_close()
+                    || self.unread_body_forces_close(conn.limits.max_drain_bytes)
+                {
+                    conn.mark_close();
+                    ConnectionHint::Close
+                } else {
+                    ConnectionHint::KeepAlive
+                }
+            }
+        };
 
-        Self::ignore_client_closing_errors(writer.flush())
+        let result = response
+            .print(
+                writer.by_ref(),
+                &self.http_version,
+                do_not_send_body,
+                None,
+                hint,
+            )
+            .and_then(|close| writer.flush().map(|_| close));
+
+        if let Some(conn) = &self.conn {
+            match result {
+                Ok(false) => (),
+                // the response is complete: FIN now, so that the client sees the end
+                Ok(true) => {
+                    conn.mark_close();
+                    conn.shutdown(Shutdown::Write);
+                }
+                // the response may be partly written: the connection is unusable
+                Err(_) => {
+                    conn.mark_close();
+                    conn.shutdown(Shutdown::Both);
+                }
+            }
+        }
+        drop(writer);
+
+        Self::ignore_client_closing_errors(result.map(|_| ()))
     }
 
     fn ignore_client_closing_errors(result: io::Result<()>) -> io::Result<()> {
@@ -467,11 +516,6 @@ impl Request {
             ErrorKind::ConnectionReset => Ok(()),
             _ => Err(err),
         })
-    }
-
-    pub(crate) fn with_notify_sender(mut self, sender: Sender<()>) -> Self {
-        self.notify_when_responded = Some(sender);
-        self
     }
 }
 
@@ -490,9 +534,6 @@ impl Drop for Request {
         if self.response_writer.is_some() {
             let response = Response::empty(500);
             let _ = self.respond_impl(response); // ignoring any potential error
-            if let Some(sender) = self.notify_when_responded.take() {
-                sender.send(()).unwrap();
-            }
         }
     }
 }

@@ -1,6 +1,5 @@
 use crate::common::{HTTPVersion, Header, StatusCode};
 use httpdate::HttpDate;
-use std::cmp::Ordering;
 use std::sync::mpsc::Receiver;
 
 use std::io::Result as IoResult;
@@ -48,27 +47,34 @@ pub struct Response<R> {
 /// A `Response` without a template parameter.
 pub type ResponseBox = Response<Box<dyn Read + Send>>;
 
-/// Transfer encoding to use when sending the message.
-/// Note that only *supported* encoding are listed here.
-#[derive(Copy, Clone)]
-enum TransferEncoding {
-    Identity,
+/// How the body of a response is delimited on the wire.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+enum Framing {
+    /// No body at all (1xx, 204, upgrades).
+    NoBody,
+    /// `Content-Length`.
+    Length(usize),
+    /// `Transfer-Encoding: chunked`.
     Chunked,
+    /// Body delimited by closing the connection (HTTP/1.0 with an unknown length).
+    Close,
 }
 
-impl FromStr for TransferEncoding {
-    type Err = ();
-
-    fn from_str(input: &str) -> Result<TransferEncoding, ()> {
-        if input.eq_ignore_ascii_case("identity") {
-            Ok(TransferEncoding::Identity)
-        } else if input.eq_ignore_ascii_case("chunked") {
-            Ok(TransferEncoding::Chunked)
-        } else {
-            Err(())
-        }
-    }
+/// What the server intends to do with the connection after a response.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub(crate) enum ConnectionHint {
+    /// Nothing known (public `raw_print`): no `Connection` header unless needed.
+    Unspecified,
+    /// The connection is closed after this response: send `Connection: close`.
+    Close,
+    /// The connection is kept open (sends `Connection: keep-alive` to HTTP/1.0 clients).
+    KeepAlive,
 }
+
+/// Size of the reads from a response body reader (and so of the chunks it is sent in).
+const COPY_BUF: usize = 32 * 1024;
+/// Room in front of chunk data for its size line (16 hex digits and CRLF).
+const CHUNK_HEAD: usize = 18;
 
 /// Builds a Date: header with the current date.
 fn build_date_header() -> Header {
@@ -76,111 +82,93 @@ fn build_date_header() -> Header {
     Header::from_bytes(&b"Date"[..], &d.to_string().into_bytes()[..]).unwrap()
 }
 
-fn write_message_header<W>(
-    mut writer: W,
+/// Serializes the status line and headers, terminated by the empty line.
+fn message_header(
     http_version: &HTTPVersion,
     status_code: &StatusCode,
     headers: &[Header],
-) -> IoResult<()>
-where
-    W: Write,
-{
-    // writing status line
-    write!(
-        &mut writer,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
+    // writing into a Vec cannot fail
+    let _ = write!(
+        &mut out,
         "HTTP/{}.{} {} {}\r\n",
         http_version.0,
         http_version.1,
         status_code.0,
         status_code.default_reason_phrase()
-    )?;
-
-    // writing headers
+    );
     for header in headers.iter() {
-        writer.write_all(header.field.as_str().as_ref())?;
-        write!(&mut writer, ": ")?;
-        writer.write_all(header.value.as_str().as_ref())?;
-        write!(&mut writer, "\r\n")?;
+        out.extend_from_slice(header.field.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(header.value.as_str().as_bytes());
+        out.extend_from_slice(b"\r\n");
     }
+    out.extend_from_slice(b"\r\n");
+    out
+}
 
-    // separator between header and data
-    write!(&mut writer, "\r\n")?;
+/// Reads from `reader`, retrying on `Interrupted`.
+fn read_some<R: Read + ?Sized>(reader: &mut R, buf: &mut [u8]) -> IoResult<usize> {
+    loop {
+        match reader.read(buf) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            other => return other,
+        }
+    }
+}
 
+/// Copies exactly `length` bytes, writing and flushing each read as it comes.
+/// A reader that ends early is an error (the declared length cannot be honoured).
+fn copy_length<R: Read, W: Write>(reader: &mut R, writer: &mut W, length: usize) -> IoResult<()> {
+    let mut buf = vec![0u8; length.clamp(1, COPY_BUF)];
+    let mut remaining = length;
+    while remaining > 0 {
+        let max = remaining.min(buf.len());
+        let n = read_some(reader, &mut buf[..max])?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "response body shorter than its declared length",
+            ));
+        }
+        writer.write_all(&buf[..n])?;
+        writer.flush()?;
+        remaining -= n;
+    }
     Ok(())
 }
 
-fn choose_transfer_encoding(
-    status_code: StatusCode,
-    request_headers: &[Header],
-    http_version: &HTTPVersion,
-    entity_length: &Option<usize>,
-    has_additional_headers: bool,
-    chunked_threshold: usize,
-) -> TransferEncoding {
-    use crate::util;
-
-    // HTTP 1.0 doesn't support other encoding
-    if *http_version <= (1, 0) {
-        return TransferEncoding::Identity;
+/// Sends the reader's data as chunks: each read becomes one chunk, written and flushed
+/// at once, so that a streaming body is not held back.
+fn copy_chunked<R: Read, W: Write>(reader: &mut R, writer: &mut W) -> IoResult<()> {
+    let mut buf = vec![0u8; CHUNK_HEAD + COPY_BUF + 2];
+    loop {
+        let n = read_some(reader, &mut buf[CHUNK_HEAD..CHUNK_HEAD + COPY_BUF])?;
+        if n == 0 {
+            writer.write_all(b"0\r\n\r\n")?;
+            return writer.flush();
+        }
+        let size = format!("{:X}\r\n", n);
+        let start = CHUNK_HEAD - size.len();
+        buf[start..CHUNK_HEAD].copy_from_slice(size.as_bytes());
+        buf[CHUNK_HEAD + n..CHUNK_HEAD + n + 2].copy_from_slice(b"\r\n");
+        writer.write_all(&buf[start..CHUNK_HEAD + n + 2])?;
+        writer.flush()?;
     }
+}
 
-    // Per section 3.3.1 of RFC7230:
-    // A server MUST NOT send a Transfer-Encoding header field in any response with a status code
-    // of 1xx (Informational) or 204 (No Content).
-    if status_code.0 < 200 || status_code.0 == 204 {
-        return TransferEncoding::Identity;
+/// Copies everything until the reader ends, flushing each read.
+fn copy_all<R: Read, W: Write>(reader: &mut R, writer: &mut W) -> IoResult<()> {
+    let mut buf = vec![0u8; COPY_BUF];
+    loop {
+        let n = read_some(reader, &mut buf)?;
+        if n == 0 {
+            return writer.flush();
+        }
+        writer.write_all(&buf[..n])?;
+        writer.flush()?;
     }
-
-    // parsing the request's TE header
-    let user_request = request_headers
-        .iter()
-        // finding TE
-        .find(|h| h.field.equiv("TE"))
-        // getting its value
-        .map(|h| h.value.clone())
-        // getting the corresponding TransferEncoding
-        .and_then(|value| {
-            // getting list of requested elements
-            let mut parse = util::parse_header_value(value.as_str()); // TODO: remove conversion
-
-            // sorting elements by most priority
-            parse.sort_by(|a, b| b.1.partial_cmp(&a.1).unwrap_or(Ordering::Equal));
-
-            // trying to parse each requested encoding
-            for value in parse.iter() {
-                // q=0 are ignored
-                if value.1 <= 0.0 {
-                    continue;
-                }
-
-                if let Ok(te) = TransferEncoding::from_str(value.0) {
-                    return Some(te);
-                }
-            }
-
-            // encoding not found
-            None
-        });
-
-    if let Some(user_request) = user_request {
-        return user_request;
-    }
-
-    // if we have additional headers, using chunked
-    if has_additional_headers {
-        return TransferEncoding::Chunked;
-    }
-
-    // if we don't have a Content-Length, or if the Content-Length is too big, using chunks writer
-    if entity_length
-        .as_ref()
-        .map_or(true, |val| *val >= chunked_threshold)
-    {
-        return TransferEncoding::Chunked;
-    }
-
-    // Identity by default
-    TransferEncoding::Identity
 }
 
 impl<R> Response<R>
@@ -222,10 +210,11 @@ where
         response
     }
 
-    /// Set a threshold for `Content-Length` where we chose chunked
-    /// transfer. Notice that chunked transfer might happen regardless of
-    /// this threshold, for instance when the request headers indicate
-    /// it is wanted or when there is no `Content-Length`.
+    /// Set a threshold for `Content-Length` from which the body is sent with chunked
+    /// transfer encoding instead (HTTP/1.1 clients only). Without it, the server's
+    /// [`Limits::chunked_threshold`](crate::Limits::chunked_threshold) applies, whose default
+    /// is to always send a known length with `Content-Length`.
+    /// A response without a known length is always chunked (HTTP/1.1).
     pub fn with_chunked_threshold(mut self, length: usize) -> Response<R> {
         self.chunked_threshold = Some(length);
         self
@@ -238,12 +227,12 @@ where
         self.reader
     }
 
-    /// The current `Content-Length` threshold for switching over to
-    /// chunked transfer. The default is 32768 bytes. Notice that
-    /// chunked transfer is mutually exclusive with sending a
-    /// `Content-Length` header as per the HTTP spec.
+    /// The `Content-Length` threshold for switching over to chunked transfer set with
+    /// [`with_chunked_threshold`](Self::with_chunked_threshold); `usize::MAX` (never) when
+    /// none was set (tiny_http 0.12 defaulted to 32768). Notice that chunked transfer is
+    /// mutually exclusive with sending a `Content-Length` header as per the HTTP spec.
     pub fn chunked_threshold(&self) -> usize {
-        self.chunked_threshold.unwrap_or(32768)
+        self.chunked_threshold.unwrap_or(usize::MAX)
     }
 
     /// Adds a header to the list.
@@ -321,32 +310,76 @@ where
             chunked_threshold: self.chunked_threshold,
         }
     }
-
     /// Prints the HTTP response to a writer.
     ///
     /// This function is the one used to send the response to the client's socket.
     /// Therefore you shouldn't expect anything pretty-printed or even readable.
     ///
-    /// The HTTP version and headers passed as arguments are used to
-    ///  decide which features (most notably, encoding) to use.
-    ///
-    /// Note: does not flush the writer.
+    /// Framing: a known `data_length` is sent with `Content-Length` (unless a chunked
+    /// threshold set with [`with_chunked_threshold`](Self::with_chunked_threshold) is
+    /// reached); an unknown length is sent chunked to HTTP/1.1 clients, each read of the body
+    /// reader becoming one chunk that is flushed at once; HTTP/1.0 clients get a body
+    /// delimited by the end of the connection (with `Connection: close`), and the caller
+    /// must then close the connection. `request_headers` is not used any more (the `TE`
+    /// request header no longer changes the framing).
     pub fn raw_print<W: Write>(
-        mut self,
-        mut writer: W,
+        self,
+        writer: W,
         http_version: HTTPVersion,
         request_headers: &[Header],
         do_not_send_body: bool,
         upgrade: Option<&str>,
     ) -> IoResult<()> {
-        let mut transfer_encoding = Some(choose_transfer_encoding(
-            self.status_code,
-            request_headers,
+        let _ = request_headers;
+        self.print(
+            writer,
             &http_version,
-            &self.data_length,
-            false, /* TODO */
-            self.chunked_threshold(),
-        ));
+            do_not_send_body,
+            upgrade,
+            ConnectionHint::Unspecified,
+        )
+        .map(|_| ())
+    }
+
+    /// Sets the chunked threshold if the response does not have its own.
+    pub(crate) fn default_chunked_threshold(&mut self, threshold: Option<usize>) {
+        if self.chunked_threshold.is_none() {
+            self.chunked_threshold = threshold;
+        }
+    }
+
+    /// Prints the response. Returns whether the connection must be closed after it
+    /// (on error it must always be closed: the response may be partly written).
+    pub(crate) fn print<W: Write>(
+        mut self,
+        mut writer: W,
+        http_version: &HTTPVersion,
+        do_not_send_body: bool,
+        upgrade: Option<&str>,
+        hint: ConnectionHint,
+    ) -> IoResult<bool> {
+        let status = self.status_code.0;
+        let http11 = *http_version >= (1, 1);
+        let no_body_status = matches!(status, 100..=199 | 204 | 304);
+
+        let mut framing = if upgrade.is_some() || status < 200 || status == 204 {
+            Framing::NoBody
+        } else {
+            match self.data_length {
+                Some(len) if http11 && self.chunked_threshold.map_or(false, |t| len >= t) => {
+                    Framing::Chunked
+                }
+                Some(len) => Framing::Length(len),
+                None if http11 => Framing::Chunked,
+                None => Framing::Close,
+            }
+        };
+        let send_body = !do_not_send_body && !no_body_status;
+        if !send_body && framing == Framing::Close {
+            // no body follows, so there is nothing to delimit
+            framing = Framing::NoBody;
+        }
+        let must_close = hint == ConnectionHint::Close || framing == Framing::Close;
 
         // add `Date` if not in the headers
         if !self.headers.iter().any(|h| h.field.equiv("Date")) {
@@ -361,96 +394,52 @@ where
             );
         }
 
-        // handling upgrade
         if let Some(upgrade) = upgrade {
             self.headers.insert(
                 0,
-                Header::from_bytes(&b"Upgrade"[..], upgrade.as_bytes()).unwrap(),
+                Header::from_bytes(&b"Upgrade"[..], upgrade.as_bytes())
+                    .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "bad protocol"))?,
             );
             self.headers.insert(
                 0,
                 Header::from_bytes(&b"Connection"[..], &b"upgrade"[..]).unwrap(),
             );
-            transfer_encoding = None;
+        } else if status >= 200 {
+            if must_close {
+                self.headers
+                    .push(Header::from_bytes(&b"Connection"[..], &b"close"[..]).unwrap());
+            } else if hint == ConnectionHint::KeepAlive && !http11 {
+                self.headers
+                    .push(Header::from_bytes(&b"Connection"[..], &b"keep-alive"[..]).unwrap());
+            }
         }
 
-        // if the transfer encoding is identity, the content length must be known ; therefore if
-        // we don't know it, we buffer the entire response first here
-        // while this is an expensive operation, it is only ever needed for clients using HTTP 1.0
-        let (mut reader, data_length): (Box<dyn Read>, _) =
-            match (self.data_length, transfer_encoding) {
-                (Some(l), _) => (Box::new(self.reader), Some(l)),
-                (None, Some(TransferEncoding::Identity)) => {
-                    let mut buf = Vec::new();
-                    self.reader.read_to_end(&mut buf)?;
-                    let l = buf.len();
-                    (Box::new(Cursor::new(buf)), Some(l))
-                }
-                _ => (Box::new(self.reader), None),
-            };
-
-        // checking whether to ignore the body of the response
-        let do_not_send_body = do_not_send_body
-            || match self.status_code.0 {
-                // status code 1xx, 204 and 304 MUST not include a body
-                100..=199 | 204 | 304 => true,
-                _ => false,
-            };
-
-        // preparing headers for transfer
-        match transfer_encoding {
-            Some(TransferEncoding::Chunked) => self
+        match framing {
+            Framing::Chunked => self
                 .headers
                 .push(Header::from_bytes(&b"Transfer-Encoding"[..], &b"chunked"[..]).unwrap()),
+            Framing::Length(len) => self.headers.push(
+                Header::from_bytes(&b"Content-Length"[..], len.to_string().into_bytes()).unwrap(),
+            ),
+            Framing::NoBody | Framing::Close => (),
+        }
 
-            Some(TransferEncoding::Identity) => {
-                assert!(data_length.is_some());
-                let data_length = data_length.unwrap();
-
-                self.headers.push(
-                    Header::from_bytes(
-                        &b"Content-Length"[..],
-                        format!("{}", data_length).as_bytes(),
-                    )
-                    .unwrap(),
-                )
-            }
-
-            _ => (),
-        };
-
-        // sending headers
-        write_message_header(
-            writer.by_ref(),
-            &http_version,
+        writer.write_all(&message_header(
+            http_version,
             &self.status_code,
             &self.headers,
-        )?;
+        ))?;
 
-        // sending the body
-        if !do_not_send_body {
-            match transfer_encoding {
-                Some(TransferEncoding::Chunked) => {
-                    use chunked_transfer::Encoder;
-
-                    let mut writer = Encoder::new(writer);
-                    io::copy(&mut reader, &mut writer)?;
-                }
-
-                Some(TransferEncoding::Identity) => {
-                    assert!(data_length.is_some());
-                    let data_length = data_length.unwrap();
-
-                    if data_length >= 1 {
-                        io::copy(&mut reader, &mut writer)?;
-                    }
-                }
-
-                _ => (),
+        if send_body {
+            match framing {
+                Framing::Chunked => copy_chunked(&mut self.reader, &mut writer)?,
+                Framing::Length(len) if len > 0 => copy_length(&mut self.reader, &mut writer, len)?,
+                Framing::Close => copy_all(&mut self.reader, &mut writer)?,
+                Framing::Length(_) | Framing::NoBody => (),
             }
         }
 
-        Ok(())
+        Ok(must_close)
     }
 
     /// Retrieves the current value of the `Response` status code

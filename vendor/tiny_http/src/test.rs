@@ -29,7 +29,7 @@ use std::str::FromStr;
 /// #     listener: Server,
 /// # }
 /// # let server = TestServer {
-/// #     listener: Server::http("0.0.0.0:0").unwrap(),
+/// #     listener: Server::http("127.0.0.1:0").unwrap(),
 /// # };
 /// # impl TestServer {
 /// #     fn handle_request(&self, request: Request) -> Response<Cursor<Vec<u8>>> {

@@ -95,12 +95,12 @@ fn pipelining_test() {
     // client.set_keepalive(Some(2)).unwrap(); FIXME: reenable this
     let mut data = String::new();
     client.read_to_string(&mut data).unwrap();
-    assert_eq!(data.split("hello world").count(), 4);
+    assert_eq!(data.split("hello world").count(), 4, "{}", data);
 }
 
 #[test]
 fn server_crash_results_in_response() {
-    let server = tiny_http::Server::http("0.0.0.0:0").unwrap();
+    let server = tiny_http::Server::http("127.0.0.1:0").unwrap();
     let port = server.server_addr().to_ip().unwrap().port();
     let mut client = TcpStream::connect(("127.0.0.1", port)).unwrap();
 
@@ -217,6 +217,6 @@ fn connection_timeout() {
 #[test]
 fn chunked_threshold() {
     let resp = tiny_http::Response::from_string("test".to_string());
-    assert_eq!(resp.chunked_threshold(), 32768);
+    assert_eq!(resp.chunked_threshold(), usize::MAX);
     assert_eq!(resp.with_chunked_threshold(42).chunked_threshold(), 42);
 }

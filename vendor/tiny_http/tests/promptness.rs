@@ -56,7 +56,7 @@ mod prompt_pipelining {
             len: 1000_000,
         }; // very slow response body
 
-        let server = Server::http("0.0.0.0:0").unwrap();
+        let server = Server::http("127.0.0.1:0").unwrap();
         let mut client = TcpStream::connect(server.server_addr().to_ip().unwrap()).unwrap();
         let (svr_send, svr_rcv) = channel();
 
@@ -142,7 +142,7 @@ mod prompt_responses {
         timeout: Duration,
         req_writer: impl FnOnce(&mut dyn Write) + Send + 'static,
     ) {
-        let server = Server::http("0.0.0.0:0").unwrap();
+        let server = Server::http("127.0.0.1:0").unwrap();
         let client = TcpStream::connect(server.server_addr().to_ip().unwrap()).unwrap();
 
         spawn(move || loop {

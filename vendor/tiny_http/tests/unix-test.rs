@@ -13,7 +13,8 @@ mod support;
 
 #[test]
 fn unix_basic_handling() {
-    let server = tiny_http::Server::http_unix(Path::new("/tmp/tiny-http-test.sock")).unwrap();
+    let socket = std::env::temp_dir().join(format!("tiny-http-test-{}.sock", std::process::id()));
+    let server = tiny_http::Server::http_unix(Path::new(&socket)).unwrap();
     let path: PathBuf = server
         .server_addr()
         .to_unix()

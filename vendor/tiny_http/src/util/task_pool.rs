@@ -1,137 +1,152 @@
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::io;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::Duration;
 
+use super::conn::lock;
+
+type Task = Box<dyn FnOnce() + Send>;
+
 /// Manages a collection of threads.
 ///
-/// A new thread is created every time all the existing threads are full.
-/// Any idle thread will automatically die after a few seconds.
+/// A new thread is created every time all the existing threads are busy.
+/// Any idle thread beyond the first few exits after a few seconds.
 pub struct TaskPool {
     sharing: Arc<Sharing>,
 }
 
 struct Sharing {
-    // list of the tasks to be done by worker threads
-    todo: Mutex<VecDeque<Box<dyn FnMut() + Send>>>,
-
-    // condvar that will be notified whenever a task is added to `todo`
+    state: Mutex<State>,
+    // notified whenever a task is added to `todo` or the pool is closed
     condvar: Condvar,
-
-    // number of total worker threads running
-    active_tasks: AtomicUsize,
-
-    // number of idle worker threads
-    waiting_tasks: AtomicUsize,
 }
 
-/// Minimum number of active threads.
-static MIN_THREADS: usize = 4;
-
-struct Registration<'a> {
-    nb: &'a AtomicUsize,
+struct State {
+    // tasks waiting for an idle worker thread
+    todo: VecDeque<Task>,
+    // number of worker threads waiting for a task
+    idle: usize,
+    // number of worker threads alive
+    threads: usize,
+    closed: bool,
 }
 
-impl<'a> Registration<'a> {
-    fn new(nb: &'a AtomicUsize) -> Registration<'a> {
-        nb.fetch_add(1, Ordering::Release);
-        Registration { nb }
-    }
-}
+/// Minimum number of threads kept alive.
+const MIN_THREADS: usize = 4;
 
-impl<'a> Drop for Registration<'a> {
-    fn drop(&mut self) {
-        self.nb.fetch_sub(1, Ordering::Release);
-    }
-}
+/// How long a thread beyond `MIN_THREADS` stays idle before exiting.
+const IDLE_EXIT: Duration = Duration::from_secs(5);
 
 impl TaskPool {
     pub fn new() -> TaskPool {
         let pool = TaskPool {
             sharing: Arc::new(Sharing {
-                todo: Mutex::new(VecDeque::new()),
+                state: Mutex::new(State {
+                    todo: VecDeque::new(),
+                    idle: 0,
+                    threads: 0,
+                    closed: false,
+                }),
                 condvar: Condvar::new(),
-                active_tasks: AtomicUsize::new(0),
-                waiting_tasks: AtomicUsize::new(0),
             }),
         };
 
         for _ in 0..MIN_THREADS {
-            pool.add_thread(None)
+            if let Err(e) = pool.add_thread(None) {
+                log::warn!("Could not start a worker thread: {}", e);
+            }
         }
 
         pool
     }
 
     /// Executes a function in a thread.
-    /// If no thread is available, spawns a new one.
-    pub fn spawn(&self, code: Box<dyn FnMut() + Send>) {
-        let mut queue = self.sharing.todo.lock().unwrap();
-
-        if self.sharing.waiting_tasks.load(Ordering::Acquire) == 0 {
-            self.add_thread(Some(code));
-        } else {
-            queue.push_back(code);
-            self.sharing.condvar.notify_one();
+    /// If no thread is idle, spawns a new one. If that fails, the task is dropped
+    /// and the error returned.
+    pub fn spawn(&self, code: Task) -> io::Result<()> {
+        {
+            let mut state = lock(&self.sharing.state);
+            // every queued task needs its own idle thread: an idle count that only goes
+            // down once a woken thread runs would otherwise let tasks wait behind busy
+            // threads
+            if state.idle > state.todo.len() {
+                state.todo.push_back(code);
+                self.sharing.condvar.notify_one();
+                return Ok(());
+            }
         }
+        self.add_thread(Some(code))
     }
 
-    fn add_thread(&self, initial_fn: Option<Box<dyn FnMut() + Send>>) {
+    fn add_thread(&self, initial: Option<Task>) -> io::Result<()> {
         let sharing = self.sharing.clone();
+        lock(&sharing.state).threads += 1;
 
-        thread::spawn(move || {
-            let sharing = sharing;
-            let _active_guard = Registration::new(&sharing.active_tasks);
+        let spawned = thread::Builder::new()
+            .name("tiny-http-worker".into())
+            .spawn(move || worker(sharing, initial));
+        if let Err(e) = spawned {
+            lock(&self.sharing.state).threads -= 1;
+            return Err(e);
+        }
+        Ok(())
+    }
+}
 
-            if let Some(mut f) = initial_fn {
-                f();
-            }
+fn run(task: Task) {
+    if catch_unwind(AssertUnwindSafe(task)).is_err() {
+        log::error!("A connection task panicked");
+    }
+}
 
+fn worker(sharing: Arc<Sharing>, initial: Option<Task>) {
+    if let Some(task) = initial {
+        run(task);
+    }
+
+    loop {
+        let task = {
+            let mut state = lock(&sharing.state);
             loop {
-                let mut task: Box<dyn FnMut() + Send> = {
-                    let mut todo = sharing.todo.lock().unwrap();
-
-                    let task;
-                    loop {
-                        if let Some(poped_task) = todo.pop_front() {
-                            task = poped_task;
-                            break;
-                        }
-                        let _waiting_guard = Registration::new(&sharing.waiting_tasks);
-
-                        let received =
-                            if sharing.active_tasks.load(Ordering::Acquire) <= MIN_THREADS {
-                                todo = sharing.condvar.wait(todo).unwrap();
-                                true
-                            } else {
-                                let (new_lock, waitres) = sharing
-                                    .condvar
-                                    .wait_timeout(todo, Duration::from_millis(5000))
-                                    .unwrap();
-                                todo = new_lock;
-                                !waitres.timed_out()
-                            };
-
-                        if !received && todo.is_empty() {
-                            return;
-                        }
-                    }
-
-                    task
+                if let Some(task) = state.todo.pop_front() {
+                    break task;
+                }
+                if state.closed {
+                    state.threads -= 1;
+                    return;
+                }
+                state.idle += 1;
+                let timed_out = if state.threads <= MIN_THREADS {
+                    state = sharing
+                        .condvar
+                        .wait(state)
+                        .unwrap_or_else(|e| e.into_inner());
+                    false
+                } else {
+                    let (new_state, res) = sharing
+                        .condvar
+                        .wait_timeout(state, IDLE_EXIT)
+                        .unwrap_or_else(|e| e.into_inner());
+                    state = new_state;
+                    res.timed_out()
                 };
-
-                task();
+                state.idle -= 1;
+                if timed_out && state.todo.is_empty() {
+                    state.threads -= 1;
+                    return;
+                }
             }
-        });
+        };
+
+        run(task);
     }
 }
 
 impl Drop for TaskPool {
     fn drop(&mut self) {
-        self.sharing
-            .active_tasks
-            .store(999_999_999, Ordering::Release);
+        lock(&self.sharing.state).closed = true;
         self.sharing.condvar.notify_all();
     }
 }
