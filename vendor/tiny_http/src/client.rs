@@ -1,0 +1,620 @@
+//! One client connection: reads request heads within limits and produces `Request`s.
+//!
+//! The connection thread owns the buffered reading side of the socket while it reads a
+//! request head. A request with a body borrows it (through a `BodyReader`), which gives it
+//! back when the body has been read or dropped; an unread rest is drained here, within
+//! `Limits::max_drain_bytes`, or the connection is closed instead.
+
+use std::convert::TryFrom;
+use std::io::{self, BufRead, BufWriter, Cursor, Read, Write};
+use std::net::{Shutdown, SocketAddr};
+use std::str::FromStr;
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::common::{HTTPVersion, Header, Method};
+use crate::connection::Connection;
+use crate::request::{Body, ConnRequest};
+use crate::response::ConnectionHint;
+use crate::util::body::{drain, read_line, BodyDecoder, BodyReader, ChunkState, ConnReader};
+use crate::util::body::{LineError, Returned};
+use crate::util::conn::{deadline_after, is_timeout, non_zero, ConnShared, ConnSlot};
+use crate::util::conn::{ReadHalf, ReadMode, WriteHalf};
+use crate::util::{SequentialWriter, SequentialWriterBuilder};
+use crate::{Limits, Request, Response, StatusCode};
+
+/// Room allowed on the request line besides the URL (method, spaces, version).
+const REQUEST_LINE_OVERHEAD: usize = 64;
+/// Empty lines tolerated before a request line (some clients send a CRLF after a body).
+const MAX_LEADING_EMPTY_LINES: usize = 4;
+/// Bodies up to this size are read by the connection thread before the request is handed
+/// out, so that the next pipelined request can be parsed at once.
+const PREREAD_BODY_BYTES: u64 = 1024;
+/// When closing a connection that the client may still be sending on, how long (and how
+/// many bytes) to keep reading and discarding after the last response, so that the close
+/// does not turn into a reset that destroys the response before the client reads it.
+const LINGER_TIME: Duration = Duration::from_secs(1);
+const LINGER_BYTES: usize = 1024 * 1024;
+
+type Sink = BufWriter<WriteHalf>;
+
+/// A ClientConnection is an object that will store a socket to a client
+/// and return Request objects.
+pub struct ClientConnection {
+    // address of the client
+    remote_addr: Option<SocketAddr>,
+
+    // reading side, when not lent to a request body
+    reader: Option<ConnReader>,
+
+    // where request bodies give the reading side back
+    returned_tx: Sender<Returned>,
+    returned_rx: Receiver<Returned>,
+
+    // sequence of Writers to the stream, to avoid writing response #2 before
+    //  response #1
+    sink: SequentialWriterBuilder<Sink>,
+
+    shared: Arc<ConnShared>,
+    limits: Arc<Limits>,
+    accepted_at: Instant,
+
+    // number of requests produced so far
+    requests: u64,
+
+    // set to true if we know that the previous request is the last one
+    no_more_requests: bool,
+
+    // the reading side was handed over for good (protocol upgrade)
+    upgraded: bool,
+
+    // the iterator has ended
+    done: bool,
+
+    // reused line buffer
+    line: Vec<u8>,
+}
+
+/// Why reading a request stopped.
+enum End {
+    /// Close without a response: the client went away or stayed idle.
+    Quiet,
+    /// Close after the responses already promised, without reading anything else.
+    Linger(ConnReader),
+    /// Answer with this status code, then close.
+    Respond(u16, ConnReader),
+}
+
+/// Failure to read a request head.
+enum HeadError {
+    Quiet,
+    Respond(u16),
+}
+
+/// Writer of one response. Keeps the count of pending responses of the connection.
+struct ResponseWriter {
+    inner: SequentialWriter<Sink>,
+    shared: Arc<ConnShared>,
+}
+
+impl ResponseWriter {
+    fn new(inner: SequentialWriter<Sink>, shared: Arc<ConnShared>) -> ResponseWriter {
+        shared.response_started();
+        ResponseWriter { inner, shared }
+    }
+}
+
+impl Write for ResponseWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.inner.write(buf)
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.inner.write_all(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl Drop for ResponseWriter {
+    fn drop(&mut self) {
+        self.shared.response_done();
+    }
+}
+
+fn line_error_to_head(e: LineError) -> HeadError {
+    match e {
+        LineError::Io(e) if is_timeout(&e) => HeadError::Respond(408),
+        LineError::Io(_) | LineError::Eof => HeadError::Quiet,
+        LineError::TooLong => HeadError::Respond(431),
+    }
+}
+
+/// True if the line has control characters other than horizontal tab (a stray CR, NUL...),
+/// which have no place in a request line or header and must not be passed on.
+fn has_controls(line: &[u8]) -> bool {
+    line.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f)
+}
+
+fn find_headers<'a>(headers: &'a [Header], name: &'static str) -> impl Iterator<Item = &'a Header> {
+    headers.iter().filter(move |h| h.field.equiv(name))
+}
+
+/// Parses a `Content-Length` value: digits only (a comma-separated list of equal values is
+/// accepted, as RFC 9110 allows).
+fn parse_content_length(value: &str) -> Option<u64> {
+    let mut result = None;
+    for part in value.split(',') {
+        let part = part.trim();
+        if part.is_empty() || part.len() > 19 || !part.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let v: u64 = part.parse().ok()?;
+        match result {
+            Some(prev) if prev != v => return None,
+            _ => result = Some(v),
+        }
+    }
+    result
+}
+
+impl ClientConnection {
+    /// Creates a new `ClientConnection` that takes ownership of the socket.
+    pub(crate) fn new(
+        sock: Connection,
+        remote_addr: Option<SocketAddr>,
+        limits: Arc<Limits>,
+        slot: ConnSlot,
+    ) -> ClientConnection {
+        let sock = Arc::new(sock);
+        let (returned_tx, returned_rx) = channel();
+        let reader = ConnReader::with_capacity(8 * 1024, ReadHalf::new(sock.clone()));
+        let sink = SequentialWriterBuilder::new(BufWriter::with_capacity(
+            8 * 1024,
+            WriteHalf::new(sock.clone()),
+        ));
+        ClientConnection {
+            remote_addr,
+            reader: Some(reader),
+            returned_tx,
+            returned_rx,
+            sink,
+            shared: Arc::new(ConnShared::new(sock, limits.clone(), slot)),
+            limits,
+            accepted_at: Instant::now(),
+            requests: 0,
+            no_more_requests: false,
+            upgraded: false,
+            done: false,
+            line: Vec::new(),
+        }
+    }
+
+    /// Gets the reading side back, draining what a previous request left of its body.
+    fn take_reader(&mut self) -> Result<ConnReader, End> {
+        if let Some(reader) = self.reader.take() {
+            return Ok(reader);
+        }
+        let Returned {
+            src: mut reader,
+            mut decoder,
+        } = self.returned_rx.recv().map_err(|_| End::Quiet)?;
+        if !decoder.is_done() {
+            if self.shared.must_close() {
+                return Err(End::Linger(reader));
+            }
+            reader
+                .get_mut()
+                .set_mode(ReadMode::Deadline(deadline_after(self.limits.read_timeout)));
+            if !drain(&mut reader, &mut decoder, self.limits.max_drain_bytes) {
+                log::debug!("Request body left unread is too large; closing the connection");
+                return Err(End::Linger(reader));
+            }
+        }
+        Ok(reader)
+    }
+
+    /// Reads a request from the stream.
+    /// Blocks until the header has been read.
+    fn next_request(&mut self) -> Result<Request, End> {
+        let mut reader = self.take_reader()?;
+        if self.no_more_requests || self.shared.must_close() {
+            return Err(End::Linger(reader));
+        }
+
+        let head = match self.read_head(&mut reader) {
+            Ok(head) => head,
+            Err(HeadError::Quiet) => return Err(End::Quiet),
+            Err(HeadError::Respond(status)) => return Err(End::Respond(status, reader)),
+        };
+        let Head {
+            method,
+            path,
+            version,
+            headers,
+        } = head;
+
+        // body reads have their own timeout
+        reader
+            .get_mut()
+            .set_mode(ReadMode::Timeout(non_zero(self.limits.read_timeout)));
+
+        // framing of the body
+        let find = |name: &'static str| find_headers(&headers, name);
+        let codings: Vec<&str> = find("Transfer-Encoding")
+            .flat_map(|h| h.value.as_str().split(','))
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .collect();
+        let chunked = match codings.as_slice() {
+            [] if find("Transfer-Encoding").next().is_none() => false,
+            [c] if c.eq_ignore_ascii_case("chunked") => {
+                if find("Content-Length").next().is_some() {
+                    // ambiguous framing (request smuggling)
+                    return Err(End::Respond(400, reader));
+                }
+                true
+            }
+            // other transfer codings are not supported
+            [.., last] if last.eq_ignore_ascii_case("chunked") => {
+                return Err(End::Respond(501, reader))
+            }
+            // the body length cannot be determined
+            _ => return Err(End::Respond(400, reader)),
+        };
+        let mut content_length: Option<u64> = None;
+        for h in find("Content-Length") {
+            match (parse_content_length(h.value.as_str()), content_length) {
+                (Some(v), None) => content_length = Some(v),
+                (Some(v), Some(prev)) if v == prev => (),
+                _ => return Err(End::Respond(400, reader)),
+            }
+        }
+        let body_length = match content_length.map(usize::try_from) {
+            None => None,
+            Some(Ok(n)) => Some(n),
+            Some(Err(_)) => return Err(End::Respond(413, reader)),
+        };
+
+        let expects_continue = match find("Expect").next() {
+            None => false,
+            Some(v) if v.value.as_str().eq_ignore_ascii_case("100-continue") => true,
+            Some(_) => return Err(End::Respond(417, reader)),
+        };
+
+        let mut upgrade = false;
+        let mut close = false;
+        let mut keep_alive = false;
+        for option in find("Connection").flat_map(|h| h.value.as_str().split(',')) {
+            let option = option.trim();
+            upgrade |= option.eq_ignore_ascii_case("upgrade");
+            close |= option.eq_ignore_ascii_case("close");
+            keep_alive |= option.eq_ignore_ascii_case("keep-alive");
+        }
+        let http10 = version == HTTPVersion(1, 0);
+        let close_after = close || upgrade || (http10 && (!keep_alive || chunked));
+
+        let body = if upgrade {
+            // the whole stream goes to the request, with no read timeout
+            reader.get_mut().set_mode(ReadMode::Timeout(None));
+            self.upgraded = true;
+            Body::Reader(Box::new(reader))
+        } else if chunked {
+            Body::Conn(BodyReader::new(
+                reader,
+                BodyDecoder::Chunked(ChunkState::Size),
+                self.returned_tx.clone(),
+            ))
+        } else {
+            match content_length {
+                None | Some(0) => {
+                    self.reader = Some(reader);
+                    Body::Reader(Box::new(io::empty()))
+                }
+                Some(n) if n <= PREREAD_BODY_BYTES && !expects_continue => {
+                    // small enough: read it now, so that the next request can be parsed
+                    let mut buffer = vec![0; n as usize];
+                    match reader.read_exact(&mut buffer) {
+                        Ok(()) => (),
+                        Err(e) if is_timeout(&e) => return Err(End::Respond(408, reader)),
+                        Err(_) => return Err(End::Quiet),
+                    }
+                    self.reader = Some(reader);
+                    Body::Reader(Box::new(Cursor::new(buffer)))
+                }
+                Some(n) => Body::Conn(BodyReader::new(
+                    reader,
+                    BodyDecoder::Length(n),
+                    self.returned_tx.clone(),
+                )),
+            }
+        };
+
+        self.requests += 1;
+        self.no_more_requests = close_after;
+
+        let writer = ResponseWriter::new(self.sink.next_writer(), self.shared.clone());
+        Ok(Request::from(ConnRequest {
+            method,
+            path,
+            version,
+            headers,
+            remote_addr: self.remote_addr,
+            body,
+            body_length,
+            expects_continue,
+            writer: Box::new(writer),
+            conn: self.shared.clone(),
+            close_after,
+        }))
+    }
+
+    /// Waits for the first byte of the next request, applying the header timeout (first
+    /// request) or the keep-alive timeout (later ones).
+    fn wait_for_request(&mut self, reader: &mut ConnReader) -> Result<(), HeadError> {
+        let limits = &self.limits;
+        let first = self.requests == 0;
+        let mode = if first {
+            // a fresh connection gets the header timeout (or, if that is disabled, the
+            // keep-alive timeout) to send its first request, counted from its acceptance
+            let wait =
+                non_zero(limits.header_timeout).or_else(|| non_zero(limits.keep_alive_timeout));
+            ReadMode::Deadline(wait.and_then(|d| self.accepted_at.checked_add(d)))
+        } else {
+            ReadMode::Deadline(deadline_after(limits.keep_alive_timeout))
+        };
+        reader.get_mut().set_mode(mode);
+
+        loop {
+            match reader.fill_buf() {
+                Ok([]) => return Err(HeadError::Quiet),
+                Ok(_) => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if is_timeout(&e) && !first => {
+                    // idle: the keep-alive period starts when the last response is done
+                    let keep_alive = limits.keep_alive_timeout;
+                    let deadline = if self.shared.outstanding() > 0 {
+                        deadline_after(keep_alive)
+                    } else {
+                        match self.shared.last_done().checked_add(keep_alive) {
+                            Some(end) if end > Instant::now() => Some(end),
+                            _ => return Err(HeadError::Quiet),
+                        }
+                    };
+                    reader.get_mut().set_mode(ReadMode::Deadline(deadline));
+                }
+                // nothing received at all: close without answering
+                Err(_) => return Err(HeadError::Quiet),
+            }
+        }
+
+        if !first {
+            reader
+                .get_mut()
+                .set_mode(ReadMode::Deadline(deadline_after(limits.header_timeout)));
+        }
+        Ok(())
+    }
+
+    /// Reads and parses a request head within the size limits.
+    fn read_head(&mut self, reader: &mut ConnReader) -> Result<Head, HeadError> {
+        self.wait_for_request(reader)?;
+
+        let max_url = self.limits.max_url_bytes;
+        let mut budget = self.limits.max_header_bytes;
+        let line_cap = max_url.saturating_add(REQUEST_LINE_OVERHEAD);
+
+        // request line
+        let mut empty_lines = 0;
+        loop {
+            let consumed = match read_line(reader, &mut self.line, line_cap) {
+                Ok(n) => n,
+                Err(LineError::TooLong) => return Err(HeadError::Respond(414)),
+                Err(e) => return Err(line_error_to_head(e)),
+            };
+            if consumed > budget {
+                return Err(HeadError::Respond(431));
+            }
+            budget -= consumed;
+            if !self.line.is_empty() {
+                break;
+            }
+            empty_lines += 1;
+            if empty_lines > MAX_LEADING_EMPTY_LINES {
+                return Err(HeadError::Respond(400));
+            }
+        }
+
+        let (method, path, version) = {
+            let line = match std::str::from_utf8(&self.line) {
+                Ok(l) if l.is_ascii() && !has_controls(&self.line) => l,
+                _ => return Err(HeadError::Respond(400)),
+            };
+            parse_request_line(line.trim()).ok_or(HeadError::Respond(400))?
+        };
+        if path.len() > max_url {
+            return Err(HeadError::Respond(414));
+        }
+        if version > (1, 1) {
+            return Err(HeadError::Respond(505));
+        }
+
+        // headers
+        let mut headers = Vec::new();
+        loop {
+            let consumed = match read_line(reader, &mut self.line, budget) {
+                Ok(n) => n,
+                Err(e) => return Err(line_error_to_head(e)),
+            };
+            budget -= consumed;
+            if self.line.is_empty() {
+                break;
+            }
+            if self.line[0] == b' ' || self.line[0] == b'\t' {
+                // obsolete line folding
+                return Err(HeadError::Respond(400));
+            }
+            let header = std::str::from_utf8(&self.line)
+                .ok()
+                .filter(|l| l.is_ascii() && !has_controls(l.as_bytes()))
+                .and_then(|l| Header::from_str(l.trim()).ok())
+                .filter(|h| !h.field.as_str().is_empty())
+                .ok_or(HeadError::Respond(400))?;
+            headers.push(header);
+        }
+
+        Ok(Head {
+            method,
+            path,
+            version,
+            headers,
+        })
+    }
+
+    /// Closes the connection the way `end` says. Responses to requests already handed out
+    /// are still written, in order, before the connection is shut down.
+    fn finish(&mut self, end: End) {
+        self.done = true;
+        let reader = match end {
+            End::Quiet => return,
+            End::Linger(reader) => {
+                // wait for the responses already promised
+                let mut writer = self.sink.next_writer();
+                writer.wait_turn();
+                let _ = writer.flush();
+                reader
+            }
+            End::Respond(status, reader) => {
+                let mut writer = self.sink.next_writer();
+                let _ = Response::empty(StatusCode(status))
+                    .print(
+                        &mut writer,
+                        &HTTPVersion(1, 1),
+                        false,
+                        None,
+                        ConnectionHint::Close,
+                    )
+                    .and_then(|_| writer.flush());
+                reader
+            }
+        };
+        self.linger(reader);
+    }
+
+    /// Sends FIN, then reads and discards for a short while, until the client closes.
+    fn linger(&mut self, mut reader: ConnReader) {
+        self.shared.shutdown(Shutdown::Write);
+        let deadline = Instant::now().checked_add(LINGER_TIME);
+        reader.get_mut().set_mode(ReadMode::Deadline(deadline));
+        let mut scratch = [0u8; 8 * 1024];
+        let mut total = 0;
+        loop {
+            match reader.read(&mut scratch) {
+                Ok(0) => break,
+                Ok(n) => {
+                    total += n;
+                    if total > LINGER_BYTES {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            }
+        }
+    }
+}
+
+struct Head {
+    method: Method,
+    path: String,
+    version: HTTPVersion,
+    headers: Vec<Header>,
+}
+
+impl Iterator for ClientConnection {
+    type Item = Request;
+
+    /// Blocks until the next Request is available.
+    /// Returns None when no new Requests will come from the client.
+    fn next(&mut self) -> Option<Request> {
+        if self.done {
+            return None;
+        }
+        if self.upgraded {
+            // the stream belongs to the upgraded request now
+            self.done = true;
+            return None;
+        }
+        match self.next_request() {
+            Ok(rq) => Some(rq),
+            Err(end) => {
+                self.finish(end);
+                None
+            }
+        }
+    }
+}
+
+/// Parses a "HTTP/1.1" string.
+fn parse_http_version(version: &str) -> Option<HTTPVersion> {
+    let (major, minor) = match version {
+        "HTTP/0.9" => (0, 9),
+        "HTTP/1.0" => (1, 0),
+        "HTTP/1.1" => (1, 1),
+        "HTTP/2.0" => (2, 0),
+        "HTTP/3.0" => (3, 0),
+        _ => return None,
+    };
+
+    Some(HTTPVersion(major, minor))
+}
+
+/// Parses the request line of the request.
+/// eg. GET / HTTP/1.1
+fn parse_request_line(line: &str) -> Option<(Method, String, HTTPVersion)> {
+    let mut parts = line.split(' ');
+
+    let method = parts.next().and_then(|w| w.parse().ok())?;
+    let path = parts.next().filter(|p| !p.is_empty())?.to_owned();
+    let version = parts.next().and_then(parse_http_version)?;
+    if parts.next().is_some() {
+        return None;
+    }
+
+    Some((method, path, version))
+}
+
+#[cfg(test)]
+mod test {
+    #[test]
+    fn test_parse_request_line() {
+        let (method, path, ver) = super::parse_request_line("GET /hello HTTP/1.1").unwrap();
+
+        assert!(method == crate::Method::Get);
+        assert!(path == "/hello");
+        assert!(ver == crate::common::HTTPVersion(1, 1));
+
+        assert!(super::parse_request_line("GET /hello").is_none());
+        assert!(super::parse_request_line("qsd qsd qsd").is_none());
+        assert!(super::parse_request_line("GET  /hello HTTP/1.1").is_none());
+        assert!(super::parse_request_line("GET /a b HTTP/1.1").is_none());
+    }
+
+    #[test]
+    fn test_parse_content_length() {
+        use super::parse_content_length as p;
+        assert_eq!(p("0"), Some(0));
+        assert_eq!(p(" 42 "), Some(42));
+        assert_eq!(p("42, 42"), Some(42));
+        assert_eq!(p("200000000000"), Some(200_000_000_000));
+        assert_eq!(p("42, 43"), None);
+        assert_eq!(p("+42"), None);
+        assert_eq!(p("-1"), None);
+        assert_eq!(p("4 2"), None);
+        assert_eq!(p(""), None);
+        assert_eq!(p("99999999999999999999999"), None);
+    }
+}

@@ -1,0 +1,208 @@
+//! Per-connection socket halves and shared state.
+//!
+//! A connection uses a single socket (no `try_clone`, so no extra file descriptor and no
+//! failure path at accept time). The read half, the write half and the shared state all hold
+//! an `Arc` to it; the descriptor is closed when the last of them is dropped.
+
+use std::io::{self, Read, Write};
+use std::net::Shutdown;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::connection::Connection;
+use crate::Limits;
+
+/// Locks a mutex, ignoring poisoning (the protected data stays consistent in this crate:
+/// it is only ever replaced as a whole).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// `None` for a zero duration (meaning "disabled"), else the duration.
+pub(crate) fn non_zero(d: Duration) -> Option<Duration> {
+    if d.is_zero() {
+        None
+    } else {
+        Some(d)
+    }
+}
+
+/// The instant `d` from now, or `None` when `d` is zero (disabled) or too far away.
+pub(crate) fn deadline_after(d: Duration) -> Option<Instant> {
+    non_zero(d).and_then(|d| Instant::now().checked_add(d))
+}
+
+/// True for the error kinds a socket read timeout produces (`WouldBlock` on Unix,
+/// `TimedOut` on Windows and from [`ReadHalf`] itself).
+pub(crate) fn is_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
+/// Decrements the server's open-connection counter when dropped.
+pub(crate) struct ConnSlot(Arc<AtomicUsize>);
+
+impl ConnSlot {
+    /// Takes a slot (the caller has checked the limit).
+    pub(crate) fn take(counter: &Arc<AtomicUsize>) -> ConnSlot {
+        counter.fetch_add(1, Ordering::AcqRel);
+        ConnSlot(counter.clone())
+    }
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// State shared by the connection thread, the requests and the response writers of one
+/// connection.
+pub(crate) struct ConnShared {
+    pub(crate) sock: Arc<Connection>,
+    pub(crate) limits: Arc<Limits>,
+    /// Set once the connection must not be reused for another request.
+    close: AtomicBool,
+    /// Number of requests handed out whose response writer has not been dropped yet.
+    outstanding: AtomicUsize,
+    /// When the last response writer was dropped (start of the keep-alive idle period).
+    last_done: Mutex<Instant>,
+    _slot: ConnSlot,
+}
+
+impl ConnShared {
+    pub(crate) fn new(sock: Arc<Connection>, limits: Arc<Limits>, slot: ConnSlot) -> ConnShared {
+        ConnShared {
+            sock,
+            limits,
+            close: AtomicBool::new(false),
+            outstanding: AtomicUsize::new(0),
+            last_done: Mutex::new(Instant::now()),
+            _slot: slot,
+        }
+    }
+
+    pub(crate) fn mark_close(&self) {
+        self.close.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn must_close(&self) -> bool {
+        self.close.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn response_started(&self) {
+        self.outstanding.fetch_add(1, Ordering::AcqRel);
+    }
+
+    pub(crate) fn response_done(&self) {
+        *lock(&self.last_done) = Instant::now();
+        self.outstanding.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    pub(crate) fn outstanding(&self) -> usize {
+        self.outstanding.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn last_done(&self) -> Instant {
+        *lock(&self.last_done)
+    }
+
+    pub(crate) fn shutdown(&self, how: Shutdown) {
+        let _ = self.sock.shutdown(how);
+    }
+}
+
+/// How reads on a [`ReadHalf`] time out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ReadMode {
+    /// Each read may block at most this long (`None`: forever).
+    Timeout(Option<Duration>),
+    /// Reads fail with `TimedOut` once this instant has passed (`None`: never).
+    Deadline(Option<Instant>),
+}
+
+/// Reading side of a connection. Applies the current [`ReadMode`] to every read, setting
+/// the socket's receive timeout only when it changes.
+pub(crate) struct ReadHalf {
+    sock: Arc<Connection>,
+    mode: ReadMode,
+    /// Receive timeout currently set on the socket (`None`: unknown).
+    applied: Option<Option<Duration>>,
+}
+
+impl ReadHalf {
+    pub(crate) fn new(sock: Arc<Connection>) -> ReadHalf {
+        ReadHalf {
+            sock,
+            mode: ReadMode::Timeout(None),
+            applied: None,
+        }
+    }
+
+    pub(crate) fn set_mode(&mut self, mode: ReadMode) {
+        self.mode = mode;
+    }
+}
+
+impl Read for ReadHalf {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let timeout = match self.mode {
+            ReadMode::Timeout(t) => t,
+            ReadMode::Deadline(None) => None,
+            ReadMode::Deadline(Some(at)) => {
+                let now = Instant::now();
+                if now >= at {
+                    return Err(io::Error::new(io::ErrorKind::TimedOut, "read deadline"));
+                }
+                // never zero: a zero timeout is rejected by the socket API
+                Some((at - now).max(Duration::from_millis(1)))
+            }
+        };
+        if self.applied != Some(timeout) {
+            self.sock.set_read_timeout(timeout)?;
+            self.applied = Some(timeout);
+        }
+        match (&*self.sock).read(buf) {
+            Err(e) if is_timeout(&e) => {
+                Err(io::Error::new(io::ErrorKind::TimedOut, "read timed out"))
+            }
+            other => other,
+        }
+    }
+}
+
+/// Writing side of a connection. Shuts the socket down for writing (sends FIN) when dropped,
+/// which happens once the last response writer of the connection is gone.
+pub(crate) struct WriteHalf {
+    sock: Arc<Connection>,
+}
+
+impl WriteHalf {
+    pub(crate) fn new(sock: Arc<Connection>) -> WriteHalf {
+        WriteHalf { sock }
+    }
+}
+
+impl Write for WriteHalf {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match (&*self.sock).write(buf) {
+            Err(e) if is_timeout(&e) => {
+                Err(io::Error::new(io::ErrorKind::TimedOut, "write timed out"))
+            }
+            other => other,
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        (&*self.sock).flush()
+    }
+}
+
+impl Drop for WriteHalf {
+    fn drop(&mut self) {
+        let _ = self.sock.shutdown(Shutdown::Write);
+    }
+}
