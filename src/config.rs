@@ -58,6 +58,14 @@ pub struct GatewaySection {
     pub shutdown_grace: Dur,
     pub stop_grace: Dur,
     pub startup_timeout: Dur,
+    /// Longest request head (request line and headers) accepted; larger gets 431.
+    pub max_header_bytes: usize,
+    /// Longest request target accepted; longer gets 414.
+    pub max_url_bytes: usize,
+    /// Time for a client to send a whole request head (slow clients get 408).
+    pub header_timeout: Dur,
+    /// How long an idle keep-alive connection is kept open.
+    pub keep_alive_timeout: Dur,
     /// Longest wait for each read from a client.
     pub read_timeout: Dur,
     /// Longest wait for each write to a client.
@@ -93,6 +101,10 @@ impl Default for GatewaySection {
             shutdown_grace: Dur(Duration::from_secs(30)),
             stop_grace: Dur(Duration::from_secs(10)),
             startup_timeout: Dur(Duration::from_secs(60)),
+            max_header_bytes: 16 * 1024,
+            max_url_bytes: 8 * 1024,
+            header_timeout: Dur(Duration::from_secs(10)),
+            keep_alive_timeout: Dur(Duration::from_secs(75)),
             read_timeout: Dur(Duration::from_secs(30)),
             write_timeout: Dur(Duration::from_secs(30)),
             basic_auth: false,

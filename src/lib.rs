@@ -83,6 +83,13 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     /// Client connections at once; more are refused quickly.
     pub max_connections: usize,
+    /// Longest request head, and longest request target, accepted.
+    pub max_header_bytes: usize,
+    pub max_url_bytes: usize,
+    /// Time for a client to send a whole request head.
+    pub header_timeout: Duration,
+    /// How long an idle keep-alive client connection is kept.
+    pub keep_alive_timeout: Duration,
     /// Longest wait for each read from a client (request head and body).
     pub client_read_timeout: Duration,
     /// Longest wait for each write to a client.
@@ -108,10 +115,30 @@ impl From<&GatewaySection> for Settings {
             connect_timeout: g.connect_timeout.0,
             max_idle_per_host: g.max_idle_per_host,
             shutdown_grace: g.shutdown_grace.0,
+            max_header_bytes: g.max_header_bytes,
+            max_url_bytes: g.max_url_bytes,
+            header_timeout: g.header_timeout.0,
+            keep_alive_timeout: g.keep_alive_timeout.0,
             client_read_timeout: g.read_timeout.0,
             client_write_timeout: g.write_timeout.0,
             max_connections: g.max_connections,
             auth: None,
+        }
+    }
+}
+
+impl Settings {
+    /// What the HTTP server enforces on clients.
+    pub fn server_limits(&self) -> tiny_http::Limits {
+        tiny_http::Limits {
+            max_connections: self.max_connections,
+            max_header_bytes: self.max_header_bytes,
+            max_url_bytes: self.max_url_bytes,
+            header_timeout: self.header_timeout,
+            keep_alive_timeout: self.keep_alive_timeout,
+            read_timeout: self.client_read_timeout,
+            write_timeout: self.client_write_timeout,
+            ..tiny_http::Limits::default()
         }
     }
 }
@@ -129,7 +156,9 @@ impl Gateway {
     pub fn start(settings: Settings, provider: Arc<dyn Provider>) -> io::Result<Gateway> {
         let listener = server::bind(settings.listen)?;
         let addr = listener.local_addr()?;
-        let server = tiny_http::Server::from_listener(listener, None).map_err(io::Error::other)?;
+        let server =
+            tiny_http::Server::from_listener_with_limits(listener, settings.server_limits())
+                .map_err(io::Error::other)?;
         let scaler = Arc::new(Scaler::new(provider, settings.scaling.clone()));
         let timeouts = client::Timeouts {
             connect: settings.connect_timeout,

@@ -59,22 +59,9 @@ fn secrets() -> TempDir {
     dir
 }
 
-/// Ignored, with the fifty-request case below: in about half the runs some requests stall until
-/// the upstream timeout (504) somewhere between the two defrost processes, while the single-hop
-/// case (tests/scale_from_zero.rs) passes. Run with `cargo test -- --ignored` while investigating.
 #[test]
-#[ignore = "intermittent 20 s stall between two defrost processes under concurrent cold calls"]
 fn cold_start_through_both_with_one_scale_call_for_two_hundred_requests() {
-    cold_start_through_both(200);
-}
-
-#[test]
-#[ignore = "intermittent 20 s stall between two defrost processes under concurrent cold calls"]
-fn cold_start_through_both_with_one_scale_call_for_fifty_requests() {
-    cold_start_through_both(50);
-}
-
-fn cold_start_through_both(requests: usize) {
+    let requests = 200;
     let provider = provider();
     let gw = Arc::new(env_gateway(&provider.url("/"), None));
     let handles: Vec<_> = (0..requests)

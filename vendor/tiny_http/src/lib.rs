@@ -149,6 +149,8 @@ pub struct Server {
     connections: Arc<AtomicUsize>,
 }
 
+// Requests are moved through the queue once; boxing them would cost an allocation each.
+#[allow(clippy::large_enum_variant)]
 enum Message {
     Error(IoError),
     NewRequest(Request),
@@ -417,7 +419,7 @@ impl Server {
         match self.messages.pop() {
             Some(Message::Error(err)) => Err(err),
             Some(Message::NewRequest(rq)) => Ok(rq),
-            None => Err(IoError::new(IoErrorKind::Other, "thread unblocked")),
+            None => Err(IoError::other("thread unblocked")),
         }
     }
 
@@ -542,7 +544,7 @@ impl Drop for Server {
                     Some(path) => {
                         std::os::unix::net::UnixStream::connect(path).map(Connection::from)
                     }
-                    None => Err(IoError::new(IoErrorKind::Other, "unnamed socket")),
+                    None => Err(IoError::other("unnamed socket")),
                 }
             }
         };

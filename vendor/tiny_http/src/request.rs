@@ -445,7 +445,7 @@ impl Request {
                 body.is_broken()
                     || body
                         .unread_length()
-                        .map_or(false, |left| left > max_drain as u64)
+                        .is_some_and(|left| left > max_drain as u64)
             }
             _ => false,
         }

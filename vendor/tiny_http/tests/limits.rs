@@ -145,7 +145,7 @@ fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
 
 /// Rejects large bodies without reading them.
 fn reject_large(rq: Request) {
-    if rq.body_length().map_or(false, |l| l > 1024 * 1024) {
+    if rq.body_length().is_some_and(|l| l > 1024 * 1024) {
         let _ = rq.respond(Response::from_string("too large").with_status_code(413));
     } else {
         let text = format!("ok {}", rq.url());
@@ -501,7 +501,8 @@ fn body_read_times_out() {
 fn write_to_stalled_client_times_out() {
     use std::sync::mpsc;
     use std::sync::Mutex;
-    static RESULT: Mutex<Option<mpsc::Sender<(io::Result<()>, Duration)>>> = Mutex::new(None);
+    type Outcome = (io::Result<()>, Duration);
+    static RESULT: Mutex<Option<mpsc::Sender<Outcome>>> = Mutex::new(None);
     fn huge(rq: Request) {
         let started = Instant::now();
         let data = vec![b'w'; 256 * 1024 * 1024];

@@ -1,0 +1,183 @@
+//! Clients that misbehave, on purpose or not, against the real binary: the gateway answers
+//! them honestly, stays bounded, and keeps serving everyone else.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn gateway(gateway_settings: &str) -> Defrost {
+    Defrost::start(&format!(
+        "[gateway]\n{gateway_settings}\n{}",
+        echo_function("echo", "", "")
+    ))
+}
+
+fn threads_of(pid: u32) -> usize {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Threads:").map(|v| v.trim().parse().ok()))
+        })
+        .flatten()
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_huge_declared_body_gets_413_and_the_gateway_stays_up() {
+    let gw = gateway("");
+    let answer = raw(
+        gw.addr,
+        b"POST /function/echo HTTP/1.1\r\nHost: t\r\nContent-Length: 200000000000\r\n\r\nabc",
+        Duration::from_secs(5),
+    );
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("larger than the limit"), "{answer}");
+    assert_eq!(get(&gw.url("/healthz")).status, 200, "the gateway died");
+    assert_eq!(get(&gw.url("/function/echo")).status, 200);
+}
+
+#[test]
+fn oversized_heads_and_urls_are_refused() {
+    let gw = gateway("max_header_bytes = 4096\nmax_url_bytes = 1024");
+    let big_header = format!(
+        "GET /healthz HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(8000)
+    );
+    let answer = raw(gw.addr, big_header.as_bytes(), Duration::from_secs(5));
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    let long_url = format!(
+        "GET /function/echo/{} HTTP/1.1\r\nHost: t\r\n\r\n",
+        "a".repeat(2000)
+    );
+    let answer = raw(gw.addr, long_url.as_bytes(), Duration::from_secs(5));
+    assert!(answer.starts_with("HTTP/1.1 414"), "{answer}");
+    assert_eq!(get(&gw.url("/healthz")).status, 200);
+}
+
+#[test]
+fn a_slowloris_client_is_cut_off() {
+    let gw = gateway("header_timeout = \"1s\"");
+    let mut stream = TcpStream::connect(gw.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let started = Instant::now();
+    for byte in b"GET /healthz HTTP/1.1\r\nHost: slow\r\n".iter() {
+        if stream.write_all(&[*byte]).is_err() {
+            break;
+        }
+        thread::sleep(Duration::from_millis(200));
+        if started.elapsed() > Duration::from_secs(4) {
+            break;
+        }
+    }
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+        "{answer}"
+    );
+    assert_eq!(get(&gw.url("/healthz")).status, 200);
+}
+
+#[test]
+fn a_flood_of_idle_connections_is_bounded() {
+    let gw = gateway("max_connections = 50");
+    let pid = gw.child.id();
+    let before = threads_of(pid);
+    let mut idle: Vec<TcpStream> = (0..50)
+        .map(|_| TcpStream::connect(gw.addr).unwrap())
+        .collect();
+    thread::sleep(Duration::from_millis(300));
+    // Beyond the bound: answered at once, not queued.
+    let mut refused = 0;
+    for _ in 0..150 {
+        let mut extra = TcpStream::connect(gw.addr).unwrap();
+        extra
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        let mut answer = String::new();
+        let _ = extra.read_to_string(&mut answer);
+        if answer.starts_with("HTTP/1.1 503") {
+            refused += 1;
+        }
+    }
+    let during = threads_of(pid);
+    assert_eq!(refused, 150);
+    assert!(
+        during <= before + 50 + 5,
+        "threads grew from {before} to {during}"
+    );
+    idle.clear();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while get(&gw.url("/healthz")).status != 200 && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(get(&gw.url("/healthz")).status, 200);
+}
+
+#[test]
+fn running_out_of_file_descriptors_does_not_stop_the_gateway() {
+    let dir = TempDir::new("fd");
+    let config = dir.path().join("defrost.toml");
+    std::fs::write(&config, "").unwrap();
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c").arg(format!(
+        "ulimit -n 48 && exec {} --config {} --listen 127.0.0.1:0",
+        env!("CARGO_BIN_EXE_defrost"),
+        config.display()
+    ));
+    let gw = Defrost::spawn(cmd, &[], dir);
+    // More connections than descriptors: accept fails with EMFILE for some of them.
+    let held: Vec<TcpStream> = (0..80)
+        .filter_map(|_| TcpStream::connect(gw.addr).ok())
+        .collect();
+    thread::sleep(Duration::from_millis(500));
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut status = 0;
+    while Instant::now() < deadline {
+        if let Ok(response) = agent().get(&gw.url("/healthz")).call() {
+            status = response.status().as_u16();
+            if status == 200 {
+                break;
+            }
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        gw.log_count("Error accepting new client") > 0,
+        "no accept error was provoked"
+    );
+    assert_eq!(status, 200, "gateway stopped serving: {}", gw.log_text());
+}
+
+#[test]
+fn large_known_length_responses_keep_their_length() {
+    let gw = gateway("");
+    let answer = raw(
+        gw.addr,
+        b"GET /function/echo/bytes/1048576 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(20),
+    );
+    let head = answer
+        .split("\r\n\r\n")
+        .next()
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains("content-length: 1048576"), "{head}");
+    assert!(!head.contains("transfer-encoding"), "{head}");
+}
