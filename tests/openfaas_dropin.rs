@@ -76,14 +76,14 @@ fn cold_start_through_both_with_one_scale_call_for_two_hundred_requests() {
         assert_eq!(reply.json()["path"], format!("/n/{i}?q={i}"));
     }
     assert_eq!(
-        provider.log_count("scale echo.default: 0 -> 1"),
+        provider.log_count_settled("scale echo.default: 0 -> 1", 1),
         1,
         "{}",
         provider.log_text()
     );
     assert_eq!(lines_in(&provider.dir.path().join("starts")), 1);
     assert_eq!(
-        gw.log_count("cold start echo.default"),
+        gw.log_count_settled("cold start echo.default", 1),
         1,
         "{}",
         gw.log_text()
@@ -96,7 +96,7 @@ fn min_label_unknown_functions_and_provider_status() {
     let gw = env_gateway(&provider.url(""), None);
     assert_eq!(get(&gw.url("/function/pair")).status, 200);
     assert_eq!(
-        provider.log_count("scale pair.default: 0 -> 2"),
+        provider.log_count_settled("scale pair.default: 0 -> 2", 1),
         1,
         "{}",
         provider.log_text()
@@ -132,7 +132,7 @@ fn manual_scale_goes_through_the_gateway() {
         .unwrap();
     assert_eq!(response.status(), 202);
     assert_eq!(
-        provider.log_count("scale echo.default: 0 -> 2"),
+        provider.log_count_settled("scale echo.default: 0 -> 2", 1),
         1,
         "{}",
         provider.log_text()

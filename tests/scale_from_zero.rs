@@ -24,7 +24,7 @@ fn first_call_to_a_cold_function_starts_exactly_one_replica() {
     assert_eq!(reply.json()["path"], "/hello");
     assert_eq!(lines_in(&starts), 1);
     assert_eq!(
-        gw.log_count("cold start echo.default"),
+        gw.log_count_settled("cold start echo.default", 1),
         1,
         "{}",
         gw.log_text()
@@ -63,7 +63,7 @@ fn two_hundred_concurrent_cold_calls_share_one_scale_call() {
         "replicas started"
     );
     assert_eq!(
-        gw.log_count("scale echo.default: 0 -> 1"),
+        gw.log_count_settled("scale echo.default: 0 -> 1", 1),
         1,
         "{}",
         gw.log_text()
@@ -81,7 +81,7 @@ fn min_replicas_are_started_on_a_cold_call() {
     }
     assert_eq!(lines_in(&starts), 2);
     assert_eq!(
-        gw.log_count("scale echo.default: 0 -> 2"),
+        gw.log_count_settled("scale echo.default: 0 -> 2", 1),
         1,
         "{}",
         gw.log_text()

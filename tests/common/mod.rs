@@ -144,6 +144,18 @@ impl Defrost {
             .count()
     }
 
+    /// Log lines containing `needle`, once at least `expected` have arrived (or 5 s passed):
+    /// the log is read by another thread, so a line written just before a response may still
+    /// be on its way.
+    pub fn log_count_settled(&self, needle: &str, expected: usize) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.log_count(needle) < expected && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        self.log_count(needle)
+    }
+
     pub fn log_text(&self) -> String {
         self.log.lock().unwrap().join("\n")
     }
