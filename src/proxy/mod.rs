@@ -9,7 +9,6 @@
 pub mod headers;
 
 use std::io::{self, Read};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -82,10 +81,15 @@ impl Proxy {
         let mut body = ClientBody::new(request.as_reader(), self.config.max_body_bytes);
         let mut attempt = 0;
         loop {
-            let status = self.scaler.ready(call.function)?;
+            let status = self.scaler.ready(function)?;
+            // `ready` only returns statuses with an endpoint; a provider breaking that promise
+            // gets an honest 502 rather than a spin.
             let Some(endpoint) = status.least_loaded() else {
-                self.scaler.invalidate(call.function);
-                continue;
+                self.scaler.invalidate(function);
+                return Err(Error::Upstream {
+                    function: function.clone(),
+                    detail: "the provider reported ready replicas but no endpoint".into(),
+                });
             };
             let in_flight = endpoint.begin();
             let url = upstream_url(endpoint.base_url(), call.rest, call.query);
@@ -97,12 +101,12 @@ impl Proxy {
                         && !body.touched()
                         && attempt < self.config.connect_retries =>
                 {
-                    log::debug!("{}: {url} refused ({e}); retrying", call.function);
-                    self.scaler.invalidate(call.function);
+                    log::debug!("{function}: {url} refused ({e}); retrying");
+                    self.scaler.invalidate(function);
                     std::thread::sleep(self.config.retry_backoff * 2u32.saturating_pow(attempt));
                     attempt += 1;
                 }
-                Err(e) => return Err(self.failure(call.function, &url, e, &body)),
+                Err(e) => return Err(self.failure(function, &url, e, &body)),
             }
         }
     }
@@ -187,10 +191,6 @@ impl Proxy {
             return Error::BadRequest(format!("reading the request body failed: {e}"));
         }
         match e {
-            ureq::Error::Timeout(_) => Error::UpstreamTimeout {
-                function: function.clone(),
-                after: self.config.upstream_timeout,
-            },
             e if is_connect_error(&e) => {
                 self.scaler.invalidate(function);
                 Error::Upstream {
@@ -198,6 +198,10 @@ impl Proxy {
                     detail: format!("cannot connect to {url}: {e}"),
                 }
             }
+            ureq::Error::Timeout(_) => Error::UpstreamTimeout {
+                function: function.clone(),
+                after: self.config.upstream_timeout,
+            },
             e => Error::Upstream {
                 function: function.clone(),
                 detail: format!("call to {url} failed: {e}"),
@@ -364,7 +368,7 @@ struct ClientBody<'a> {
     inner: &'a mut dyn Read,
     read: u64,
     limit: u64,
-    touched: AtomicBool,
+    touched: bool,
     too_large: bool,
     failed: bool,
 }
@@ -375,14 +379,14 @@ impl<'a> ClientBody<'a> {
             inner,
             read: 0,
             limit,
-            touched: AtomicBool::new(false),
+            touched: false,
             too_large: false,
             failed: false,
         }
     }
 
     fn touched(&self) -> bool {
-        self.touched.load(Ordering::Relaxed)
+        self.touched
     }
 
     fn too_large(&self) -> bool {
@@ -396,7 +400,7 @@ impl<'a> ClientBody<'a> {
 
 impl Read for ClientBody<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.touched.store(true, Ordering::Relaxed);
+        self.touched = true;
         let n = self.inner.read(buf).inspect_err(|_| self.failed = true)?;
         self.read += n as u64;
         if self.read > self.limit {
