@@ -20,6 +20,7 @@ use crate::provider::process::{ProcessFunction, Readiness};
 use crate::proxy::ProxyConfig;
 use crate::scaler::ScalingConfig;
 use crate::server::PoolConfig;
+use crate::triggers::TriggerSpec;
 
 /// A whole config file.
 #[derive(Debug, Deserialize, Default)]
@@ -30,6 +31,22 @@ pub struct FileConfig {
     pub provider: Option<ProviderSection>,
     #[serde(default, rename = "function")]
     pub functions: Vec<FunctionSection>,
+    #[serde(default, rename = "trigger")]
+    pub triggers: Vec<TriggerSection>,
+}
+
+/// `[[trigger]]`: a URL pattern routed to one function, or split between several by weight.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TriggerSection {
+    pub path: Spanned<String>,
+    #[serde(default)]
+    pub methods: Vec<String>,
+    pub host: Option<String>,
+    /// `name` or `name.namespace`.
+    pub function: Option<Spanned<String>>,
+    /// `{ "name" = weight, ... }`.
+    pub functions: Option<Spanned<BTreeMap<String, u32>>>,
 }
 
 /// `[gateway]`: how the gateway listens, waits and forwards.
@@ -266,6 +283,58 @@ impl Loaded {
             key: Some(key.into()),
             message,
         }
+    }
+
+    /// Checks the `[[trigger]]` entries and turns them into the router's specs.
+    pub fn trigger_specs(&self) -> Result<Vec<TriggerSpec>, ConfigError> {
+        let default_ns = &self.config.gateway.default_namespace;
+        self.config
+            .triggers
+            .iter()
+            .map(|t| self.trigger_spec(t, default_ns))
+            .collect()
+    }
+
+    fn trigger_spec(
+        &self,
+        t: &TriggerSection,
+        default_ns: &str,
+    ) -> Result<TriggerSpec, ConfigError> {
+        let (line, _) = locate(&self.text, &t.path.span());
+        let origin = format!("{}:{}", self.path.display(), line.unwrap_or(0));
+        let weighted: Vec<(String, u32, Range<usize>)> = match (&t.function, &t.functions) {
+            (Some(f), None) => vec![(f.get_ref().clone(), 1, f.span())],
+            (None, Some(fs)) => fs
+                .get_ref()
+                .iter()
+                .map(|(n, w)| (n.clone(), *w, fs.span()))
+                .collect(),
+            _ => {
+                return Err(self.error_at(
+                    t.path.span(),
+                    "function",
+                    "a trigger names exactly one of `function` or `functions`".into(),
+                ))
+            }
+        };
+        let mut targets = Vec::with_capacity(weighted.len());
+        for (name, weight, span) in weighted {
+            let key = if t.function.is_some() {
+                "function"
+            } else {
+                "functions"
+            };
+            let function = FunctionRef::parse(&name, default_ns)
+                .map_err(|e| self.error_at(span, key, e.to_string()))?;
+            targets.push((function, weight));
+        }
+        Ok(TriggerSpec {
+            path: t.path.get_ref().clone(),
+            methods: t.methods.iter().map(|m| m.to_ascii_uppercase()).collect(),
+            host: t.host.clone(),
+            targets,
+            origin,
+        })
     }
 
     /// The folder relative paths in the file are taken from.

@@ -17,7 +17,7 @@ pub enum Error {
     /// The path names no route.
     NoRoute { path: String },
     /// The route exists, but not for this method.
-    MethodNotAllowed { allowed: &'static str },
+    MethodNotAllowed { allowed: String },
     /// The function or namespace name is not a DNS label.
     BadName(NameError),
     /// Something else about the request is malformed.
@@ -94,7 +94,7 @@ impl Error {
                 vec![("Retry-After", "1".into()), ("Connection", "close".into())]
             }
             Error::Unauthorized => vec![("WWW-Authenticate", "Basic realm=\"Restricted\"".into())],
-            Error::MethodNotAllowed { allowed } => vec![("Allow", (*allowed).into())],
+            Error::MethodNotAllowed { allowed } => vec![("Allow", allowed.clone())],
             _ => Vec::new(),
         }
     }

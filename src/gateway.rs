@@ -14,6 +14,7 @@ use crate::provider::api::{self, ApiRequest};
 use crate::proxy::{Call, Proxy};
 use crate::router::{self, Route};
 use crate::scaler::Scaler;
+use crate::triggers::{Miss, TriggerSet};
 
 /// Everything a worker needs to answer a request.
 pub struct Handler {
@@ -22,6 +23,8 @@ pub struct Handler {
     default_namespace: String,
     /// Credentials `/system/*` callers must present, when basic auth is on.
     auth: Option<Credentials>,
+    /// HTTP triggers, swapped whole on reload.
+    triggers: Arc<TriggerSet>,
     in_flight: AtomicUsize,
     draining: AtomicBool,
 }
@@ -32,15 +35,21 @@ impl Handler {
         proxy: Proxy,
         default_namespace: String,
         auth: Option<Credentials>,
+        triggers: Arc<TriggerSet>,
     ) -> Handler {
         Handler {
             scaler,
             proxy,
             default_namespace,
             auth,
+            triggers,
             in_flight: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
         }
+    }
+
+    pub fn triggers(&self) -> &TriggerSet {
+        &self.triggers
     }
 
     pub fn scaler(&self) -> &Arc<Scaler> {
@@ -97,13 +106,12 @@ impl Handler {
                     function: &function,
                     rest,
                     query,
+                    params: &[],
                 },
             ),
             Route::Healthz => self.healthz(request),
             Route::System { path, query } => self.system(request, path, query),
-            Route::NotFound => Err(Error::NoRoute {
-                path: printable_path(&target),
-            }),
+            Route::NotFound => self.trigger(request, &target),
         }
     }
 }
@@ -171,6 +179,39 @@ impl Handler {
             Ok(())
         } else {
             Err(Error::Unauthorized)
+        }
+    }
+}
+
+impl Handler {
+    /// Requests outside `/function/` and `/system/` may match an HTTP trigger. The table in use
+    /// when the request arrived serves it to the end, whatever a reload swaps in meanwhile.
+    fn trigger(&self, request: &mut Request, target: &str) -> Result<ResponseBox, Error> {
+        let triggers = self.triggers.current();
+        let (path, query) = match target.split_once('?') {
+            Some((path, query)) => (path, Some(query)),
+            None => (target, None),
+        };
+        let host = request
+            .headers()
+            .iter()
+            .find(|h| h.field.equiv("Host"))
+            .map(|h| h.value.as_str().to_owned());
+        let method = request.method().as_str().to_owned();
+        match triggers.lookup(&method, host.as_deref(), path) {
+            Ok(found) => {
+                let call = Call {
+                    function: found.function,
+                    rest: path,
+                    query,
+                    params: &found.params,
+                };
+                self.proxy.forward(request, &call)
+            }
+            Err(Miss::NoMatch) => Err(Error::NoRoute {
+                path: printable_path(target),
+            }),
+            Err(Miss::Method(allowed)) => Err(Error::MethodNotAllowed { allowed }),
         }
     }
 }

@@ -47,10 +47,12 @@ pub mod function;
 pub mod gateway;
 pub mod provider;
 pub mod proxy;
+pub mod reload;
 pub mod router;
 pub mod scaler;
 pub mod server;
 pub mod setup;
+pub mod triggers;
 
 use std::io;
 use std::net::SocketAddr;
@@ -96,6 +98,8 @@ pub struct Settings {
     pub client_write_timeout: Duration,
     /// Credentials required on `/system/*` (never on `/function/*`); `None`: open.
     pub auth: Option<auth::Credentials>,
+    /// HTTP triggers: URL patterns routed to functions.
+    pub triggers: Vec<triggers::TriggerSpec>,
 }
 
 impl Default for Settings {
@@ -123,6 +127,7 @@ impl From<&GatewaySection> for Settings {
             client_write_timeout: g.write_timeout.0,
             max_connections: g.max_connections,
             auth: None,
+            triggers: Vec::new(),
         }
     }
 }
@@ -159,6 +164,9 @@ impl Gateway {
         let server =
             tiny_http::Server::from_listener_with_limits(listener, settings.server_limits())
                 .map_err(io::Error::other)?;
+        let table = triggers::Triggers::build(&settings.triggers)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let triggers = Arc::new(triggers::TriggerSet::new(table));
         let scaler = Arc::new(Scaler::new(provider, settings.scaling.clone()));
         let timeouts = client::Timeouts {
             connect: settings.connect_timeout,
@@ -172,6 +180,7 @@ impl Gateway {
             proxy,
             settings.default_namespace.clone(),
             settings.auth.clone(),
+            Arc::clone(&triggers),
         ));
         let worker_handler = Arc::clone(&handler);
         let pool = Pool::start(
@@ -186,6 +195,19 @@ impl Gateway {
             addr,
             shutdown_grace: settings.shutdown_grace,
         })
+    }
+
+    /// Swaps in a new set of HTTP triggers. A set that does not build is refused and the
+    /// running one stays; requests in flight finish on the set they started with.
+    pub fn reload_triggers(
+        &self,
+        specs: &[triggers::TriggerSpec],
+    ) -> Result<(), triggers::TriggerError> {
+        let table = triggers::Triggers::build(specs)?;
+        let count = table.len();
+        self.handler.triggers().replace(table);
+        log::info!("reloaded {count} HTTP triggers");
+        Ok(())
     }
 
     /// The address actually bound (useful with port 0).

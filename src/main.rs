@@ -3,9 +3,6 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use signal_hook::consts::{SIGINT, SIGTERM};
-use signal_hook::iterator::Signals;
-
 const USAGE: &str = "\
 defrost: a scale-from-zero function gateway
 
@@ -17,6 +14,7 @@ Options:
   --config FILE   TOML config: [gateway] settings, [provider], [[function]] entries.
                   Without it, the OpenFaaS gateway's environment variables are read.
   --listen ADDR   Address to listen on (overrides the config), e.g. 127.0.0.1:8080.
+  --watch         Reload the config file when it changes (SIGHUP always reloads it).
 
 Logging: RUST_LOG=info (default), debug for one line per request.
 ";
@@ -24,12 +22,14 @@ Logging: RUST_LOG=info (default), debug for one line per request.
 struct Args {
     config: Option<PathBuf>,
     listen: Option<String>,
+    watch: bool,
 }
 
 fn parse_args() -> Result<Option<Args>, String> {
     let mut args = Args {
         config: None,
         listen: None,
+        watch: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -54,6 +54,7 @@ fn parse_args() -> Result<Option<Args>, String> {
             }
             "-c" | "--config" => args.config = Some(PathBuf::from(value()?)),
             "-l" | "--listen" => args.listen = Some(value()?),
+            "-w" | "--watch" => args.watch = true,
             other => return Err(format!("unknown argument {other:?}; see --help")),
         }
     }
@@ -76,8 +77,6 @@ fn run() -> Result<(), String> {
     let Some(args) = parse_args()? else {
         return Ok(());
     };
-    let mut signals =
-        Signals::new([SIGTERM, SIGINT]).map_err(|e| format!("cannot watch signals: {e}"))?;
     let (mut settings, provider) = defrost::setup::from_sources(args.config.as_deref())?;
     if let Some(listen) = args.listen {
         settings.listen = listen
@@ -88,9 +87,7 @@ fn run() -> Result<(), String> {
         provider.shutdown();
         format!("cannot start: {e}")
     })?;
-    if let Some(signal) = signals.forever().next() {
-        log::info!("signal {signal} received; shutting down");
-    }
+    let served = defrost::reload::serve_until_stopped(&gateway, args.config.as_deref(), args.watch);
     gateway.shutdown();
-    Ok(())
+    served
 }

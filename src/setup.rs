@@ -26,6 +26,8 @@ pub fn from_file(loaded: &Loaded) -> Result<(Settings, Arc<dyn Provider>), Strin
     let gateway = &loaded.config.gateway;
     let mut settings = Settings::from(gateway);
     settings.auth = gateway_credentials(gateway)?;
+    settings.triggers = loaded.trigger_specs().map_err(|e| e.to_string())?;
+    crate::triggers::Triggers::build(&settings.triggers).map_err(|e| e.to_string())?;
     let provider: Arc<dyn Provider> = match &loaded.config.provider {
         None => process_provider(loaded)?,
         Some(section) if section.kind == ProviderKind::Process => process_provider(loaded)?,

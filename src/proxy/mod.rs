@@ -59,6 +59,8 @@ pub struct Call<'a> {
     pub function: &'a FunctionRef,
     pub rest: &'a str,
     pub query: Option<&'a str>,
+    /// Path parameters of the trigger that matched, sent as `X-Defrost-Param-{name}`.
+    pub params: &'a [(&'a str, String)],
 }
 
 impl Proxy {
@@ -77,6 +79,9 @@ impl Proxy {
         let function = call.function;
         outgoing.push("X-Defrost-Function-Name", function.name());
         outgoing.push("X-Defrost-Function-Namespace", function.namespace());
+        for (name, value) in call.params {
+            outgoing.push(&format!("X-Defrost-Param-{name}"), value);
+        }
         let method = request.method().as_str().to_owned();
         let mut body = ClientBody::new(request.as_reader(), self.config.max_body_bytes);
         let mut attempt = 0;
