@@ -197,16 +197,17 @@ impl Gateway {
         })
     }
 
-    /// Swaps in a new set of HTTP triggers. A set that does not build is refused and the
-    /// running one stays; requests in flight finish on the set they started with.
-    pub fn reload_triggers(
-        &self,
-        specs: &[triggers::TriggerSpec],
-    ) -> Result<(), triggers::TriggerError> {
-        let table = triggers::Triggers::build(specs)?;
-        let count = table.len();
+    /// Applies a reloaded config file: its triggers and its functions. Everything is checked
+    /// before anything changes; a file that does not validate changes nothing. Gateway settings
+    /// (listen address, timeouts, limits) take a restart.
+    pub fn reload(&self, loaded: &config::Loaded) -> Result<(), String> {
+        let specs = loaded.trigger_specs().map_err(|e| e.to_string())?;
+        let table = triggers::Triggers::build(&specs).map_err(|e| e.to_string())?;
+        let functions = loaded.process_functions().map_err(|e| e.to_string())?;
+        let count = (table.len(), functions.len());
+        self.scaler().provider().reload_functions(functions)?;
         self.handler.triggers().replace(table);
-        log::info!("reloaded {count} HTTP triggers");
+        log::info!("reloaded {} triggers and {} functions", count.0, count.1);
         Ok(())
     }
 

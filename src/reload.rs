@@ -55,10 +55,9 @@ fn wait(gateway: &Gateway, config: Option<&Path>, events: &Receiver<Event>) {
 
 fn reload(gateway: &Gateway, path: &Path, why: &str) {
     log::info!("{why}: reloading {}", path.display());
-    let specs = Loaded::read(path).and_then(|loaded| loaded.trigger_specs());
-    let outcome = specs
+    let outcome = Loaded::read(path)
         .map_err(|e| e.to_string())
-        .and_then(|specs| gateway.reload_triggers(&specs).map_err(|e| e.to_string()));
+        .and_then(|loaded| gateway.reload(&loaded));
     if let Err(e) = outcome {
         log::error!("reload refused, the running configuration stays: {e}");
     }

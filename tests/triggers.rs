@@ -242,3 +242,45 @@ fn watch_reloads_when_the_file_changes() {
         gw.log_text()
     );
 }
+
+#[test]
+fn a_reload_adds_and_removes_functions() {
+    let old = echo_function("old", r#"STARTS_FILE = "$DIR/old-starts""#, "");
+    let stable = echo_function("stable", "", "");
+    let gw = Defrost::start(&format!("{stable}{old}"));
+    assert_eq!(get(&gw.url("/function/old")).status, 200);
+    assert_eq!(get(&gw.url("/function/added")).status, 404);
+    let old_pid: u32 = std::fs::read_to_string(gw.dir.path().join("old-starts"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(alive(old_pid));
+
+    let added = echo_function("added", "", "");
+    let path = gw.dir.path().join("defrost.toml");
+    std::fs::write(&path, format!("{stable}{added}")).unwrap();
+    unsafe_kill(gw.child.id(), "HUP");
+    assert!(
+        gw.log_count_settled("reloaded", 1) >= 1,
+        "{}",
+        gw.log_text()
+    );
+
+    assert_eq!(
+        get(&gw.url("/function/added")).status,
+        200,
+        "an added function starts on demand"
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while (alive(old_pid) || get(&gw.url("/function/old")).status != 404)
+        && Instant::now() < deadline
+    {
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        !alive(old_pid),
+        "the removed function's replica was not stopped"
+    );
+    assert_eq!(get(&gw.url("/function/old")).status, 404);
+}

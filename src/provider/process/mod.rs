@@ -9,6 +9,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use crate::function::FunctionRef;
@@ -36,7 +38,7 @@ pub enum Readiness {
 }
 
 /// One function this provider runs, as configured.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProcessFunction {
     pub function: FunctionRef,
     /// Program and arguments; the program is looked up in `PATH` when it has no slash.
@@ -134,7 +136,10 @@ impl Default for ProcessOptions {
 
 /// Runs each function's replicas as child processes of defrost.
 pub struct ProcessProvider {
-    slots: BTreeMap<FunctionRef, Arc<Slot>>,
+    /// Swapped whole by [`ProcessProvider::reconfigure`]; readers clone the slot they need.
+    slots: RwLock<BTreeMap<FunctionRef, Arc<Slot>>>,
+    /// Slots a reload removed, still draining; `shutdown` must stop them too.
+    retired: Mutex<Vec<Arc<Slot>>>,
     stop_grace: Duration,
 }
 
@@ -143,41 +148,69 @@ impl ProcessProvider {
         functions: Vec<ProcessFunction>,
         options: ProcessOptions,
     ) -> Result<ProcessProvider, String> {
-        let mut slots = BTreeMap::new();
-        for spec in functions {
-            spec.check()?;
-            let function = spec.function.clone();
-            if slots.contains_key(&function) {
-                return Err(format!("{function} is configured twice"));
-            }
-            slots.insert(function, Arc::new(Slot::new(spec, options.stop_grace)));
-        }
+        let slots = build_slots(functions, &BTreeMap::new(), options.stop_grace)?;
         Ok(ProcessProvider {
-            slots,
+            slots: RwLock::new(slots),
+            retired: Mutex::new(Vec::new()),
             stop_grace: options.stop_grace,
         })
     }
 
+    /// Replaces the set of functions. Unchanged functions keep their replicas; added ones start
+    /// at zero; removed or changed ones are drained (no new requests, in-flight ones finish up
+    /// to the stop grace) and stopped in the background. Nothing changes if any entry is bad.
+    pub fn reconfigure(&self, functions: Vec<ProcessFunction>) -> Result<(), String> {
+        let mut slots = self.slots.write();
+        let next = build_slots(functions, &slots, self.stop_grace)?;
+        let gone: Vec<Arc<Slot>> = slots
+            .iter()
+            .filter(|(f, old)| next.get(*f).is_none_or(|new| !Arc::ptr_eq(old, new)))
+            .map(|(_, old)| Arc::clone(old))
+            .collect();
+        *slots = next;
+        drop(slots);
+        for slot in gone {
+            log::info!(
+                "{}: removed or changed by a reload; draining it",
+                slot.spec.function
+            );
+            if let Err(e) = slot.scale(0) {
+                log::warn!("{}: cannot drain: {e}", slot.spec.function);
+            }
+            self.retired.lock().push(slot);
+        }
+        Ok(())
+    }
+
     /// Replicas the provider has tried to start for `function`, whatever became of them.
     pub fn replicas_started(&self, function: &FunctionRef) -> u64 {
-        self.slots.get(function).map_or(0, |s| s.counters.started())
+        self.slot(function).map_or(0, |s| s.counters.started())
     }
 
     /// `set_replicas` calls accepted for `function`.
     pub fn scale_calls(&self, function: &FunctionRef) -> u64 {
-        self.slots
-            .get(function)
-            .map_or(0, |s| s.counters.scale_calls())
+        self.slot(function).map_or(0, |s| s.counters.scale_calls())
     }
 
     /// Replicas of `function` that ended without being asked to: spawn failures, startup
     /// timeouts and exits.
     pub fn replicas_failed(&self, function: &FunctionRef) -> u64 {
-        self.slots.get(function).map_or(0, |s| s.counters.failed())
+        self.slot(function).map_or(0, |s| s.counters.failed())
     }
 
-    fn slot(&self, function: &FunctionRef) -> Result<&Arc<Slot>, ProviderError> {
-        self.slots.get(function).ok_or(ProviderError::NotFound)
+    fn slot(&self, function: &FunctionRef) -> Result<Arc<Slot>, ProviderError> {
+        self.slots
+            .read()
+            .get(function)
+            .cloned()
+            .ok_or(ProviderError::NotFound)
+    }
+
+    /// Every slot that may still have replicas: current and retired.
+    fn all_slots(&self) -> Vec<Arc<Slot>> {
+        let mut all: Vec<Arc<Slot>> = self.slots.read().values().cloned().collect();
+        all.extend(self.retired.lock().iter().cloned());
+        all
     }
 }
 
@@ -191,16 +224,17 @@ impl Provider for ProcessProvider {
     }
 
     fn wait_for_change(&self, function: &FunctionRef, since: u64, timeout: Duration) {
-        match self.slots.get(function) {
-            Some(slot) => slot.wait_for_change(since, timeout),
+        match self.slot(function) {
+            Ok(slot) => slot.wait_for_change(since, timeout),
             // Nothing will ever change; sleeping keeps a confused caller from spinning.
-            None => std::thread::sleep(timeout),
+            Err(_) => std::thread::sleep(timeout),
         }
     }
 
     fn list(&self, namespace: &str) -> Result<Vec<FunctionSummary>, ProviderError> {
         Ok(self
             .slots
+            .read()
             .iter()
             .filter(|(f, _)| f.namespace() == namespace)
             .map(|(f, slot)| FunctionSummary {
@@ -212,21 +246,23 @@ impl Provider for ProcessProvider {
     }
 
     fn namespaces(&self) -> Result<Vec<String>, ProviderError> {
-        let set: BTreeSet<&str> = self.slots.keys().map(FunctionRef::namespace).collect();
+        let slots = self.slots.read();
+        let set: BTreeSet<&str> = slots.keys().map(FunctionRef::namespace).collect();
         Ok(set.into_iter().map(str::to_owned).collect())
+    }
+
+    fn reload_functions(&self, functions: Vec<ProcessFunction>) -> Result<(), String> {
+        self.reconfigure(functions)
     }
 
     /// SIGTERM to every replica at once, SIGKILL to those still there after the grace period.
     fn shutdown(&self) {
-        for slot in self.slots.values() {
+        let slots = self.all_slots();
+        for slot in &slots {
             slot.stop_all();
         }
         let deadline = deadline_after(self.stop_grace);
-        let lingering: Vec<&Arc<Slot>> = self
-            .slots
-            .values()
-            .filter(|s| !s.wait_empty(deadline))
-            .collect();
+        let lingering: Vec<&Arc<Slot>> = slots.iter().filter(|s| !s.wait_empty(deadline)).collect();
         for slot in &lingering {
             slot.kill_all();
         }
@@ -248,6 +284,29 @@ impl Drop for ProcessProvider {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// Slots for `functions`, reusing from `current` the slot of every function whose
+/// configuration is unchanged (its replicas keep running).
+fn build_slots(
+    functions: Vec<ProcessFunction>,
+    current: &BTreeMap<FunctionRef, Arc<Slot>>,
+    stop_grace: Duration,
+) -> Result<BTreeMap<FunctionRef, Arc<Slot>>, String> {
+    let mut slots = BTreeMap::new();
+    for spec in functions {
+        spec.check()?;
+        let function = spec.function.clone();
+        if slots.contains_key(&function) {
+            return Err(format!("{function} is configured twice"));
+        }
+        let slot = match current.get(&function) {
+            Some(old) if old.spec == spec => Arc::clone(old),
+            _ => Arc::new(Slot::new(spec, stop_grace)),
+        };
+        slots.insert(function, slot);
+    }
+    Ok(slots)
 }
 
 /// `now + d`, saturating instead of panicking on absurd durations from config.

@@ -97,7 +97,7 @@ fn wait_reaped(p: &ProcessProvider, f: &FunctionRef, within: Duration) {
     let deadline = Instant::now() + within;
     loop {
         let seen = p.status(f).unwrap().generation;
-        if p.slots[f].replica_count() == 0 {
+        if p.slot(f).unwrap().replica_count() == 0 {
             break;
         }
         let left = deadline.saturating_duration_since(Instant::now());
@@ -113,7 +113,7 @@ fn wait_reaped(p: &ProcessProvider, f: &FunctionRef, within: Duration) {
 fn pids(p: &ProcessProvider, f: &FunctionRef, n: usize) -> Vec<libc::pid_t> {
     let deadline = Instant::now() + Duration::from_secs(3);
     loop {
-        let pids = p.slots[f].pids();
+        let pids = p.slot(f).unwrap().pids();
         if pids.len() == n {
             return pids;
         }
@@ -278,7 +278,7 @@ fn spawn_failure_is_reported_and_desired_returns_to_zero() {
     });
     assert_eq!(status.available_replicas, 0);
     assert_eq!(p.replicas_failed(&f), 1);
-    assert_eq!(p.slots[&f].replica_count(), 0);
+    assert_eq!(p.slot(&f).unwrap().replica_count(), 0);
 }
 
 #[test]
@@ -478,4 +478,49 @@ fn scale_down_prefers_newest_starting_then_least_busy() {
         "fewest in flight, newest on a tie"
     );
     assert_eq!(test_state(&[(stopping, 0)]).pick_victim(), None);
+}
+
+#[test]
+fn reconfigure_keeps_unchanged_functions_and_drains_removed_ones() {
+    let (a, b) = (fref("keep"), fref("drop"));
+    let p = provider(
+        vec![server("keep"), server("drop")],
+        Duration::from_millis(500),
+    );
+    p.set_replicas(&a, 1).unwrap();
+    p.set_replicas(&b, 1).unwrap();
+    ready(&p, &a, 1);
+    ready(&p, &b, 1);
+    let kept = pids(&p, &a, 1)[0];
+    let dropped = pids(&p, &b, 1)[0];
+
+    p.reconfigure(vec![server("keep"), server("new")]).unwrap();
+    assert_eq!(
+        pids(&p, &a, 1)[0],
+        kept,
+        "an unchanged function keeps its replica"
+    );
+    assert_eq!(
+        p.status(&fref("new")).unwrap().replicas,
+        0,
+        "an added function starts at zero"
+    );
+    assert!(matches!(p.status(&b), Err(ProviderError::NotFound)));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while unsafe { libc::kill(dropped, 0) } == 0 && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert_ne!(
+        unsafe { libc::kill(dropped, 0) },
+        0,
+        "the removed function's replica still runs"
+    );
+
+    let bad = function("keep", &[]);
+    assert!(p.reconfigure(vec![bad]).is_err());
+    assert_eq!(
+        pids(&p, &a, 1)[0],
+        kept,
+        "a refused reconfiguration changes nothing"
+    );
 }
