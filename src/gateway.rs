@@ -10,10 +10,13 @@ use tiny_http::{Header, Request, Response, ResponseBox, StatusCode};
 use crate::auth::Credentials;
 use crate::error::Error;
 use crate::function::FunctionRef;
+use crate::metrics::{exposition, overview::Overview, Invocation};
 use crate::provider::api::{self, ApiRequest};
+use crate::provider::ProviderError;
 use crate::proxy::{Call, Proxy};
 use crate::router::{self, Route};
 use crate::scaler::Scaler;
+use crate::status_page;
 
 /// Everything a worker needs to answer a request.
 pub struct Handler {
@@ -24,6 +27,8 @@ pub struct Handler {
     auth: Option<Credentials>,
     in_flight: AtomicUsize,
     draining: AtomicBool,
+    /// Whether `/metrics` is answered here (not when it has a listener of its own).
+    metrics_route: bool,
 }
 
 impl Handler {
@@ -40,7 +45,14 @@ impl Handler {
             auth,
             in_flight: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
+            metrics_route: true,
         }
+    }
+
+    /// Leaves `/metrics` to a listener of its own.
+    pub fn without_metrics_route(mut self) -> Handler {
+        self.metrics_route = false;
+        self
     }
 
     pub fn scaler(&self) -> &Arc<Scaler> {
@@ -62,8 +74,17 @@ impl Handler {
     pub fn handle(&self, mut request: Request) {
         self.in_flight.fetch_add(1, Ordering::SeqCst);
         let started = Instant::now();
-        let mut response = self.dispatch(&mut request).unwrap_or_else(|e| {
+        let mut invocation = None;
+        let dispatched = self.dispatch(&mut request, &mut invocation);
+        let mut response = dispatched.unwrap_or_else(|e| {
             log_failure(&request, &e);
+            if names_unknown_function(&e) {
+                if let Some(call) = invocation.take() {
+                    let function = call.function().clone();
+                    call.finish(e.status());
+                    self.scaler.metrics().forget_unknown(&function);
+                }
+            }
             error_response(&e)
         });
         if self.draining.load(Ordering::SeqCst) {
@@ -81,27 +102,44 @@ impl Handler {
         if let Err(e) = request.respond(response) {
             log::debug!("response not delivered: {e}");
         }
+        if let Some(call) = invocation {
+            call.finish(status);
+        }
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 
-    fn dispatch(&self, request: &mut Request) -> Result<ResponseBox, Error> {
+    /// Answers the request; a function call is counted in `invocation` from here on.
+    fn dispatch(
+        &self,
+        request: &mut Request,
+        invocation: &mut Option<Invocation>,
+    ) -> Result<ResponseBox, Error> {
         let target = request.url().to_owned();
         match router::route(&target, &self.default_namespace)? {
             Route::Function {
                 function,
                 rest,
                 query,
-            } => self.proxy.forward(
-                request,
-                &Call {
-                    function: &function,
-                    rest,
-                    query,
-                },
-            ),
+            } => {
+                *invocation = Some(self.scaler.metrics().begin(&function));
+                self.proxy.forward(
+                    request,
+                    &Call {
+                        function: &function,
+                        rest,
+                        query,
+                    },
+                )
+            }
             Route::Healthz => self.healthz(request),
+            Route::Metrics if self.metrics_route => Ok(metrics_response(&self.scaler)),
+            Route::StatusPage => {
+                self.authorize(request)?;
+                let page = status_page::render(&Overview::gather(&self.scaler));
+                Ok(bytes(200, status_page::CONTENT_TYPE, page.into_bytes()))
+            }
             Route::System { path, query } => self.system(request, path, query),
-            Route::NotFound => Err(Error::NoRoute {
+            Route::Metrics | Route::NotFound => Err(Error::NoRoute {
                 path: printable_path(&target),
             }),
         }
@@ -173,6 +211,20 @@ impl Handler {
             Err(Error::Unauthorized)
         }
     }
+}
+
+/// The scrape: the provider is asked for replica counts, the rest is read from counters.
+pub fn metrics_response(scaler: &Scaler) -> ResponseBox {
+    let text = exposition::render(&Overview::gather(scaler), scaler.metrics());
+    bytes(200, exposition::CONTENT_TYPE, text.into_bytes())
+}
+
+/// The provider does not know the function the client named.
+fn names_unknown_function(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::FunctionNotFound(_) | Error::Provider(_, ProviderError::NotFound)
+    )
 }
 
 /// API requests are small JSON documents; anything bigger is refused, not buffered.

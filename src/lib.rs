@@ -45,12 +45,14 @@ pub mod config;
 pub mod error;
 pub mod function;
 pub mod gateway;
+pub mod metrics;
 pub mod provider;
 pub mod proxy;
 pub mod router;
 pub mod scaler;
 pub mod server;
 pub mod setup;
+pub mod status_page;
 
 use std::io;
 use std::net::SocketAddr;
@@ -159,7 +161,10 @@ impl Gateway {
         let server =
             tiny_http::Server::from_listener_with_limits(listener, settings.server_limits())
                 .map_err(io::Error::other)?;
-        let scaler = Arc::new(Scaler::new(provider, settings.scaling.clone()));
+        let metrics = Arc::new(metrics::Metrics::new());
+        let provider = Arc::new(metrics::Measured::new(provider, Arc::clone(&metrics)));
+        let scaler =
+            Arc::new(Scaler::new(provider, settings.scaling.clone()).with_metrics(metrics));
         let timeouts = client::Timeouts {
             connect: settings.connect_timeout,
             response: settings.proxy.upstream_timeout,
