@@ -11,7 +11,12 @@ defrost: a scale-from-zero function gateway
 
 Usage:
   defrost [--config FILE] [--listen ADDR]
+  defrost check --config FILE
   defrost --help | --version
+
+Commands:
+  check           Validate FILE as the gateway would and print the effective settings
+                  (every default filled in) as TOML; exit status 1 if it is refused.
 
 Options:
   --config FILE   TOML config: [gateway] settings, [provider], [[function]] entries.
@@ -22,12 +27,15 @@ Logging: RUST_LOG=info (default), debug for one line per request.
 ";
 
 struct Args {
+    /// `defrost check`: validate the config and print it, do not run.
+    check: bool,
     config: Option<PathBuf>,
     listen: Option<String>,
 }
 
 fn parse_args() -> Result<Option<Args>, String> {
     let mut args = Args {
+        check: false,
         config: None,
         listen: None,
     };
@@ -54,6 +62,7 @@ fn parse_args() -> Result<Option<Args>, String> {
             }
             "-c" | "--config" => args.config = Some(PathBuf::from(value()?)),
             "-l" | "--listen" => args.listen = Some(value()?),
+            "check" if !args.check => args.check = true,
             other => return Err(format!("unknown argument {other:?}; see --help")),
         }
     }
@@ -76,6 +85,11 @@ fn run() -> Result<(), String> {
     let Some(args) = parse_args()? else {
         return Ok(());
     };
+    if args.check {
+        let config = args.config.ok_or("check needs --config FILE")?;
+        print!("{}", defrost::check::check(&config)?);
+        return Ok(());
+    }
     let mut signals =
         Signals::new([SIGTERM, SIGINT]).map_err(|e| format!("cannot watch signals: {e}"))?;
     let (mut settings, provider) = defrost::setup::from_sources(args.config.as_deref())?;
