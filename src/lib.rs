@@ -99,6 +99,8 @@ pub struct Settings {
     pub client_write_timeout: Duration,
     /// Credentials required on `/system/*` (never on `/function/*`); `None`: open.
     pub auth: Option<auth::Credentials>,
+    /// Where `/metrics` is served when not on `listen`.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Default for Settings {
@@ -126,6 +128,7 @@ impl From<&GatewaySection> for Settings {
             client_write_timeout: g.write_timeout.0,
             max_connections: g.max_connections,
             auth: None,
+            metrics_listen: g.metrics_listen,
         }
     }
 }
@@ -149,6 +152,7 @@ impl Settings {
 /// A running gateway: listening, with its workers started.
 pub struct Gateway {
     handler: Arc<Handler>,
+    metrics_listener: Option<metrics::listener::MetricsListener>,
     pool: Pool,
     addr: SocketAddr,
     shutdown_grace: Duration,
@@ -173,12 +177,23 @@ impl Gateway {
         };
         let agent = client::agent(timeouts, settings.max_idle_per_host);
         let proxy = Proxy::new(agent, Arc::clone(&scaler), settings.proxy.clone());
-        let handler = Arc::new(Handler::new(
+        let metrics_listener = match settings.metrics_listen {
+            Some(addr) => Some(metrics::listener::MetricsListener::start(
+                addr,
+                Arc::clone(&scaler),
+            )?),
+            None => None,
+        };
+        let mut handler = Handler::new(
             scaler,
             proxy,
             settings.default_namespace.clone(),
             settings.auth.clone(),
-        ));
+        );
+        if metrics_listener.is_some() {
+            handler = handler.without_metrics_route();
+        }
+        let handler = Arc::new(handler);
         let worker_handler = Arc::clone(&handler);
         let pool = Pool::start(
             Arc::new(server),
@@ -188,6 +203,7 @@ impl Gateway {
         log::info!("defrost listening on http://{addr}");
         Ok(Gateway {
             handler,
+            metrics_listener,
             pool,
             addr,
             shutdown_grace: settings.shutdown_grace,
@@ -197,6 +213,11 @@ impl Gateway {
     /// The address actually bound (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Where `/metrics` is served when it has an address of its own.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener.as_ref().map(|m| m.local_addr())
     }
 
     /// The scaler, for embedders that want to scale or inspect functions directly.
@@ -217,6 +238,9 @@ impl Gateway {
             log::warn!("shutting down with {left} requests still in flight after the grace period");
         }
         self.pool.stop();
+        if let Some(listener) = self.metrics_listener {
+            listener.stop();
+        }
         self.handler.scaler().provider().shutdown();
         log::info!("defrost stopped");
     }

@@ -158,9 +158,34 @@ fn a_failing_provider_is_counted_and_logged_as_a_warning() {
     });
     let failed = "defrost_provider_calls_total{operation=\"status\",outcome=\"error\"}";
     assert_eq!(scrape.get(failed), 1.0);
-    let warned = gw.log_count_settled(
-        "WARN defrost::metrics::measured] provider status echo.default failed",
-        1,
-    );
+    let warned = gw.log_count_settled("provider status echo.default failed", 1);
     assert_eq!(warned, 1, "{}", gw.log_text());
+}
+
+#[test]
+fn metrics_can_be_served_on_a_port_of_their_own() {
+    let echo = echo_function("echo", "", "");
+    let gw = Defrost::start(&format!(
+        "[gateway]\nmetrics_listen = \"127.0.0.1:0\"\n{echo}"
+    ));
+    let announced = "serving metrics on http://";
+    assert_eq!(gw.log_count_settled(announced, 1), 1, "{}", gw.log_text());
+    let log = gw.log_text();
+    let url = log
+        .lines()
+        .find_map(|l| l.split(announced).nth(1))
+        .map(|rest| format!("http://{}", rest.trim()))
+        .expect("metrics address in the log");
+    assert_eq!(get(&gw.url("/function/echo")).status, 200);
+
+    assert_eq!(get(&gw.url("/metrics")).status, 404, "not on the main port");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let series = format!("gateway_function_invocation_total{{{ECHO},code=\"200\"}}");
+    let mut scrape = Scrape(get(&url).body);
+    while scrape.value(&series) != Some(1.0) && std::time::Instant::now() < deadline {
+        thread::sleep(std::time::Duration::from_millis(20));
+        scrape = Scrape(get(&url).body);
+    }
+    assert_eq!(scrape.get(&series), 1.0);
+    assert_eq!(get(&url.replace("/metrics", "/function/echo")).status, 404);
 }

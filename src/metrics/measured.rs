@@ -104,9 +104,10 @@ impl Measured {
         );
         self.metrics.provider.record(op, took, failed);
         if let (true, Err(e)) = (failed, &result) {
+            let call = format!("{} {subject}", op.name());
             log::warn!(
-                "provider {} {subject} failed after {:.3}s: {e}",
-                op.name(),
+                "provider {} failed after {:.3}s: {e}",
+                call.trim_end(),
                 took.as_secs_f64()
             );
         }

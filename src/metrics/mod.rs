@@ -11,6 +11,7 @@
 
 pub mod exposition;
 pub mod histogram;
+pub mod listener;
 pub mod measured;
 pub mod overview;
 
