@@ -49,65 +49,73 @@ fn a_scrape_after_known_traffic_shows_exact_counts() {
     assert_eq!(get(&gw.url("/function/ghost")).status, 404);
 
     let scrape = gw.scrape_when(echo_settled(7.0));
-    let ok = format!("{ECHO},code=\"200\"");
-    let teapot = format!("{ECHO},code=\"418\"");
-    assert_eq!(
-        scrape.get(&format!("gateway_function_invocation_total{{{ok}}}")),
-        5.0
+    scrape.assert_values(&[
+        (
+            r#"gateway_function_invocation_total{function_name="echo.default",code="200"}"#,
+            5.0,
+        ),
+        (
+            r#"gateway_function_invocation_total{function_name="echo.default",code="418"}"#,
+            2.0,
+        ),
+        (
+            r#"gateway_function_invocation_started{function_name="echo.default"}"#,
+            7.0,
+        ),
+        (
+            r#"gateway_functions_seconds_count{function_name="echo.default",code="200"}"#,
+            5.0,
+        ),
+        (
+            r#"gateway_service_count{function_name="echo.default"}"#,
+            1.0,
+        ),
+        (
+            r#"defrost_function_replicas_ready{function_name="echo.default"}"#,
+            1.0,
+        ),
+        (
+            r#"defrost_cold_start_seconds_count{function_name="echo.default"}"#,
+            1.0,
+        ),
+        (
+            r#"defrost_function_waiting{function_name="echo.default"}"#,
+            0.0,
+        ),
+        ("defrost_waiting_requests", 0.0),
+        (
+            r#"gateway_service_count{function_name="idle.default"}"#,
+            0.0,
+        ),
+        (
+            r#"defrost_provider_calls_total{operation="set_replicas",outcome="ok"}"#,
+            1.0,
+        ),
+        (r#"defrost_singleflight_calls_total{call="scale"}"#, 1.0),
+    ]);
+    assert_buckets_add_up(
+        &scrape,
+        "gateway_functions_seconds",
+        &format!("{ECHO},code=\"200\""),
     );
-    assert_eq!(
-        scrape.get(&format!("gateway_function_invocation_total{{{teapot}}}")),
-        2.0
-    );
-    assert_eq!(
-        scrape.get(&format!("gateway_function_invocation_started{{{ECHO}}}")),
-        7.0
-    );
-    assert_buckets_add_up(&scrape, "gateway_functions_seconds", &ok);
-    assert_eq!(
-        scrape.get(&format!("gateway_functions_seconds_count{{{ok}}}")),
-        5.0
-    );
-    assert_buckets_add_up(&scrape, "gateway_functions_seconds", &teapot);
-
-    assert_eq!(scrape.get(&format!("gateway_service_count{{{ECHO}}}")), 1.0);
-    assert_eq!(
-        scrape.get(&format!("defrost_function_replicas_ready{{{ECHO}}}")),
-        1.0
-    );
-    assert_eq!(
-        scrape.get(&format!("defrost_cold_start_seconds_count{{{ECHO}}}")),
-        1.0
+    assert_buckets_add_up(
+        &scrape,
+        "gateway_functions_seconds",
+        &format!("{ECHO},code=\"418\""),
     );
     assert_buckets_add_up(&scrape, "defrost_cold_start_seconds", ECHO);
-    assert_eq!(
-        scrape.get(&format!("defrost_function_waiting{{{ECHO}}}")),
-        0.0
-    );
-    assert_eq!(scrape.get("defrost_waiting_requests"), 0.0);
-
-    let idle = "function_name=\"idle.default\"";
-    assert_eq!(scrape.get(&format!("gateway_service_count{{{idle}}}")), 0.0);
-    assert_eq!(
-        scrape.value(&format!("gateway_function_invocation_started{{{idle}}}")),
-        None
-    );
-    assert!(
-        !scrape.0.contains("ghost"),
-        "an unknown name was kept:\n{}",
-        scrape.0
-    );
-
-    let scale_ok = "defrost_provider_calls_total{operation=\"set_replicas\",outcome=\"ok\"}";
-    assert_eq!(scrape.get(scale_ok), 1.0);
-    assert_eq!(
-        scrape.get("defrost_singleflight_calls_total{call=\"scale\"}"),
-        1.0
-    );
     assert_buckets_add_up(
         &scrape,
         "defrost_provider_call_seconds",
         "operation=\"status\"",
+    );
+
+    let never_called = r#"gateway_function_invocation_started{function_name="idle.default"}"#;
+    assert_eq!(scrape.value(never_called), None);
+    assert!(
+        !scrape.0.contains("ghost"),
+        "an unknown name was kept:\n{}",
+        scrape.0
     );
 }
 
@@ -124,19 +132,17 @@ fn concurrent_cold_calls_show_as_one_cold_start_and_coalesced_queries() {
         assert_eq!(call.join().unwrap(), 200);
     }
     let scrape = gw.scrape_when(echo_settled(20.0));
-    let ok = format!("{ECHO},code=\"200\"");
-    assert_eq!(
-        scrape.get(&format!("gateway_function_invocation_total{{{ok}}}")),
-        20.0
-    );
-    assert_eq!(
-        scrape.get(&format!("defrost_cold_start_seconds_count{{{ECHO}}}")),
-        1.0
-    );
-    assert_eq!(
-        scrape.get("defrost_singleflight_calls_total{call=\"scale\"}"),
-        1.0
-    );
+    scrape.assert_values(&[
+        (
+            r#"gateway_function_invocation_total{function_name="echo.default",code="200"}"#,
+            20.0,
+        ),
+        (
+            r#"defrost_cold_start_seconds_count{function_name="echo.default"}"#,
+            1.0,
+        ),
+        (r#"defrost_singleflight_calls_total{call="scale"}"#, 1.0),
+    ]);
     let queries = scrape.get("defrost_singleflight_calls_total{call=\"status\"}");
     let shared = scrape.get("defrost_singleflight_coalesced_total{call=\"status\"}");
     assert!(queries + shared >= 20.0, "{queries} + {shared}");

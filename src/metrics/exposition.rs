@@ -5,7 +5,7 @@
 
 use std::fmt::Write;
 
-use super::histogram::Reading;
+use super::histogram::{Histogram, Reading};
 use super::overview::Overview;
 use super::{Metrics, Operation};
 
@@ -22,42 +22,25 @@ pub fn render(overview: &Overview, metrics: &Metrics) -> String {
     out.0
 }
 
+const ANSWERED: &str = "Calls to a function that were answered, by status code.";
+const ANSWER_TIME: &str = "Time taken to answer a call, by status code.";
+
 fn invocations(out: &mut Text, overview: &Overview) {
-    out.head(
-        "gateway_function_invocation_started",
-        "counter",
+    per_function(
+        out,
+        ("gateway_function_invocation_started", "counter"),
         "Calls to a function that were started.",
+        counted(overview).map(|(name, m)| (name, m.started())),
     );
-    for (name, m) in counted(overview) {
-        out.sample(
-            "gateway_function_invocation_started",
-            &[("function_name", name)],
-            m.started(),
-        );
+    let total = "gateway_function_invocation_total";
+    out.head(total, "counter", ANSWERED);
+    for (labels, h) in per_code(overview) {
+        out.sample(total, &labels.pairs(), h.count());
     }
-    out.head(
-        "gateway_function_invocation_total",
-        "counter",
-        "Calls to a function that were answered, by status code.",
-    );
-    for (name, m) in counted(overview) {
-        for (code, h) in m.by_code() {
-            let code = code.to_string();
-            let labels = [("function_name", name), ("code", code.as_str())];
-            out.sample("gateway_function_invocation_total", &labels, h.count());
-        }
-    }
-    out.head(
-        "gateway_functions_seconds",
-        "histogram",
-        "Time taken to answer a call, by status code.",
-    );
-    for (name, m) in counted(overview) {
-        for (code, h) in m.by_code() {
-            let code = code.to_string();
-            let labels = [("function_name", name), ("code", code.as_str())];
-            out.histogram("gateway_functions_seconds", &labels, &h.read());
-        }
+    let seconds = "gateway_functions_seconds";
+    out.head(seconds, "histogram", ANSWER_TIME);
+    for (labels, h) in per_code(overview) {
+        out.histogram(seconds, &labels.pairs(), &h.read());
     }
 }
 
@@ -68,62 +51,43 @@ fn replicas(out: &mut Text, overview: &Overview) {
             .iter()
             .filter_map(|r| Some((r.function.key(), r.desired?, r.ready?)))
     };
-    out.head(
-        "gateway_service_count",
-        "gauge",
-        "Replicas the provider has been asked to run.",
+    let desired = "Replicas the provider has been asked to run.";
+    per_function(
+        out,
+        ("gateway_service_count", "gauge"),
+        desired,
+        listed().map(|(name, d, _)| (name, d)),
     );
-    for (name, desired, _) in listed() {
-        out.sample("gateway_service_count", &[("function_name", name)], desired);
-    }
-    out.head(
-        "defrost_function_replicas_desired",
-        "gauge",
-        "Replicas the provider has been asked to run.",
+    per_function(
+        out,
+        ("defrost_function_replicas_desired", "gauge"),
+        desired,
+        listed().map(|(name, d, _)| (name, d)),
     );
-    for (name, desired, _) in listed() {
-        out.sample(
-            "defrost_function_replicas_desired",
-            &[("function_name", name)],
-            desired,
-        );
-    }
-    out.head(
-        "defrost_function_replicas_ready",
-        "gauge",
+    per_function(
+        out,
+        ("defrost_function_replicas_ready", "gauge"),
         "Replicas ready to take calls.",
+        listed().map(|(name, _, r)| (name, r)),
     );
-    for (name, _, ready) in listed() {
-        out.sample(
-            "defrost_function_replicas_ready",
-            &[("function_name", name)],
-            ready,
-        );
-    }
 }
 
 fn load(out: &mut Text, overview: &Overview) {
-    out.head(
-        "defrost_function_in_flight",
-        "gauge",
+    per_function(
+        out,
+        ("defrost_function_in_flight", "gauge"),
         "Calls to a function being answered now.",
+        counted(overview).map(|(name, m)| (name, m.in_flight())),
     );
-    for (name, m) in counted(overview) {
-        out.sample(
-            "defrost_function_in_flight",
-            &[("function_name", name)],
-            m.in_flight(),
-        );
-    }
-    out.head(
-        "defrost_function_waiting",
-        "gauge",
+    per_function(
+        out,
+        ("defrost_function_waiting", "gauge"),
         "Calls waiting for a ready replica of a function now.",
+        overview
+            .functions
+            .iter()
+            .map(|r| (r.function.key(), r.waiting as u64)),
     );
-    for row in &overview.functions {
-        let labels = [("function_name", row.function.key())];
-        out.sample("defrost_function_waiting", &labels, row.waiting as u64);
-    }
     out.head(
         "defrost_waiting_requests",
         "gauge",
@@ -149,6 +113,44 @@ fn cold_starts(out: &mut Text, overview: &Overview) {
             &labels,
             &m.cold_starts().read(),
         );
+    }
+}
+
+/// The labels of a series by function and status code.
+struct CodeLabels<'a> {
+    function: &'a str,
+    code: String,
+}
+
+impl CodeLabels<'_> {
+    fn pairs(&self) -> [(&str, &str); 2] {
+        [
+            ("function_name", self.function),
+            ("code", self.code.as_str()),
+        ]
+    }
+}
+
+/// The durations of every status code every function answered, with their labels.
+fn per_code(overview: &Overview) -> impl Iterator<Item = (CodeLabels<'_>, &Histogram)> {
+    counted(overview).flat_map(|(function, m)| {
+        m.by_code().map(move |(code, h)| {
+            let code = code.to_string();
+            (CodeLabels { function, code }, h)
+        })
+    })
+}
+
+/// A metric with one series per function.
+fn per_function<'a>(
+    out: &mut Text,
+    (metric, kind): (&str, &str),
+    help: &str,
+    values: impl Iterator<Item = (&'a str, u64)>,
+) {
+    out.head(metric, kind, help);
+    for (function, value) in values {
+        out.sample(metric, &[("function_name", function)], value);
     }
 }
 

@@ -316,6 +316,16 @@ impl Scrape {
             .unwrap_or_else(|| panic!("no series {series} in:\n{}", self.0))
     }
 
+    /// Checks every `(series, value)` at once, reporting all that differ.
+    pub fn assert_values(&self, expected: &[(&str, f64)]) {
+        let wrong: Vec<String> = expected
+            .iter()
+            .filter(|(series, value)| self.value(series) != Some(*value))
+            .map(|(series, value)| format!("{series}: {:?}, not {value}", self.value(series)))
+            .collect();
+        assert!(wrong.is_empty(), "{}\nin:\n{}", wrong.join("\n"), self.0);
+    }
+
     /// Every series whose name starts with `prefix`, as `(series, value)`.
     pub fn starting_with(&self, prefix: &str) -> Vec<(String, f64)> {
         self.0
