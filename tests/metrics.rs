@@ -195,3 +195,38 @@ fn metrics_can_be_served_on_a_port_of_their_own() {
     assert_eq!(scrape.get(&series), 1.0);
     assert_eq!(get(&url.replace("/metrics", "/function/echo")).status, 404);
 }
+
+#[test]
+fn calls_waiting_for_a_cold_function_are_shown_while_they_wait() {
+    let slow = echo_function("slow", r#"READY_DELAY_MS = "3000""#, "");
+    let gw = Arc::new(Defrost::start(&format!(
+        "[gateway]\nready_timeout = \"30s\"\n{slow}"
+    )));
+    let calls: Vec<_> = (0..3)
+        .map(|_| {
+            let url = gw.url("/function/slow");
+            thread::spawn(move || get(&url).status)
+        })
+        .collect();
+    let waiting = r#"defrost_function_waiting{function_name="slow.default"}"#;
+    let in_flight = r#"defrost_function_in_flight{function_name="slow.default"}"#;
+    let scrape = gw.scrape_when(|s| s.value(waiting) == Some(3.0));
+    scrape.assert_values(&[
+        (waiting, 3.0),
+        ("defrost_waiting_requests", 3.0),
+        (in_flight, 3.0),
+        (
+            r#"gateway_function_invocation_started{function_name="slow.default"}"#,
+            3.0,
+        ),
+    ]);
+    for call in calls {
+        assert_eq!(call.join().unwrap(), 200);
+    }
+    let done = gw.scrape_when(|s| s.value(in_flight) == Some(0.0));
+    done.assert_values(&[
+        (waiting, 0.0),
+        ("defrost_waiting_requests", 0.0),
+        (in_flight, 0.0),
+    ]);
+}

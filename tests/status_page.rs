@@ -93,3 +93,21 @@ fn the_status_page_shows_a_function_just_called_with_its_count() {
     assert!(!row.contains("never"), "the cold start is missing: {row}");
     assert!(dom.contains("data-function=\"idle.default\""), "{dom}");
 }
+
+#[test]
+fn with_basic_auth_on_the_status_page_asks_for_credentials() {
+    let secrets = TempDir::new("secrets");
+    std::fs::write(secrets.path().join("basic-auth-user"), "admin\n").unwrap();
+    std::fs::write(secrets.path().join("basic-auth-password"), "s3cret\n").unwrap();
+    let config = format!(
+        "[gateway]\nbasic_auth = true\nsecret_mount_path = \"{}\"\n",
+        secrets.path().display()
+    );
+    let gw = Defrost::start(&config);
+    let denied = get(&gw.url("/ui/"));
+    assert_eq!(denied.status, 401, "{}", denied.body);
+    // admin:s3cret
+    let page = get_authorized(&gw.url("/ui/"), "Basic YWRtaW46czNjcmV0");
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.body.contains("no functions"), "{}", page.body);
+}
