@@ -78,13 +78,7 @@ impl Handler {
         let dispatched = self.dispatch(&mut request, &mut invocation);
         let mut response = dispatched.unwrap_or_else(|e| {
             log_failure(&request, &e);
-            if names_unknown_function(&e) {
-                if let Some(call) = invocation.take() {
-                    let function = call.function().clone();
-                    call.finish(e.status());
-                    self.scaler.metrics().forget_unknown(&function);
-                }
-            }
+            self.forget_if_unknown(&mut invocation, &e);
             error_response(&e)
         });
         if self.draining.load(Ordering::SeqCst) {
@@ -106,6 +100,19 @@ impl Handler {
             call.finish(status);
         }
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// A call to a name the provider does not know is not kept in the metrics: clients must
+    /// not be able to grow them by calling made-up names.
+    fn forget_if_unknown(&self, invocation: &mut Option<Invocation>, e: &Error) {
+        if !names_unknown_function(e) {
+            return;
+        }
+        if let Some(call) = invocation.take() {
+            let function = call.function().clone();
+            call.finish(e.status());
+            self.scaler.metrics().forget_unknown(&function);
+        }
     }
 
     /// Answers the request; a function call is counted in `invocation` from here on.

@@ -257,10 +257,11 @@ impl Scaler {
 
     fn report_cold_start(&self, function: &FunctionRef, status: &FunctionStatus) {
         if let Some(began) = self.cold_starts.lock().remove(function.key()) {
-            self.metrics.cold_start(function, began.elapsed());
+            let took = began.elapsed();
+            self.metrics.cold_start(function, took);
             log::info!(
                 "cold start {function}: ready in {:.3}s ({} of {} replicas available)",
-                began.elapsed().as_secs_f64(),
+                took.as_secs_f64(),
                 status.available_replicas,
                 status.replicas
             );
