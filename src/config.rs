@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::de::{self, Deserializer};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize, Serializer};
 use toml::Spanned;
 
 use crate::function::{FunctionRef, DEFAULT_NAMESPACE};
@@ -50,7 +50,7 @@ pub struct TriggerSection {
 }
 
 /// `[gateway]`: how the gateway listens, waits and forwards.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GatewaySection {
     pub listen: SocketAddr,
@@ -90,6 +90,9 @@ pub struct GatewaySection {
     /// Require basic auth on `/system/*`, with credentials from `secret_mount_path`.
     pub basic_auth: bool,
     pub secret_mount_path: PathBuf,
+    /// Serve `/metrics` on this address instead of the main one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Default for GatewaySection {
@@ -126,6 +129,7 @@ impl Default for GatewaySection {
             write_timeout: Dur(Duration::from_secs(30)),
             basic_auth: false,
             secret_mount_path: PathBuf::from("/run/secrets"),
+            metrics_listen: None,
         }
     }
 }
@@ -185,7 +189,7 @@ fn default_provider_timeout() -> Dur {
     Dur(Duration::from_secs(10))
 }
 
-#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Deserialize, Serialize, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum ProviderKind {
     /// Functions are local processes declared in `[[function]]`.
@@ -487,6 +491,25 @@ impl<'de> Deserialize<'de> for Dur {
     }
 }
 
+/// Written back the way it is read, in the largest unit that keeps it exact.
+impl Serialize for Dur {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format_duration(self.0))
+    }
+}
+
+/// `30s`, `250ms`, `1500us`: what [`parse_duration`] reads back to the same duration.
+pub fn format_duration(d: Duration) -> String {
+    let nanos = d.as_nanos();
+    let units = [(1_000_000_000, "s"), (1_000_000, "ms"), (1_000, "us")];
+    units
+        .iter()
+        .find(|(size, _)| nanos % size == 0)
+        .map_or(format!("{nanos}ns"), |(size, unit)| {
+            format!("{}{unit}", nanos / size)
+        })
+}
+
 /// Parses Go-style durations (`1m30s`, `250ms`, `1.5s`, `2h`); a plain number means seconds,
 /// as in the OpenFaaS gateway's environment variables.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -546,6 +569,14 @@ mod tests {
         for bad in ["", "s", "10x", "-1s", "1m-", "abc"] {
             assert!(parse_duration(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn durations_are_written_back_exactly() {
+        for d in ["30s", "250ms", "1500us", "7ns", "0s"] {
+            assert_eq!(format_duration(parse_duration(d).unwrap()), d);
+        }
+        assert_eq!(format_duration(Duration::from_secs(90)), "90s");
     }
 
     #[test]

@@ -10,10 +10,13 @@ use tiny_http::{Header, Request, Response, ResponseBox, StatusCode};
 use crate::auth::Credentials;
 use crate::error::Error;
 use crate::function::FunctionRef;
+use crate::metrics::{exposition, overview::Overview, Invocation};
 use crate::provider::api::{self, ApiRequest};
+use crate::provider::ProviderError;
 use crate::proxy::{Call, Proxy};
 use crate::router::{self, Route};
 use crate::scaler::Scaler;
+use crate::status_page;
 use crate::triggers::{Miss, TriggerSet};
 
 /// Everything a worker needs to answer a request.
@@ -27,6 +30,8 @@ pub struct Handler {
     triggers: Arc<TriggerSet>,
     in_flight: AtomicUsize,
     draining: AtomicBool,
+    /// Whether `/metrics` is answered here (not when it has a listener of its own).
+    metrics_route: bool,
 }
 
 impl Handler {
@@ -45,11 +50,18 @@ impl Handler {
             triggers,
             in_flight: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
+            metrics_route: true,
         }
     }
 
     pub fn triggers(&self) -> &TriggerSet {
         &self.triggers
+    }
+
+    /// Leaves `/metrics` to a listener of its own.
+    pub fn without_metrics_route(mut self) -> Handler {
+        self.metrics_route = false;
+        self
     }
 
     pub fn scaler(&self) -> &Arc<Scaler> {
@@ -71,8 +83,11 @@ impl Handler {
     pub fn handle(&self, mut request: Request) {
         self.in_flight.fetch_add(1, Ordering::SeqCst);
         let started = Instant::now();
-        let mut response = self.dispatch(&mut request).unwrap_or_else(|e| {
+        let mut invocation = None;
+        let dispatched = self.dispatch(&mut request, &mut invocation);
+        let mut response = dispatched.unwrap_or_else(|e| {
             log_failure(&request, &e);
+            self.forget_if_unknown(&mut invocation, &e);
             error_response(&e)
         });
         if self.draining.load(Ordering::SeqCst) {
@@ -90,28 +105,61 @@ impl Handler {
         if let Err(e) = request.respond(response) {
             log::debug!("response not delivered: {e}");
         }
+        if let Some(call) = invocation {
+            call.finish(status);
+        }
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 
-    fn dispatch(&self, request: &mut Request) -> Result<ResponseBox, Error> {
+    /// A call to a name the provider does not know is not kept in the metrics: clients must
+    /// not be able to grow them by calling made-up names.
+    fn forget_if_unknown(&self, invocation: &mut Option<Invocation>, e: &Error) {
+        if !names_unknown_function(e) {
+            return;
+        }
+        if let Some(call) = invocation.take() {
+            let function = call.function().clone();
+            call.finish(e.status());
+            self.scaler.metrics().forget_unknown(&function);
+        }
+    }
+
+    /// Answers the request; a function call is counted in `invocation` from here on.
+    fn dispatch(
+        &self,
+        request: &mut Request,
+        invocation: &mut Option<Invocation>,
+    ) -> Result<ResponseBox, Error> {
         let target = request.url().to_owned();
         match router::route(&target, &self.default_namespace)? {
             Route::Function {
                 function,
                 rest,
                 query,
-            } => self.proxy.forward(
-                request,
-                &Call {
-                    function: &function,
-                    rest,
-                    query,
-                    params: &[],
-                },
-            ),
+            } => {
+                *invocation = Some(self.scaler.metrics().begin(&function));
+                self.proxy.forward(
+                    request,
+                    &Call {
+                        function: &function,
+                        rest,
+                        query,
+                        params: &[],
+                    },
+                )
+            }
             Route::Healthz => self.healthz(request),
+            Route::Metrics if self.metrics_route => Ok(metrics_response(&self.scaler)),
+            Route::StatusPage => {
+                self.authorize(request)?;
+                let page = status_page::render(&Overview::gather(&self.scaler));
+                Ok(bytes(200, status_page::CONTENT_TYPE, page.into_bytes()))
+            }
             Route::System { path, query } => self.system(request, path, query),
-            Route::NotFound => self.trigger(request, &target),
+            Route::Metrics => Err(Error::NoRoute {
+                path: printable_path(&target),
+            }),
+            Route::NotFound => self.trigger(request, &target, invocation),
         }
     }
 }
@@ -186,7 +234,12 @@ impl Handler {
 impl Handler {
     /// Requests outside `/function/` and `/system/` may match an HTTP trigger. The table in use
     /// when the request arrived serves it to the end, whatever a reload swaps in meanwhile.
-    fn trigger(&self, request: &mut Request, target: &str) -> Result<ResponseBox, Error> {
+    fn trigger(
+        &self,
+        request: &mut Request,
+        target: &str,
+        invocation: &mut Option<Invocation>,
+    ) -> Result<ResponseBox, Error> {
         let triggers = self.triggers.current();
         let (path, query) = match target.split_once('?') {
             Some((path, query)) => (path, Some(query)),
@@ -200,6 +253,7 @@ impl Handler {
         let method = request.method().as_str().to_owned();
         match triggers.lookup(&method, host.as_deref(), path) {
             Ok(found) => {
+                *invocation = Some(self.scaler.metrics().begin(found.function));
                 let call = Call {
                     function: found.function,
                     rest: path,
@@ -214,6 +268,20 @@ impl Handler {
             Err(Miss::Method(allowed)) => Err(Error::MethodNotAllowed { allowed }),
         }
     }
+}
+
+/// The scrape: the provider is asked for replica counts, the rest is read from counters.
+pub fn metrics_response(scaler: &Scaler) -> ResponseBox {
+    let text = exposition::render(&Overview::gather(scaler), scaler.metrics());
+    bytes(200, exposition::CONTENT_TYPE, text.into_bytes())
+}
+
+/// The provider does not know the function the client named.
+fn names_unknown_function(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::FunctionNotFound(_) | Error::Provider(_, ProviderError::NotFound)
+    )
 }
 
 /// API requests are small JSON documents; anything bigger is refused, not buffered.

@@ -40,11 +40,13 @@
 //! ```
 
 pub mod auth;
+pub mod check;
 pub mod client;
 pub mod config;
 pub mod error;
 pub mod function;
 pub mod gateway;
+pub mod metrics;
 pub mod provider;
 pub mod proxy;
 pub mod reload;
@@ -52,6 +54,7 @@ pub mod router;
 pub mod scaler;
 pub mod server;
 pub mod setup;
+pub mod status_page;
 pub mod triggers;
 
 use std::io;
@@ -100,6 +103,8 @@ pub struct Settings {
     pub auth: Option<auth::Credentials>,
     /// HTTP triggers: URL patterns routed to functions.
     pub triggers: Vec<triggers::TriggerSpec>,
+    /// Where `/metrics` is served when not on `listen`.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Default for Settings {
@@ -128,6 +133,7 @@ impl From<&GatewaySection> for Settings {
             max_connections: g.max_connections,
             auth: None,
             triggers: Vec::new(),
+            metrics_listen: g.metrics_listen,
         }
     }
 }
@@ -151,6 +157,7 @@ impl Settings {
 /// A running gateway: listening, with its workers started.
 pub struct Gateway {
     handler: Arc<Handler>,
+    metrics_listener: Option<metrics::listener::MetricsListener>,
     pool: Pool,
     addr: SocketAddr,
     shutdown_grace: Duration,
@@ -167,7 +174,10 @@ impl Gateway {
         let table = triggers::Triggers::build(&settings.triggers)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let triggers = Arc::new(triggers::TriggerSet::new(table));
-        let scaler = Arc::new(Scaler::new(provider, settings.scaling.clone()));
+        let metrics = Arc::new(metrics::Metrics::new());
+        let provider = Arc::new(metrics::Measured::new(provider, Arc::clone(&metrics)));
+        let scaler =
+            Arc::new(Scaler::new(provider, settings.scaling.clone()).with_metrics(metrics));
         let timeouts = client::Timeouts {
             connect: settings.connect_timeout,
             response: settings.proxy.upstream_timeout,
@@ -175,13 +185,24 @@ impl Gateway {
         };
         let agent = client::agent(timeouts, settings.max_idle_per_host);
         let proxy = Proxy::new(agent, Arc::clone(&scaler), settings.proxy.clone());
-        let handler = Arc::new(Handler::new(
+        let metrics_listener = match settings.metrics_listen {
+            Some(addr) => Some(metrics::listener::MetricsListener::start(
+                addr,
+                Arc::clone(&scaler),
+            )?),
+            None => None,
+        };
+        let mut handler = Handler::new(
             scaler,
             proxy,
             settings.default_namespace.clone(),
             settings.auth.clone(),
             Arc::clone(&triggers),
-        ));
+        );
+        if metrics_listener.is_some() {
+            handler = handler.without_metrics_route();
+        }
+        let handler = Arc::new(handler);
         let worker_handler = Arc::clone(&handler);
         let pool = Pool::start(
             Arc::new(server),
@@ -191,6 +212,7 @@ impl Gateway {
         log::info!("defrost listening on http://{addr}");
         Ok(Gateway {
             handler,
+            metrics_listener,
             pool,
             addr,
             shutdown_grace: settings.shutdown_grace,
@@ -216,6 +238,11 @@ impl Gateway {
         self.addr
     }
 
+    /// Where `/metrics` is served when it has an address of its own.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener.as_ref().map(|m| m.local_addr())
+    }
+
     /// The scaler, for embedders that want to scale or inspect functions directly.
     pub fn scaler(&self) -> &Arc<Scaler> {
         self.handler.scaler()
@@ -234,6 +261,9 @@ impl Gateway {
             log::warn!("shutting down with {left} requests still in flight after the grace period");
         }
         self.pool.stop();
+        if let Some(listener) = self.metrics_listener {
+            listener.stop();
+        }
         self.handler.scaler().provider().shutdown();
         log::info!("defrost stopped");
     }

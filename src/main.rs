@@ -8,7 +8,12 @@ defrost: a scale-from-zero function gateway
 
 Usage:
   defrost [--config FILE] [--listen ADDR]
+  defrost check --config FILE
   defrost --help | --version
+
+Commands:
+  check           Validate FILE as the gateway would and print the effective settings
+                  (every default filled in) as TOML; exit status 1 if it is refused.
 
 Options:
   --config FILE   TOML config: [gateway] settings, [provider], [[function]] entries.
@@ -20,6 +25,8 @@ Logging: RUST_LOG=info (default), debug for one line per request.
 ";
 
 struct Args {
+    /// `defrost check`: validate the config and print it, do not run.
+    check: bool,
     config: Option<PathBuf>,
     listen: Option<String>,
     watch: bool,
@@ -27,6 +34,7 @@ struct Args {
 
 fn parse_args() -> Result<Option<Args>, String> {
     let mut args = Args {
+        check: false,
         config: None,
         listen: None,
         watch: false,
@@ -55,6 +63,7 @@ fn parse_args() -> Result<Option<Args>, String> {
             "-c" | "--config" => args.config = Some(PathBuf::from(value()?)),
             "-l" | "--listen" => args.listen = Some(value()?),
             "-w" | "--watch" => args.watch = true,
+            "check" if !args.check => args.check = true,
             other => return Err(format!("unknown argument {other:?}; see --help")),
         }
     }
@@ -77,6 +86,11 @@ fn run() -> Result<(), String> {
     let Some(args) = parse_args()? else {
         return Ok(());
     };
+    if args.check {
+        let config = args.config.ok_or("check needs --config FILE")?;
+        print!("{}", defrost::check::check(&config)?);
+        return Ok(());
+    }
     let (mut settings, provider) = defrost::setup::from_sources(args.config.as_deref())?;
     if let Some(listen) = args.listen {
         settings.listen = listen

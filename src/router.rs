@@ -20,6 +20,10 @@ pub enum Route<'a> {
     },
     /// The gateway's own liveness check.
     Healthz,
+    /// Prometheus metrics.
+    Metrics,
+    /// The status page for operators.
+    StatusPage,
     /// The provider API (`/system/...`), answered by the provider.
     System {
         path: &'a str,
@@ -52,6 +56,8 @@ pub fn route<'a>(target: &'a str, default_namespace: &str) -> Result<Route<'a>, 
     }
     Ok(match path {
         "/healthz" => Route::Healthz,
+        "/metrics" => Route::Metrics,
+        "/" | "/ui" | "/ui/" => Route::StatusPage,
         p if p.starts_with("/system/") => Route::System { path: p, query },
         _ => Route::NotFound,
     })
@@ -141,6 +147,10 @@ mod tests {
     #[test]
     fn other_routes() {
         assert_eq!(route("/healthz", "default").unwrap(), Route::Healthz);
+        assert_eq!(route("/metrics", "default").unwrap(), Route::Metrics);
+        for page in ["/", "/ui", "/ui/?x=1"] {
+            assert_eq!(route(page, "default").unwrap(), Route::StatusPage);
+        }
         assert_eq!(
             route("/system/functions?namespace=x", "default").unwrap(),
             Route::System {
@@ -149,7 +159,7 @@ mod tests {
             }
         );
         for target in [
-            "/",
+            "/uix",
             "/function",
             "/functions/x",
             "http://evil/function/x",

@@ -21,6 +21,7 @@ use parking_lot::Mutex;
 
 use crate::error::Error;
 use crate::function::FunctionRef;
+use crate::metrics::Metrics;
 use crate::provider::{FunctionStatus, Provider, ProviderError};
 use cache::StatusCache;
 use singleflight::SingleFlight;
@@ -74,6 +75,7 @@ pub struct Scaler {
     waiters: Waiters,
     /// When each cold start in progress began, so that exactly one line reports its duration.
     cold_starts: Mutex<HashMap<String, Instant>>,
+    metrics: Arc<Metrics>,
 }
 
 impl Scaler {
@@ -86,7 +88,18 @@ impl Scaler {
             queries: SingleFlight::new(),
             scales: SingleFlight::new(),
             cold_starts: Mutex::new(HashMap::new()),
+            metrics: Arc::new(Metrics::new()),
         }
+    }
+
+    /// Counts cold starts in `metrics` (which the provider's calls may also be counted in).
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Scaler {
+        self.metrics = metrics;
+        self
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     pub fn provider(&self) -> &Arc<dyn Provider> {
@@ -131,6 +144,15 @@ impl Scaler {
     /// Requests waiting for a replica right now, across all functions.
     pub fn waiting(&self) -> usize {
         self.waiters.total.load(Ordering::Relaxed)
+    }
+
+    /// Requests waiting for a replica right now, per function.
+    pub fn waiting_by_function(&self) -> Vec<(FunctionRef, usize)> {
+        let per_function = self.waiters.per_function.lock();
+        per_function
+            .iter()
+            .filter_map(|(key, &n)| Some((FunctionRef::parse(key, "").ok()?, n)))
+            .collect()
     }
 
     /// (queries made, queries shared) and (scale calls made, scale calls shared).
@@ -235,9 +257,11 @@ impl Scaler {
 
     fn report_cold_start(&self, function: &FunctionRef, status: &FunctionStatus) {
         if let Some(began) = self.cold_starts.lock().remove(function.key()) {
+            let took = began.elapsed();
+            self.metrics.cold_start(function, took);
             log::info!(
                 "cold start {function}: ready in {:.3}s ({} of {} replicas available)",
-                began.elapsed().as_secs_f64(),
+                took.as_secs_f64(),
                 status.available_replicas,
                 status.replicas
             );

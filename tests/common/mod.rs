@@ -297,3 +297,61 @@ pub fn lines_in(path: &Path) -> usize {
         .map(|s| s.lines().count())
         .unwrap_or(0)
 }
+
+/// One Prometheus scrape, by series (`name{labels}` exactly as exposed).
+pub struct Scrape(pub String);
+
+impl Scrape {
+    /// The value of a series, as a number; `None` when it is absent.
+    pub fn value(&self, series: &str) -> Option<f64> {
+        self.0.lines().find_map(|line| {
+            let (name, value) = line.rsplit_once(' ')?;
+            (name == series).then(|| value.parse().ok())?
+        })
+    }
+
+    /// Like [`Scrape::value`], but the series must be there.
+    pub fn get(&self, series: &str) -> f64 {
+        self.value(series)
+            .unwrap_or_else(|| panic!("no series {series} in:\n{}", self.0))
+    }
+
+    /// Checks every `(series, value)` at once, reporting all that differ.
+    pub fn assert_values(&self, expected: &[(&str, f64)]) {
+        let wrong: Vec<String> = expected
+            .iter()
+            .filter(|(series, value)| self.value(series) != Some(*value))
+            .map(|(series, value)| format!("{series}: {:?}, not {value}", self.value(series)))
+            .collect();
+        assert!(wrong.is_empty(), "{}\nin:\n{}", wrong.join("\n"), self.0);
+    }
+
+    /// Every series whose name starts with `prefix`, as `(series, value)`.
+    pub fn starting_with(&self, prefix: &str) -> Vec<(String, f64)> {
+        self.0
+            .lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| {
+                let (name, value) = l.rsplit_once(' ')?;
+                Some((name.to_owned(), value.parse().ok()?))
+            })
+            .collect()
+    }
+}
+
+impl Defrost {
+    /// Scrapes `/metrics` until `settled` holds (calls are counted just after their answer is
+    /// sent, so a scrape right after a reply may be a moment early), or 10 s have passed.
+    pub fn scrape_when(&self, settled: impl Fn(&Scrape) -> bool) -> Scrape {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let reply = get(&self.url("/metrics"));
+            assert_eq!(reply.status, 200, "{}", reply.body);
+            let scrape = Scrape(reply.body);
+            if settled(&scrape) || Instant::now() >= deadline {
+                return scrape;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}

@@ -5,6 +5,7 @@ GET  /healthz        ready check (after READY_DELAY_MS, if set)
 *    /crash          exits at once with status 3 (no answer)
 *    /bytes/N        N bytes of a repeating pattern, with Content-Length
 *    /sleep/S        sleeps S seconds, then echoes
+*    /status/N       answers with status N
 *    anything else   200, JSON of method, path (with query), headers, body length, body sha256
 If STARTS_FILE is set, appends one line per process start to it.
 """
@@ -38,6 +39,8 @@ class Echo(BaseHTTPRequestHandler):
             os._exit(3)
         if self.path.startswith("/bytes/"):
             return self.stream_bytes(int(self.path.split("/")[2]))
+        if self.path.startswith("/status/"):
+            return self.reply(int(self.path.split("/")[2]), b"as asked\n", "text/plain")
         if self.path.startswith("/sleep/"):
             time.sleep(float(self.path.split("/")[2]))
         digest, size = hashlib.sha256(), 0

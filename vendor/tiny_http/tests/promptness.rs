@@ -6,6 +6,10 @@ use std::ops::Deref;
 use std::sync::mpsc::channel;
 use std::sync::Arc;
 use std::thread::{sleep, spawn};
+
+/// "Promptly" against a response body that takes minutes: generous, so that a loaded machine
+/// does not fail the test, yet far below what waiting for the slow body would take.
+const PROMPT: Duration = Duration::from_secs(5);
 use std::time::Duration;
 use tiny_http::{Response, Server};
 
@@ -86,7 +90,7 @@ mod prompt_pipelining {
 
     #[test]
     fn empty() {
-        assert_requests_parsed_promptly(5, &[], Duration::from_millis(200), move |wr| {
+        assert_requests_parsed_promptly(5, &[], PROMPT, move |wr| {
             for _ in 0..5 {
                 write!(wr, "GET / HTTP/1.1\r\n").unwrap();
                 write!(wr, "Connection: keep-alive\r\n\r\n").unwrap();
@@ -97,7 +101,7 @@ mod prompt_pipelining {
     #[test]
     fn content_length_short() {
         let body = &[65u8; 100]; // short but not trivial
-        assert_requests_parsed_promptly(5, body, Duration::from_millis(200), move |wr| {
+        assert_requests_parsed_promptly(5, body, PROMPT, move |wr| {
             for _ in 0..5 {
                 write!(wr, "GET / HTTP/1.1\r\n").unwrap();
                 write!(wr, "Connection: keep-alive\r\n").unwrap();
@@ -110,7 +114,7 @@ mod prompt_pipelining {
     #[test]
     fn content_length_long() {
         let body = &[65u8; 10000]; // long enough that it won't be buffered
-        assert_requests_parsed_promptly(5, body, Duration::from_millis(200), move |wr| {
+        assert_requests_parsed_promptly(5, body, PROMPT, move |wr| {
             for _ in 0..5 {
                 write!(wr, "GET / HTTP/1.1\r\n").unwrap();
                 write!(wr, "Connection: keep-alive\r\n").unwrap();
@@ -123,7 +127,7 @@ mod prompt_pipelining {
     #[test]
     fn chunked() {
         let body = &[65u8; 10000];
-        assert_requests_parsed_promptly(5, body, Duration::from_millis(200), move |wr| {
+        assert_requests_parsed_promptly(5, body, PROMPT, move |wr| {
             for _ in 0..5 {
                 write!(wr, "GET / HTTP/1.1\r\n").unwrap();
                 write!(wr, "Connection: keep-alive\r\n").unwrap();
@@ -170,7 +174,7 @@ mod prompt_responses {
 
     #[test]
     fn content_length_http11() {
-        assert_responds_promptly(Duration::from_millis(200), move |wr| {
+        assert_responds_promptly(PROMPT, move |wr| {
             write!(wr, "GET / HTTP/1.1\r\n").unwrap();
             write!(wr, "Content-Length: {}\r\n\r\n", SLOW_BODY.len).unwrap();
             copy(&mut SLOW_BODY.clone(), wr).unwrap();
@@ -179,7 +183,7 @@ mod prompt_responses {
 
     #[test]
     fn content_length_http10() {
-        assert_responds_promptly(Duration::from_millis(200), move |wr| {
+        assert_responds_promptly(PROMPT, move |wr| {
             write!(wr, "GET / HTTP/1.0\r\n").unwrap();
             write!(wr, "Content-Length: {}\r\n\r\n", SLOW_BODY.len).unwrap();
             copy(&mut SLOW_BODY.clone(), wr).unwrap();
@@ -188,7 +192,7 @@ mod prompt_responses {
 
     #[test]
     fn expect_continue() {
-        assert_responds_promptly(Duration::from_millis(200), move |wr| {
+        assert_responds_promptly(PROMPT, move |wr| {
             write!(wr, "GET / HTTP/1.1\r\n").unwrap();
             write!(wr, "Expect: 100 continue\r\n").unwrap();
             write!(wr, "Content-Length: {}\r\n\r\n", SLOW_BODY.len).unwrap();
@@ -198,7 +202,7 @@ mod prompt_responses {
 
     #[test]
     fn chunked() {
-        assert_responds_promptly(Duration::from_millis(200), move |wr| {
+        assert_responds_promptly(PROMPT, move |wr| {
             write!(wr, "GET / HTTP/1.1\r\n").unwrap();
             write!(wr, "Transfer-Encoding: chunked\r\n\r\n").unwrap();
             encode_chunked(&mut SLOW_BODY.clone(), wr);

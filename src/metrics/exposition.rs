@@ -1,0 +1,292 @@
+//! The Prometheus text format (version 0.0.4) of an [`Overview`] and the provider counters.
+//!
+//! Metrics the OpenFaaS gateway has keep its names and labels, so that existing dashboards
+//! work unchanged; the rest are prefixed `defrost_`. `function_name` is `name.namespace`.
+
+use std::fmt::Write;
+
+use super::histogram::{Histogram, Reading};
+use super::overview::Overview;
+use super::{Metrics, Operation};
+
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+pub fn render(overview: &Overview, metrics: &Metrics) -> String {
+    let mut out = Text(String::with_capacity(4096));
+    invocations(&mut out, overview);
+    replicas(&mut out, overview);
+    load(&mut out, overview);
+    cold_starts(&mut out, overview);
+    provider_calls(&mut out, metrics);
+    coalescing(&mut out, overview);
+    out.0
+}
+
+const ANSWERED: &str = "Calls to a function that were answered, by status code.";
+const ANSWER_TIME: &str = "Time taken to answer a call, by status code.";
+
+fn invocations(out: &mut Text, overview: &Overview) {
+    per_function(
+        out,
+        ("gateway_function_invocation_started", "counter"),
+        "Calls to a function that were started.",
+        counted(overview).map(|(name, m)| (name, m.started())),
+    );
+    let total = "gateway_function_invocation_total";
+    out.head(total, "counter", ANSWERED);
+    for (labels, h) in per_code(overview) {
+        out.sample(total, &labels.pairs(), h.count());
+    }
+    let seconds = "gateway_functions_seconds";
+    out.head(seconds, "histogram", ANSWER_TIME);
+    for (labels, h) in per_code(overview) {
+        out.histogram(seconds, &labels.pairs(), &h.read());
+    }
+}
+
+fn replicas(out: &mut Text, overview: &Overview) {
+    let listed = || {
+        overview
+            .functions
+            .iter()
+            .filter_map(|r| Some((r.function.key(), r.desired?, r.ready?)))
+    };
+    let desired = "Replicas the provider has been asked to run.";
+    per_function(
+        out,
+        ("gateway_service_count", "gauge"),
+        desired,
+        listed().map(|(name, d, _)| (name, d)),
+    );
+    per_function(
+        out,
+        ("defrost_function_replicas_desired", "gauge"),
+        desired,
+        listed().map(|(name, d, _)| (name, d)),
+    );
+    per_function(
+        out,
+        ("defrost_function_replicas_ready", "gauge"),
+        "Replicas ready to take calls.",
+        listed().map(|(name, _, r)| (name, r)),
+    );
+}
+
+fn load(out: &mut Text, overview: &Overview) {
+    per_function(
+        out,
+        ("defrost_function_in_flight", "gauge"),
+        "Calls to a function being answered now.",
+        counted(overview).map(|(name, m)| (name, m.in_flight())),
+    );
+    per_function(
+        out,
+        ("defrost_function_waiting", "gauge"),
+        "Calls waiting for a ready replica of a function now.",
+        overview
+            .functions
+            .iter()
+            .map(|r| (r.function.key(), r.waiting as u64)),
+    );
+    out.head(
+        "defrost_waiting_requests",
+        "gauge",
+        "Calls waiting for a ready replica now, across all functions.",
+    );
+    out.sample(
+        "defrost_waiting_requests",
+        &[],
+        overview.waiting_total as u64,
+    );
+}
+
+fn cold_starts(out: &mut Text, overview: &Overview) {
+    out.head(
+        "defrost_cold_start_seconds",
+        "histogram",
+        "Time from the first scale call to a ready replica, for a function at zero.",
+    );
+    for (name, m) in counted(overview) {
+        let labels = [("function_name", name)];
+        out.histogram(
+            "defrost_cold_start_seconds",
+            &labels,
+            &m.cold_starts().read(),
+        );
+    }
+}
+
+/// The labels of a series by function and status code.
+struct CodeLabels<'a> {
+    function: &'a str,
+    code: String,
+}
+
+impl CodeLabels<'_> {
+    fn pairs(&self) -> [(&str, &str); 2] {
+        [
+            ("function_name", self.function),
+            ("code", self.code.as_str()),
+        ]
+    }
+}
+
+/// The durations of every status code every function answered, with their labels.
+fn per_code(overview: &Overview) -> impl Iterator<Item = (CodeLabels<'_>, &Histogram)> {
+    counted(overview).flat_map(|(function, m)| {
+        m.by_code().map(move |(code, h)| {
+            let code = code.to_string();
+            (CodeLabels { function, code }, h)
+        })
+    })
+}
+
+/// A metric with one series per function.
+fn per_function<'a>(
+    out: &mut Text,
+    (metric, kind): (&str, &str),
+    help: &str,
+    values: impl Iterator<Item = (&'a str, u64)>,
+) {
+    out.head(metric, kind, help);
+    for (function, value) in values {
+        out.sample(metric, &[("function_name", function)], value);
+    }
+}
+
+fn provider_calls(out: &mut Text, metrics: &Metrics) {
+    let calls = metrics.provider_calls();
+    out.head(
+        "defrost_provider_calls_total",
+        "counter",
+        "Calls to the provider, by operation and outcome (not-found is an answer, not an error).",
+    );
+    for op in Operation::ALL {
+        let (ok, failed) = calls.counts(op);
+        for (outcome, n) in [("ok", ok), ("error", failed)] {
+            let labels = [("operation", op.name()), ("outcome", outcome)];
+            out.sample("defrost_provider_calls_total", &labels, n);
+        }
+    }
+    out.head(
+        "defrost_provider_call_seconds",
+        "histogram",
+        "Time taken by calls to the provider.",
+    );
+    for op in Operation::ALL {
+        let labels = [("operation", op.name())];
+        out.histogram(
+            "defrost_provider_call_seconds",
+            &labels,
+            &calls.latency(op).read(),
+        );
+    }
+}
+
+fn coalescing(out: &mut Text, overview: &Overview) {
+    let calls = [
+        ("status", overview.status_calls),
+        ("scale", overview.scale_calls),
+    ];
+    out.head(
+        "defrost_singleflight_calls_total",
+        "counter",
+        "Status queries and scale calls made to the provider through the single-flight.",
+    );
+    for (call, (made, _)) in calls {
+        out.sample("defrost_singleflight_calls_total", &[("call", call)], made);
+    }
+    out.head(
+        "defrost_singleflight_coalesced_total",
+        "counter",
+        "Callers that shared another caller's status query or scale call instead of making one.",
+    );
+    for (call, (_, shared)) in calls {
+        out.sample(
+            "defrost_singleflight_coalesced_total",
+            &[("call", call)],
+            shared,
+        );
+    }
+}
+
+/// Functions with counters, with their `function_name` label.
+fn counted(overview: &Overview) -> impl Iterator<Item = (&str, &super::FunctionMetrics)> {
+    overview
+        .functions
+        .iter()
+        .filter_map(|r| Some((r.function.key(), r.metrics.as_deref()?)))
+}
+
+struct Text(String);
+
+impl Text {
+    fn head(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: u64) {
+        self.series(name, labels, None);
+        let _ = writeln!(self.0, " {value}");
+    }
+
+    fn histogram(&mut self, name: &str, labels: &[(&str, &str)], reading: &Reading) {
+        let bucket = format!("{name}_bucket");
+        for &(bound, count) in &reading.buckets {
+            let le = if bound.is_infinite() {
+                "+Inf".to_owned()
+            } else {
+                bound.to_string()
+            };
+            self.series(&bucket, labels, Some(&le));
+            let _ = writeln!(self.0, " {count}");
+        }
+        self.series(&format!("{name}_sum"), labels, None);
+        let _ = writeln!(self.0, " {}", reading.sum_seconds);
+        self.sample(&format!("{name}_count"), labels, reading.count);
+    }
+
+    fn series(&mut self, name: &str, labels: &[(&str, &str)], le: Option<&str>) {
+        self.0.push_str(name);
+        let all = labels.iter().copied().chain(le.map(|le| ("le", le)));
+        for (i, (key, value)) in all.enumerate() {
+            self.0.push(if i == 0 { '{' } else { ',' });
+            let _ = write!(self.0, "{key}=\"{}\"", escape(value));
+        }
+        if !labels.is_empty() || le.is_some() {
+            self.0.push('}');
+        }
+    }
+}
+
+/// Label values escape backslash, quote and newline, as the format requires.
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn series_and_histograms_are_well_formed() {
+        let mut out = Text(String::new());
+        out.sample("x_total", &[("a", "q\"\\\n")], 3);
+        out.sample("y", &[], 1);
+        let h = super::super::histogram::Histogram::new(&[0.5]);
+        h.record(std::time::Duration::from_millis(100));
+        h.record(std::time::Duration::from_secs(2));
+        out.histogram("z_seconds", &[("f", "g")], &h.read());
+        assert_eq!(
+            out.0,
+            "x_total{a=\"q\\\"\\\\\\n\"} 3\ny 1\n\
+             z_seconds_bucket{f=\"g\",le=\"0.5\"} 1\n\
+             z_seconds_bucket{f=\"g\",le=\"+Inf\"} 2\n\
+             z_seconds_sum{f=\"g\"} 2.1\n\
+             z_seconds_count{f=\"g\"} 2\n"
+        );
+    }
+}
