@@ -93,6 +93,10 @@ pub struct GatewaySection {
     /// Serve `/metrics` on this address instead of the main one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Where call counts are posted in batches (`[{"ID", "FunctionCallCount", ...}]`).
+    pub analytics_url: Option<String>,
+    /// How often a batch is posted.
+    pub analytics_interval: Dur,
 }
 
 impl Default for GatewaySection {
@@ -130,6 +134,8 @@ impl Default for GatewaySection {
             basic_auth: false,
             secret_mount_path: PathBuf::from("/run/secrets"),
             metrics_listen: None,
+            analytics_url: None,
+            analytics_interval: Dur(Duration::from_secs(10)),
         }
     }
 }

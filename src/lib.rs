@@ -39,6 +39,7 @@
 //! # Ok::<(), std::io::Error>(())
 //! ```
 
+pub mod analytics;
 pub mod auth;
 pub mod check;
 pub mod client;
@@ -105,6 +106,8 @@ pub struct Settings {
     pub triggers: Vec<triggers::TriggerSpec>,
     /// Where `/metrics` is served when not on `listen`.
     pub metrics_listen: Option<SocketAddr>,
+    /// Where call counts are posted in batches, and how often.
+    pub analytics: Option<(String, Duration)>,
 }
 
 impl Default for Settings {
@@ -134,6 +137,10 @@ impl From<&GatewaySection> for Settings {
             auth: None,
             triggers: Vec::new(),
             metrics_listen: g.metrics_listen,
+            analytics: g
+                .analytics_url
+                .clone()
+                .map(|url| (url, g.analytics_interval.0)),
         }
     }
 }
@@ -158,6 +165,8 @@ impl Settings {
 pub struct Gateway {
     handler: Arc<Handler>,
     metrics_listener: Option<metrics::listener::MetricsListener>,
+    /// Posts call counts in the background; stops with the gateway.
+    analytics: Option<analytics::Analytics>,
     pool: Pool,
     addr: SocketAddr,
     shutdown_grace: Duration,
@@ -176,6 +185,14 @@ impl Gateway {
         let triggers = Arc::new(triggers::TriggerSet::new(table));
         let metrics = Arc::new(metrics::Metrics::new());
         let provider = Arc::new(metrics::Measured::new(provider, Arc::clone(&metrics)));
+        let analytics = match &settings.analytics {
+            Some((url, every)) => Some(analytics::Analytics::start(
+                url.clone(),
+                *every,
+                Arc::clone(&metrics),
+            )?),
+            None => None,
+        };
         let scaler =
             Arc::new(Scaler::new(provider, settings.scaling.clone()).with_metrics(metrics));
         let timeouts = client::Timeouts {
@@ -213,6 +230,7 @@ impl Gateway {
         Ok(Gateway {
             handler,
             metrics_listener,
+            analytics,
             pool,
             addr,
             shutdown_grace: settings.shutdown_grace,
@@ -264,6 +282,7 @@ impl Gateway {
         if let Some(listener) = self.metrics_listener {
             listener.stop();
         }
+        drop(self.analytics);
         self.handler.scaler().provider().shutdown();
         log::info!("defrost stopped");
     }
