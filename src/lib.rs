@@ -47,8 +47,10 @@ pub mod function;
 pub mod gateway;
 pub mod provider;
 pub mod proxy;
+pub mod redact;
 pub mod router;
 pub mod scaler;
+pub mod screen;
 pub mod server;
 pub mod setup;
 

@@ -21,6 +21,7 @@ use crate::client::is_connect_error;
 use crate::error::Error;
 use crate::function::FunctionRef;
 use crate::provider::InFlight;
+use crate::redact;
 use crate::router::upstream_url;
 use crate::scaler::Scaler;
 use headers::{Forwarding, X_CALL_ID, X_START_TIME};
@@ -97,7 +98,11 @@ impl Proxy {
                         && !body.touched()
                         && attempt < self.config.connect_retries =>
                 {
-                    log::debug!("{}: {url} refused ({e}); retrying", call.function);
+                    log::debug!(
+                        "{}: {} refused ({e}); retrying",
+                        call.function,
+                        redact::url(&url)
+                    );
                     self.scaler.invalidate(call.function);
                     std::thread::sleep(self.config.retry_backoff * 2u32.saturating_pow(attempt));
                     attempt += 1;
@@ -130,7 +135,7 @@ impl Proxy {
             Err(_) if body.too_large() => Err(Error::BodyTooLarge {
                 limit: self.config.max_body_bytes,
             }),
-            Err(e) => Err(Error::ProviderApi(format!("{url}: {e}"))),
+            Err(e) => Err(Error::ProviderApi(format!("{}: {e}", redact::url(url)))),
         }
     }
 
@@ -186,6 +191,7 @@ impl Proxy {
         if body.failed() {
             return Error::BadRequest(format!("reading the request body failed: {e}"));
         }
+        let url = redact::url(url);
         match e {
             ureq::Error::Timeout(_) => Error::UpstreamTimeout {
                 function: function.clone(),

@@ -5,6 +5,8 @@ GET  /healthz        ready check (after READY_DELAY_MS, if set)
 *    /crash          exits at once with status 3 (no answer)
 *    /bytes/N        N bytes of a repeating pattern, with Content-Length
 *    /sleep/S        sleeps S seconds, then echoes
+*    /garbage        answers bytes that are not HTTP, then closes
+*    /truncate/N     declares N bytes, sends half of them, then closes
 *    anything else   200, JSON of method, path (with query), headers, body length, body sha256
 If STARTS_FILE is set, appends one line per process start to it.
 """
@@ -38,6 +40,18 @@ class Echo(BaseHTTPRequestHandler):
             os._exit(3)
         if self.path.startswith("/bytes/"):
             return self.stream_bytes(int(self.path.split("/")[2]))
+        if self.path.startswith("/garbage"):
+            self.wfile.write(b"this is not HTTP at all\r\n\r\n")
+            self.close_connection = True
+            return
+        if self.path.startswith("/truncate/"):
+            n = int(self.path.split("/")[2])
+            self.send_response(200)
+            self.send_header("Content-Length", str(n))
+            self.end_headers()
+            self.wfile.write(b"x" * (n // 2))
+            self.close_connection = True
+            return
         if self.path.startswith("/sleep/"):
             time.sleep(float(self.path.split("/")[2]))
         digest, size = hashlib.sha256(), 0
