@@ -28,7 +28,7 @@ pub fn screen(method: &str, target: &str) -> Result<(), Error> {
     let path = target.split_once('?').map_or(target, |(path, _)| path);
     if has_dot_dot_segment(path) {
         return Err(Error::BadRequest(
-            "the path has a \"..\" segment (plain or percent-encoded)".into(),
+            "invalid path: it has a \"..\" segment (plain or percent-encoded)".into(),
         ));
     }
     Ok(())

@@ -26,18 +26,10 @@ struct Usage {
 }
 
 fn usage(pid: u32) -> Usage {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap_or(0)
-    };
     Usage {
-        threads: field("Threads:"),
-        fds: std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count()),
-        rss_kib: field("VmRSS:"),
+        threads: threads_of(pid),
+        fds: open_fds(pid),
+        rss_kib: proc_status(pid, "VmRSS:"),
     }
 }
 
