@@ -37,6 +37,10 @@ pub fn screen(method: &str, target: &str) -> Result<(), Error> {
 /// Whether any segment is `..` once percent-decoded, counting `\` and encoded slashes as
 /// separators, as the most lenient next hop would.
 fn has_dot_dot_segment(path: &str) -> bool {
+    // Without a dot or an escape there is nothing to decode: the common case stays cheap.
+    if !path.contains(['.', '%']) {
+        return false;
+    }
     percent_decode(path.as_bytes())
         .split(|b| *b == b'/' || *b == b'\\')
         .any(|segment| segment == b"..")
