@@ -63,10 +63,17 @@ fn answer_as_provider(mut stream: TcpStream) {
     } else if path.starts_with("/system/function/garbage") {
         reply("200 OK", b"{\"name\": \"garbage\", \"replicas\": [oops")
     } else if path.starts_with("/system/function/huge") {
-        let mut out =
-            b"HTTP/1.1 200 OK\r\nContent-Length: 104857600\r\nConnection: close\r\n\r\n".to_vec();
-        out.extend(std::iter::repeat_n(b' ', 16 << 20));
-        out
+        // The head at once, then 16 MiB of blanks as fast as the gateway reads them.
+        let _ = stream.write_all(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 104857600\r\nConnection: close\r\n\r\n",
+        );
+        let blanks = [b' '; 64 * 1024];
+        for _ in 0..256 {
+            if stream.write_all(&blanks).is_err() {
+                break;
+            }
+        }
+        return;
     } else {
         reply("404 Not Found", b"not found\n")
     };
