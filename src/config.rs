@@ -489,8 +489,9 @@ impl<'de> Deserialize<'de> for Dur {
         }
         let parsed = match Raw::deserialize(d)? {
             Raw::Seconds(n) => Ok(Duration::from_secs(n)),
-            Raw::Float(f) if f.is_finite() && f >= 0.0 => Ok(Duration::from_secs_f64(f)),
-            Raw::Float(f) => Err(format!("{f} is not a duration")),
+            Raw::Float(f) => {
+                Duration::try_from_secs_f64(f).map_err(|_| format!("{f} is not a duration"))
+            }
             Raw::Text(s) => parse_duration(&s),
         };
         parsed.map(Dur).map_err(de::Error::custom)
@@ -525,9 +526,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         return Err(bad());
     }
     if let Ok(secs) = s.parse::<f64>() {
-        return (secs.is_finite() && secs >= 0.0)
-            .then(|| Duration::from_secs_f64(secs))
-            .ok_or_else(bad);
+        return Duration::try_from_secs_f64(secs).map_err(|_| bad());
     }
     let mut total = Duration::ZERO;
     let mut rest = s;
@@ -572,7 +571,16 @@ mod tests {
         assert_eq!(parse_duration("8"), Ok(Duration::from_secs(8)));
         assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
         assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
-        for bad in ["", "s", "10x", "-1s", "1m-", "abc"] {
+        for bad in [
+            "",
+            "s",
+            "10x",
+            "-1s",
+            "1m-",
+            "abc",
+            "20000000000000000000",
+            "NaN",
+        ] {
             assert!(parse_duration(bad).is_err(), "{bad:?}");
         }
     }

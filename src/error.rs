@@ -22,6 +22,8 @@ pub enum Error {
     BadName(NameError),
     /// Something else about the request is malformed.
     BadRequest(String),
+    /// The request asks for a forward proxy (`CONNECT`, absolute-form target): defrost is not one.
+    NotAProxy(&'static str),
     /// The request body is larger than the configured limit.
     BodyTooLarge { limit: u64 },
     /// The provider does not know the function.
@@ -69,7 +71,7 @@ impl Error {
     /// The HTTP status for this failure. The only such mapping in defrost.
     pub fn status(&self) -> u16 {
         match self {
-            Error::BadName(_) | Error::BadRequest(_) => 400,
+            Error::BadName(_) | Error::BadRequest(_) | Error::NotAProxy(_) => 400,
             Error::Unauthorized => 401,
             Error::NoRoute { .. } | Error::FunctionNotFound(_) => 404,
             Error::MethodNotAllowed { .. } => 405,
@@ -107,6 +109,7 @@ impl fmt::Display for Error {
             Error::MethodNotAllowed { allowed } => write!(f, "method not allowed; use {allowed}"),
             Error::BadName(e) => write!(f, "{e}"),
             Error::BadRequest(why) => write!(f, "bad request: {why}"),
+            Error::NotAProxy(what) => write!(f, "refused: {what}; defrost is not a forward proxy"),
             Error::BodyTooLarge { limit } => {
                 write!(f, "request body is larger than the limit of {limit} bytes")
             }

@@ -98,12 +98,15 @@ impl Handler {
             log::debug!(
                 "{} {} -> {status} in {:.3}ms",
                 request.method(),
-                request.url(),
+                printable_path(request.url()),
                 started.elapsed().as_secs_f64() * 1e3
             );
         }
+        let (method, path) = (request.method().clone(), printable_path(request.url()));
         if let Err(e) = request.respond(response) {
-            log::debug!("response not delivered: {e}");
+            // The client hung up, stopped reading, or the function broke off mid-answer: the
+            // connection is closed, and the operator should be able to tell which call it was.
+            log::info!("{method} {path} -> {status}: response not completed: {e}");
         }
         if let Some(call) = invocation {
             call.finish(status);
@@ -131,6 +134,7 @@ impl Handler {
         invocation: &mut Option<Invocation>,
     ) -> Result<ResponseBox, Error> {
         let target = request.url().to_owned();
+        crate::screen::screen(request.method().as_str(), &target)?;
         match router::route(&target, &self.default_namespace)? {
             Route::Function {
                 function,

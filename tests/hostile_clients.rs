@@ -11,27 +11,9 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-fn gateway(gateway_settings: &str) -> Defrost {
-    Defrost::start(&format!(
-        "[gateway]\n{gateway_settings}\n{}",
-        echo_function("echo", "", "")
-    ))
-}
-
-fn threads_of(pid: u32) -> usize {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Threads:").map(|v| v.trim().parse().ok()))
-        })
-        .flatten()
-        .unwrap_or(0)
-}
-
 #[test]
 fn a_huge_declared_body_gets_413_and_the_gateway_stays_up() {
-    let gw = gateway("");
+    let gw = echo_gateway("");
     let answer = raw(
         gw.addr,
         b"POST /function/echo HTTP/1.1\r\nHost: t\r\nContent-Length: 200000000000\r\n\r\nabc",
@@ -45,7 +27,7 @@ fn a_huge_declared_body_gets_413_and_the_gateway_stays_up() {
 
 #[test]
 fn oversized_heads_and_urls_are_refused() {
-    let gw = gateway("max_header_bytes = 4096\nmax_url_bytes = 1024");
+    let gw = echo_gateway("max_header_bytes = 4096\nmax_url_bytes = 1024");
     let big_header = format!(
         "GET /healthz HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n",
         "a".repeat(8000)
@@ -63,7 +45,7 @@ fn oversized_heads_and_urls_are_refused() {
 
 #[test]
 fn a_slowloris_client_is_cut_off() {
-    let gw = gateway("header_timeout = \"1s\"");
+    let gw = echo_gateway("header_timeout = \"1s\"");
     let mut stream = TcpStream::connect(gw.addr).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
@@ -94,7 +76,7 @@ fn a_slowloris_client_is_cut_off() {
 
 #[test]
 fn a_flood_of_idle_connections_is_bounded() {
-    let gw = gateway("max_connections = 50");
+    let gw = echo_gateway("max_connections = 50");
     let pid = gw.child.id();
     let before = threads_of(pid);
     let mut idle: Vec<TcpStream> = (0..50)
@@ -166,7 +148,7 @@ fn running_out_of_file_descriptors_does_not_stop_the_gateway() {
 
 #[test]
 fn large_known_length_responses_keep_their_length() {
-    let gw = gateway("");
+    let gw = echo_gateway("");
     let answer = raw(
         gw.addr,
         b"GET /function/echo/bytes/1048576 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
@@ -180,4 +162,52 @@ fn large_known_length_responses_keep_their_length() {
     assert!(head.starts_with("http/1.1 200"), "{head}");
     assert!(head.contains("content-length: 1048576"), "{head}");
     assert!(!head.contains("transfer-encoding"), "{head}");
+}
+
+#[test]
+fn a_crowd_waiting_for_a_cold_function_is_bounded_and_told_when_to_retry() {
+    let gw = Defrost::start(&format!(
+        "[gateway]\nmax_waiters_per_function = 4\nmax_waiters = 100\nready_timeout = \"60s\"\n{}",
+        echo_function("slow", "READY_DELAY_MS = \"3000\"", "")
+    ));
+    let url = gw.url("/function/slow");
+    let crowd: Vec<_> = (0..12)
+        .map(|_| {
+            let url = url.clone();
+            thread::spawn(move || {
+                let reply = get(&url);
+                (reply.status, reply.header("Retry-After").map(str::to_owned))
+            })
+        })
+        .collect();
+    let replies: Vec<_> = crowd.into_iter().map(|h| h.join().unwrap()).collect();
+    let shed: Vec<_> = replies.iter().filter(|(s, _)| *s == 503).collect();
+    let served = replies.iter().filter(|(s, _)| *s == 200).count();
+    assert!(!shed.is_empty(), "nobody was turned away: {replies:?}");
+    assert!(served >= 1, "nobody was served: {replies:?}");
+    assert_eq!(shed.len() + served, replies.len(), "{replies:?}");
+    assert!(shed.iter().all(|(_, retry)| retry.is_some()), "{replies:?}");
+    assert!(gw.log_count_settled("already waiting", 1) > 0);
+}
+
+#[test]
+fn a_body_that_never_finishes_is_cut_off() {
+    let gw = echo_gateway("read_timeout = \"1s\"");
+    // A small body is read ahead (408); a large one is cut while streaming upstream (400).
+    for (declared, sent, status) in [(100, 3, "408"), (10_000_000, 200_000, "400")] {
+        let mut stream = TcpStream::connect(gw.addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let head = format!(
+            "POST /function/echo HTTP/1.1\r\nHost: t\r\nContent-Length: {declared}\r\n\r\n"
+        );
+        stream.write_all(head.as_bytes()).unwrap();
+        stream.write_all(&vec![b'b'; sent]).unwrap();
+        let mut answer = String::new();
+        let closed = stream.read_to_string(&mut answer).is_ok();
+        assert!(closed, "the connection was held open: {answer}");
+        assert_eq!(answer.get(9..12), Some(status), "{answer}");
+    }
+    assert_eq!(get(&gw.url("/function/echo")).status, 200);
 }

@@ -17,6 +17,7 @@ use super::{scale_bounds, Endpoint, FunctionStatus, FunctionSummary, Provider, P
 use crate::auth::Credentials;
 use crate::client::{self, Timeouts};
 use crate::function::FunctionRef;
+use crate::redact;
 
 /// Largest answer read from a provider: status lists of thousands of functions fit easily.
 const MAX_ANSWER: u64 = 8 << 20;
@@ -114,11 +115,15 @@ impl OpenFaasProvider {
             .take(MAX_ANSWER + 1)
             .read_to_end(&mut answer)
             .map_err(|e| {
-                ProviderError::Unavailable(format!("{url}: reading the answer failed: {e}"))
+                ProviderError::Unavailable(format!(
+                    "{}: reading the answer failed: {e}",
+                    redact::url(&url)
+                ))
             })?;
         if answer.len() as u64 > MAX_ANSWER {
             return Err(ProviderError::Unavailable(format!(
-                "{url}: answer larger than {MAX_ANSWER} bytes"
+                "{}: answer larger than {MAX_ANSWER} bytes",
+                redact::url(&url)
             )));
         }
         Ok((status, answer))
@@ -140,7 +145,7 @@ impl OpenFaasProvider {
 }
 
 fn unavailable(url: &str, e: ureq::Error) -> ProviderError {
-    ProviderError::Unavailable(format!("{url}: {e}"))
+    ProviderError::Unavailable(format!("{}: {e}", redact::url(url)))
 }
 
 fn refused(what: &str, status: u16, body: &[u8]) -> ProviderError {

@@ -20,6 +20,7 @@ use crate::client::is_connect_error;
 use crate::error::Error;
 use crate::function::FunctionRef;
 use crate::provider::InFlight;
+use crate::redact;
 use crate::router::upstream_url;
 use crate::scaler::Scaler;
 use headers::{Forwarding, X_CALL_ID, X_START_TIME};
@@ -106,7 +107,7 @@ impl Proxy {
                         && !body.touched()
                         && attempt < self.config.connect_retries =>
                 {
-                    log::debug!("{function}: {url} refused ({e}); retrying");
+                    log::debug!("{function}: {} refused ({e}); retrying", redact::url(&url));
                     self.scaler.invalidate(function);
                     std::thread::sleep(self.config.retry_backoff * 2u32.saturating_pow(attempt));
                     attempt += 1;
@@ -139,7 +140,7 @@ impl Proxy {
             Err(_) if body.too_large() => Err(Error::BodyTooLarge {
                 limit: self.config.max_body_bytes,
             }),
-            Err(e) => Err(Error::ProviderApi(format!("{url}: {e}"))),
+            Err(e) => Err(Error::ProviderApi(format!("{}: {e}", redact::url(url)))),
         }
     }
 
@@ -195,6 +196,7 @@ impl Proxy {
         if body.failed() {
             return Error::BadRequest(format!("reading the request body failed: {e}"));
         }
+        let url = redact::url(url);
         match e {
             e if is_connect_error(&e) => {
                 self.scaler.invalidate(function);

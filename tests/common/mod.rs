@@ -355,3 +355,32 @@ impl Defrost {
         }
     }
 }
+
+/// A gateway with the given `[gateway]` settings serving the echo function as `echo`.
+pub fn echo_gateway(gateway_settings: &str) -> Defrost {
+    Defrost::start(&format!(
+        "[gateway]\n{gateway_settings}\n{}",
+        echo_function("echo", "", "")
+    ))
+}
+
+/// A numeric field of /proc/PID/status (`Threads:`, `VmRSS:` in KiB), 0 when unreadable.
+pub fn proc_status(pid: u32, field: &str) -> usize {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix(field))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+pub fn threads_of(pid: u32) -> usize {
+    proc_status(pid, "Threads:")
+}
+
+/// Descriptors the process has open.
+pub fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}

@@ -6,6 +6,8 @@ GET  /healthz        ready check (after READY_DELAY_MS, if set)
 *    /bytes/N        N bytes of a repeating pattern, with Content-Length
 *    /sleep/S        sleeps S seconds, then echoes
 *    /status/N       answers with status N
+*    /garbage        answers bytes that are not HTTP, then closes
+*    /truncate/N     declares N bytes, sends half of them, then closes
 *    anything else   200, JSON of method, path (with query), headers, body length, body sha256
 If STARTS_FILE is set, appends one line per process start to it.
 """
@@ -41,6 +43,18 @@ class Echo(BaseHTTPRequestHandler):
             return self.stream_bytes(int(self.path.split("/")[2]))
         if self.path.startswith("/status/"):
             return self.reply(int(self.path.split("/")[2]), b"as asked\n", "text/plain")
+        if self.path.startswith("/garbage"):
+            self.wfile.write(b"this is not HTTP at all\r\n\r\n")
+            self.close_connection = True
+            return
+        if self.path.startswith("/truncate/"):
+            n = int(self.path.split("/")[2])
+            self.send_response(200)
+            self.send_header("Content-Length", str(n))
+            self.end_headers()
+            self.wfile.write(b"x" * (n // 2))
+            self.close_connection = True
+            return
         if self.path.startswith("/sleep/"):
             time.sleep(float(self.path.split("/")[2]))
         digest, size = hashlib.sha256(), 0
