@@ -6,16 +6,16 @@
 //! the same cold function share one status query and one scale call, and are released together.
 //!
 //! ```text
-//!  client ──▶ tiny_http connection threads ──▶ queue ──▶ worker pool (server)
+//!  client ──▶ tiny_http connection threads (limits, timeouts) ──▶ queue ──▶ worker pool (server)
 //!                                                          │
 //!                                             gateway::Handler::handle
 //!                                                          │
-//!                                           router::route (names checked)
-//!                               ┌──────────────────────────┼──────────────────┐
-//!                          /healthz                  /function/…          /system/…
-//!                                                          │
-//!                                                  proxy::Proxy::forward
-//!                                                          │
+//!                            screen (no forward proxy, no `..`) ─▶ router::route (names checked)
+//!      ┌──────────────┬──────────────┬─────────────────────┼──────────────────┬──────────────┐
+//!  /healthz      /metrics, /     /system/… (auth)      /function/…      other paths: triggers
+//!                                                          │                   (trie, canary split)
+//!                                                  proxy::Proxy::forward ◀─────────────┘
+//!                                                          │  metrics: per-function atomics
 //!                      scaler::Scaler::ready ◀── cache (fresh + ready? done)
 //!                          │ miss: single-flight status query ──▶ Provider::status
 //!                          │ zero: single-flight scale, retried ──▶ Provider::set_replicas
@@ -25,6 +25,9 @@
 //!                          │
 //!  client ◀── streamed response, hop-by-hop headers dropped, X-Call-Id / X-Start-Time added
 //! ```
+//!
+//! Beside the request path: `reload` (SIGHUP, `--watch`: triggers and functions swapped
+//! atomically), `analytics` (call counts posted in batches by one thread).
 //!
 //! The library is the gateway; the `defrost` binary only reads a config file and runs it.
 //! Embedders build a [`Gateway`] from [`Settings`] and any [`Provider`]:
