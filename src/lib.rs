@@ -40,6 +40,7 @@
 //! ```
 
 pub mod auth;
+pub mod autoscale;
 pub mod client;
 pub mod config;
 pub mod error;
@@ -61,6 +62,7 @@ pub use error::Error;
 pub use function::FunctionRef;
 pub use provider::{Endpoint, FunctionStatus, Provider, ProviderError};
 
+use autoscale::{AutoscaleConfig, Autoscaler};
 use config::GatewaySection;
 use gateway::Handler;
 use proxy::{Proxy, ProxyConfig};
@@ -75,6 +77,7 @@ pub struct Settings {
     pub scaling: ScalingConfig,
     pub proxy: ProxyConfig,
     pub pool: PoolConfig,
+    pub autoscale: AutoscaleConfig,
     /// Connect timeout towards replicas and providers.
     pub connect_timeout: Duration,
     /// Idle upstream connections kept per replica.
@@ -112,6 +115,7 @@ impl From<&GatewaySection> for Settings {
             scaling: g.scaling(),
             proxy: g.proxy(),
             pool: g.pool(),
+            autoscale: g.autoscale(),
             connect_timeout: g.connect_timeout.0,
             max_idle_per_host: g.max_idle_per_host,
             shutdown_grace: g.shutdown_grace.0,
@@ -147,6 +151,7 @@ impl Settings {
 pub struct Gateway {
     handler: Arc<Handler>,
     pool: Pool,
+    autoscaler: Autoscaler,
     addr: SocketAddr,
     shutdown_grace: Duration,
 }
@@ -166,6 +171,7 @@ impl Gateway {
             send: settings.proxy.upstream_timeout,
         };
         let agent = client::agent(timeouts, settings.max_idle_per_host);
+        let autoscaler = Autoscaler::start(Arc::clone(&scaler), settings.autoscale.clone())?;
         let proxy = Proxy::new(agent, Arc::clone(&scaler), settings.proxy.clone());
         let handler = Arc::new(Handler::new(
             scaler,
@@ -183,6 +189,7 @@ impl Gateway {
         Ok(Gateway {
             handler,
             pool,
+            autoscaler,
             addr,
             shutdown_grace: settings.shutdown_grace,
         })
@@ -201,6 +208,7 @@ impl Gateway {
     /// Stops gracefully: requests in flight finish (up to the grace period), keep-alive clients
     /// are told to close, then the workers stop and the provider stops every replica it started.
     pub fn shutdown(self) {
+        self.autoscaler.stop();
         self.handler.start_draining();
         let deadline = Instant::now() + self.shutdown_grace;
         while self.handler.in_flight() > 0 && Instant::now() < deadline {

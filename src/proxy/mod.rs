@@ -22,6 +22,7 @@ use crate::error::Error;
 use crate::function::FunctionRef;
 use crate::provider::InFlight;
 use crate::router::upstream_url;
+use crate::scaler::activity::Busy;
 use crate::scaler::Scaler;
 use headers::{Forwarding, X_CALL_ID, X_START_TIME};
 
@@ -80,6 +81,7 @@ impl Proxy {
         outgoing.push("X-Defrost-Function-Namespace", function.namespace());
         let method = request.method().as_str().to_owned();
         let mut body = ClientBody::new(request.as_reader(), self.config.max_body_bytes);
+        let busy = self.scaler.begin(function);
         let mut attempt = 0;
         loop {
             let status = self.scaler.ready(call.function)?;
@@ -91,7 +93,13 @@ impl Proxy {
             let url = upstream_url(endpoint.base_url(), call.rest, call.query);
             let sent = self.send(&method, &url, &outgoing, declared, &mut body);
             match sent {
-                Ok(response) => return Ok(relay(response, Some(in_flight), &outgoing)),
+                Ok(response) => {
+                    let held = Held {
+                        _replica: in_flight,
+                        _function: busy,
+                    };
+                    return Ok(relay(response, Some(held), &outgoing));
+                }
                 Err(e)
                     if is_connect_error(&e)
                         && !body.touched()
@@ -102,7 +110,7 @@ impl Proxy {
                     std::thread::sleep(self.config.retry_backoff * 2u32.saturating_pow(attempt));
                     attempt += 1;
                 }
-                Err(e) => return Err(self.failure(call.function, &url, e, &body)),
+                Err(e) => return Err(self.failure(call.function, &url, e, &body, attempt + 1)),
             }
         }
     }
@@ -177,6 +185,7 @@ impl Proxy {
         url: &str,
         e: ureq::Error,
         body: &ClientBody<'_>,
+        attempts: u32,
     ) -> Error {
         if body.too_large() {
             return Error::BodyTooLarge {
@@ -195,7 +204,7 @@ impl Proxy {
                 self.scaler.invalidate(function);
                 Error::Upstream {
                     function: function.clone(),
-                    detail: format!("cannot connect to {url}: {e}"),
+                    detail: format!("cannot connect to {url} ({attempts} attempts): {e}"),
                 }
             }
             e => Error::Upstream {
@@ -302,11 +311,18 @@ impl OutgoingHead {
     }
 }
 
-/// Turns the function's response into the client's, keeping the replica counted as busy until
-/// the body has been relayed.
+/// What a relayed response keeps counted as busy until its body has been relayed: the replica
+/// (so it is not stopped mid-answer) and the function (so it is not scaled to zero).
+struct Held {
+    _replica: InFlight,
+    _function: Busy,
+}
+
+/// Turns the function's response into the client's, keeping what it holds counted as busy
+/// until the body has been relayed.
 fn relay(
     response: http::Response<ureq::Body>,
-    in_flight: Option<InFlight>,
+    in_flight: Option<Held>,
     head: &OutgoingHead,
 ) -> ResponseBox {
     let (parts, body) = response.into_parts();
@@ -346,10 +362,10 @@ fn relay(
     )
 }
 
-/// The function's response body, holding its replica's in-flight count while it streams.
+/// The function's response body, holding its in-flight counts while it streams.
 struct Relayed<R> {
     body: R,
-    _in_flight: Option<InFlight>,
+    _in_flight: Option<Held>,
 }
 
 impl<R: Read> Read for Relayed<R> {

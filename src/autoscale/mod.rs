@@ -1,0 +1,220 @@
+//! After a function is running: scale to zero when idle, and capacity autoscaling.
+//!
+//! One background thread checks every function that has had a request, once per interval. The
+//! hot path only bumps the atomics in [`crate::scaler::activity`]; everything here reads them.
+//! Scale calls go through the scaler's single-flight, like a cold start's, so a decision made
+//! here never interleaves with one made by a request; and the provider drains a replica before
+//! stopping it, so none is stopped with requests in flight.
+//!
+//! Capacity mode scales up at once, and down only to the highest replica count recommended over
+//! the whole stabilisation window (the Kubernetes HPA rule), so a brief lull does not stop
+//! replicas a returning burst will need.
+
+pub mod policy;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+
+use crate::provider::FunctionStatus;
+use crate::scaler::activity::FunctionActivity;
+use crate::scaler::Scaler;
+use policy::Policy;
+
+/// How often and how cautiously the autoscaler acts.
+#[derive(Debug, Clone)]
+pub struct AutoscaleConfig {
+    /// Time between checks of every function.
+    pub interval: Duration,
+    /// How long the recommendation must stay below the running replicas before a scale-down.
+    pub scale_down_window: Duration,
+}
+
+impl Default for AutoscaleConfig {
+    fn default() -> Self {
+        AutoscaleConfig {
+            interval: Duration::from_secs(1),
+            scale_down_window: Duration::from_secs(300),
+        }
+    }
+}
+
+/// The running background thread.
+pub struct Autoscaler {
+    stop: Arc<(Mutex<bool>, Condvar)>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Autoscaler {
+    pub fn start(scaler: Arc<Scaler>, config: AutoscaleConfig) -> std::io::Result<Autoscaler> {
+        let stop = Arc::new((Mutex::new(false), Condvar::new()));
+        let signal = Arc::clone(&stop);
+        let thread = thread::Builder::new()
+            .name("autoscaler".into())
+            .spawn(move || run(&scaler, &config, &signal))?;
+        Ok(Autoscaler {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Ends the thread after its current check; no scale call is made after this returns.
+    pub fn stop(mut self) {
+        self.halt();
+    }
+
+    fn halt(&mut self) {
+        *self.stop.0.lock() = true;
+        self.stop.1.notify_all();
+        if let Some(thread) = self.thread.take() {
+            if thread.join().is_err() {
+                log::error!("the autoscaler thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for Autoscaler {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
+
+fn run(scaler: &Scaler, config: &AutoscaleConfig, stop: &(Mutex<bool>, Condvar)) {
+    let mut watched: HashMap<String, Watched> = HashMap::new();
+    loop {
+        {
+            let mut stopped = stop.0.lock();
+            if !*stopped {
+                stop.1.wait_for(&mut stopped, config.interval);
+            }
+            if *stopped {
+                return;
+            }
+        }
+        for activity in scaler.activity().all() {
+            let key = activity.function.key().to_owned();
+            let entry = watched.entry(key).or_insert_with(Watched::new);
+            check(scaler, config, &activity, entry);
+        }
+    }
+}
+
+/// What the autoscaler remembers of one function between checks.
+struct Watched {
+    /// The labels the policy was read from; it is read again only when they change.
+    labels: Option<BTreeMap<String, String>>,
+    policy: Policy,
+    /// Capacity recommendations within the stabilisation window, oldest first.
+    recommended: VecDeque<(Instant, u64)>,
+    /// Since when the recommendations cover the function at its current scale.
+    since: Instant,
+}
+
+impl Watched {
+    fn new() -> Watched {
+        Watched {
+            labels: None,
+            policy: Policy {
+                zero_after: None,
+                capacity: None,
+            },
+            recommended: VecDeque::new(),
+            since: Instant::now(),
+        }
+    }
+
+    fn policy(&mut self, activity: &FunctionActivity, status: &FunctionStatus) -> &Policy {
+        if self.labels.as_ref() != Some(&status.labels) {
+            self.policy = Policy::from_labels(&activity.function, &status.labels);
+            self.labels = Some(status.labels.clone());
+        }
+        &self.policy
+    }
+
+    fn forget(&mut self) {
+        self.recommended.clear();
+        self.since = Instant::now();
+    }
+
+    /// Records `desired` and returns the highest recommendation over the window, once the
+    /// window has been watched in full.
+    fn stable(&mut self, desired: u64, window: Duration) -> Option<u64> {
+        let now = Instant::now();
+        self.recommended.push_back((now, desired));
+        while self
+            .recommended
+            .front()
+            .is_some_and(|(t, _)| now.duration_since(*t) > window)
+        {
+            self.recommended.pop_front();
+        }
+        (now.duration_since(self.since) >= window)
+            .then(|| self.recommended.iter().map(|(_, d)| *d).max())
+            .flatten()
+    }
+}
+
+fn check(
+    scaler: &Scaler,
+    config: &AutoscaleConfig,
+    activity: &FunctionActivity,
+    watched: &mut Watched,
+) {
+    let function = &activity.function;
+    let status = match scaler.provider().status(function) {
+        Ok(status) => status,
+        Err(e) => {
+            log::debug!("autoscaler: {function}: {e}");
+            return;
+        }
+    };
+    if status.replicas == 0 {
+        watched.forget();
+        return;
+    }
+    let policy = watched.policy(activity, &status).clone();
+    if let Some(idle) = policy.zero_after {
+        if scaler
+            .activity()
+            .idle_for(activity)
+            .is_some_and(|d| d >= idle)
+        {
+            match scaler.scale_to_zero(activity, idle) {
+                Ok(true) => {
+                    log::info!(
+                        "{function}: no request for {:.1}s; scaled to zero",
+                        idle.as_secs_f64()
+                    );
+                    watched.forget();
+                    return;
+                }
+                Ok(false) => {}
+                Err(e) => log::warn!("{function}: scale to zero failed: {e}"),
+            }
+        }
+    }
+    let Some(capacity) = policy.capacity else {
+        return;
+    };
+    let in_flight = activity.in_flight();
+    let desired = capacity.desired(in_flight, status.min_replicas, status.max_replicas);
+    let stable = watched.stable(desired, config.scale_down_window);
+    let target = if desired > status.replicas {
+        Some(desired)
+    } else {
+        stable.filter(|&d| d < status.replicas)
+    };
+    if let Some(to) = target {
+        log::info!(
+            "{function}: {in_flight} requests in flight; capacity scaling {} -> {to}",
+            status.replicas
+        );
+        if let Err(e) = scaler.scale(function, to) {
+            log::warn!("{function}: capacity scaling to {to} failed: {e}");
+        }
+    }
+}
