@@ -145,7 +145,6 @@ impl GatewaySection {
             retry_backoff: self.retry_backoff.0,
             upstream_timeout: self.upstream_timeout.0,
             max_body_bytes: self.max_body_bytes,
-            ..ProxyConfig::default()
         }
     }
 
