@@ -218,3 +218,123 @@ fn check(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::function::FunctionRef;
+    use crate::provider::{FunctionSummary, Provider, ProviderError};
+    use crate::scaler::ScalingConfig;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    /// A provider that only records: any provider whose replicas are set by `set_replicas`,
+    /// local or remote, looks like this to the autoscaler.
+    struct Recorder {
+        labels: BTreeMap<String, String>,
+        replicas: Mutex<u64>,
+        calls: Mutex<Vec<u64>>,
+        status_calls: AtomicU64,
+    }
+
+    impl Provider for Recorder {
+        fn status(&self, _: &FunctionRef) -> Result<FunctionStatus, ProviderError> {
+            self.status_calls.fetch_add(1, Ordering::SeqCst);
+            let replicas = *self.replicas.lock();
+            Ok(FunctionStatus {
+                replicas,
+                available_replicas: replicas,
+                min_replicas: 1,
+                max_replicas: 5,
+                labels: self.labels.clone(),
+                ..Default::default()
+            })
+        }
+
+        fn set_replicas(&self, _: &FunctionRef, replicas: u64) -> Result<(), ProviderError> {
+            self.calls.lock().push(replicas);
+            *self.replicas.lock() = replicas;
+            Ok(())
+        }
+
+        fn list(&self, _: &str) -> Result<Vec<FunctionSummary>, ProviderError> {
+            Ok(Vec::new())
+        }
+
+        fn namespaces(&self) -> Result<Vec<String>, ProviderError> {
+            Ok(Vec::new())
+        }
+    }
+
+    fn function() -> FunctionRef {
+        FunctionRef::new("auto", "default").unwrap()
+    }
+
+    fn running(labels: &[(&str, &str)]) -> (Arc<Recorder>, Arc<Scaler>, Autoscaler) {
+        let provider = Arc::new(Recorder {
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            replicas: Mutex::new(1),
+            calls: Mutex::new(Vec::new()),
+            status_calls: AtomicU64::new(0),
+        });
+        let scaler = Arc::new(Scaler::new(provider.clone(), ScalingConfig::default()));
+        let config = AutoscaleConfig {
+            interval: Duration::from_millis(5),
+            scale_down_window: Duration::from_millis(200),
+        };
+        let autoscaler = Autoscaler::start(scaler.clone(), config).unwrap();
+        (provider, scaler, autoscaler)
+    }
+
+    fn eventually(mut condition: impl FnMut() -> bool) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !condition() {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+        true
+    }
+
+    #[test]
+    fn capacity_scales_up_at_once_and_down_to_min_after_the_window() {
+        let (provider, scaler, autoscaler) = running(&[
+            (policy::LABEL_SCALE_TYPE, "capacity"),
+            (policy::LABEL_TARGET, "2"),
+            (policy::LABEL_TARGET_PROPORTION, "1"),
+        ]);
+        let busy: Vec<_> = (0..7).map(|_| scaler.begin(&function())).collect();
+        assert!(eventually(|| *provider.replicas.lock() == 4));
+        drop(busy);
+        assert!(eventually(|| *provider.replicas.lock() == 1));
+        autoscaler.stop();
+        let calls = provider.calls.lock().clone();
+        let up = calls.iter().position(|&n| n == 4).unwrap();
+        assert_eq!(
+            &calls[up..],
+            &[4, 1],
+            "down in one step, no flapping: {calls:?}"
+        );
+    }
+
+    #[test]
+    fn an_idle_function_goes_to_zero_and_a_busy_one_never_does() {
+        let (provider, scaler, autoscaler) = running(&[
+            (policy::LABEL_SCALE_ZERO, "true"),
+            (policy::LABEL_ZERO_DURATION, "30ms"),
+        ]);
+        let busy = scaler.begin(&function());
+        let checked = provider.status_calls.load(Ordering::SeqCst);
+        assert!(eventually(
+            || provider.status_calls.load(Ordering::SeqCst) > checked + 20
+        ));
+        assert!(provider.calls.lock().is_empty(), "scaled while busy");
+        drop(busy);
+        assert!(eventually(|| *provider.replicas.lock() == 0));
+        autoscaler.stop();
+        assert_eq!(*provider.calls.lock(), vec![0]);
+    }
+}
