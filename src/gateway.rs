@@ -52,8 +52,9 @@ impl Handler {
         self.in_flight.load(Ordering::SeqCst)
     }
 
-    /// From now on, every response asks the client to close its connection, so that keep-alive
-    /// clients reconnect elsewhere while the gateway drains.
+    /// From now on, new requests are refused (503, `Connection: close`) and every response asks
+    /// the client to close its connection, so that clients go elsewhere while the gateway
+    /// finishes the requests it has.
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::SeqCst);
     }
@@ -62,7 +63,12 @@ impl Handler {
     pub fn handle(&self, mut request: Request) {
         self.in_flight.fetch_add(1, Ordering::SeqCst);
         let started = Instant::now();
-        let mut response = self.dispatch(&mut request).unwrap_or_else(|e| {
+        let refused = self
+            .draining
+            .load(Ordering::SeqCst)
+            .then_some(Error::ShuttingDown);
+        let result = refused.map_or_else(|| self.dispatch(&mut request), Err);
+        let mut response = result.unwrap_or_else(|e| {
             log_failure(&request, &e);
             error_response(&e)
         });

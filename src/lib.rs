@@ -205,8 +205,9 @@ impl Gateway {
         self.handler.scaler()
     }
 
-    /// Stops gracefully: requests in flight finish (up to the grace period), keep-alive clients
-    /// are told to close, then the workers stop and the provider stops every replica it started.
+    /// Stops gracefully: autoscaling stops, new requests are refused with 503, requests in
+    /// flight finish (up to the grace period), then the workers stop and the provider stops
+    /// every replica it started.
     pub fn shutdown(self) {
         self.autoscaler.stop();
         self.handler.start_draining();

@@ -2,12 +2,14 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use common::*;
+use defrost::provider::FunctionSummary;
+use defrost::{Endpoint, FunctionRef, FunctionStatus, Provider, ProviderError};
 
 /// Desired and available replicas, as the provider reports them.
 fn replicas(gw: &Defrost, name: &str) -> (u64, u64) {
@@ -28,6 +30,11 @@ fn eventually(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
         }
         thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// The status of a GET, or `None` if no answer came (the gateway is gone).
+fn status_of(url: &str) -> Option<u16> {
+    agent().get(url).call().ok().map(|r| r.status().as_u16())
 }
 
 fn pids_started(gw: &Defrost) -> Vec<u32> {
@@ -246,7 +253,7 @@ labels = { "com.openfaas.scale.type" = "capacity", "com.openfaas.scale.target" =
 }
 
 #[test]
-fn sigterm_during_a_long_request_lets_it_finish_then_stops_every_replica() {
+fn sigterm_during_a_long_request_refuses_new_ones_lets_it_finish_and_stops_every_replica() {
     let function = echo_function(
         "slow",
         r#"STARTS_FILE = "$DIR/starts", REQUESTS_FILE = "$DIR/requests""#,
@@ -256,7 +263,7 @@ fn sigterm_during_a_long_request_lets_it_finish_then_stops_every_replica() {
         "[gateway]\nready_timeout = \"20s\"\nshutdown_grace = \"30s\"\n{function}"
     ));
     let request = {
-        let url = gw.url("/function/slow/sleep/2");
+        let url = gw.url("/function/slow/sleep/3");
         thread::spawn(move || get(&url))
     };
     let requests = gw.dir.path().join("requests");
@@ -266,15 +273,90 @@ fn sigterm_during_a_long_request_lets_it_finish_then_stops_every_replica() {
     );
     let pid = gw.child.id();
     let replica_pids = pids_started(&gw);
-    let status = gw.terminate().expect("defrost exits after SIGTERM");
+    unsafe_kill(pid, "TERM");
+    let quick = gw.url("/function/slow/after-sigterm");
+    assert!(
+        eventually(Duration::from_secs(20), || status_of(&quick) == Some(503)),
+        "new requests are refused while the long one finishes"
+    );
+    let status = wait_exit(&mut gw.child, Duration::from_secs(30)).expect("defrost exits");
 
     let reply = request.join().unwrap();
     assert_eq!(reply.status, 200, "{}", reply.body);
-    assert_eq!(reply.json()["path"], "/sleep/2");
+    assert_eq!(reply.json()["path"], "/sleep/3");
     assert!(status.success(), "{status:?}");
     assert!(
         replica_pids.iter().all(|p| !alive(*p)),
         "a replica outlived defrost"
     );
     assert!(children_of(pid).is_empty());
+}
+
+/// A provider whose one replica is reported ready but refuses every connection.
+struct Unreachable {
+    port: u16,
+    asked: AtomicU64,
+}
+
+impl Provider for Unreachable {
+    fn status(&self, _: &FunctionRef) -> Result<FunctionStatus, ProviderError> {
+        self.asked.fetch_add(1, Ordering::SeqCst);
+        Ok(FunctionStatus {
+            replicas: 1,
+            available_replicas: 1,
+            min_replicas: 1,
+            max_replicas: 1,
+            endpoints: vec![Arc::new(Endpoint::new(format!(
+                "http://127.0.0.1:{}",
+                self.port
+            )))],
+            ..Default::default()
+        })
+    }
+
+    fn set_replicas(&self, _: &FunctionRef, _: u64) -> Result<(), ProviderError> {
+        Ok(())
+    }
+
+    fn list(&self, _: &str) -> Result<Vec<FunctionSummary>, ProviderError> {
+        Ok(Vec::new())
+    }
+
+    fn namespaces(&self) -> Result<Vec<String>, ProviderError> {
+        Ok(vec!["default".into()])
+    }
+}
+
+#[test]
+fn a_replica_that_keeps_refusing_is_asked_about_again_each_retry_then_named_in_a_502() {
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let provider = Arc::new(Unreachable {
+        port,
+        asked: AtomicU64::new(0),
+    });
+    let mut settings = defrost::Settings {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ..Default::default()
+    };
+    settings.proxy.connect_retries = 3;
+    settings.proxy.retry_backoff = Duration::from_millis(1);
+    let gateway = defrost::Gateway::start(settings, provider.clone()).unwrap();
+
+    let reply = get(&format!("http://{}/function/dead", gateway.local_addr()));
+    assert_eq!(reply.status, 502, "{}", reply.body);
+    for needed in ["dead.default", &format!("127.0.0.1:{port}"), "4 attempts"] {
+        assert!(
+            reply.body.contains(needed),
+            "{needed:?} missing: {}",
+            reply.body
+        );
+    }
+    assert!(
+        provider.asked.load(Ordering::SeqCst) >= 4,
+        "the provider is asked again before each retry"
+    );
+    gateway.shutdown();
 }
