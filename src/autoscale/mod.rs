@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
-use crate::provider::FunctionStatus;
+use crate::provider::{FunctionStatus, ProviderError};
 use crate::scaler::activity::FunctionActivity;
 use crate::scaler::Scaler;
 use policy::Policy;
@@ -95,7 +95,9 @@ fn run(scaler: &Scaler, config: &AutoscaleConfig, stop: &(Mutex<bool>, Condvar))
                 return;
             }
         }
-        for activity in scaler.activity().all() {
+        let functions = scaler.activity().all();
+        watched.retain(|key, _| functions.iter().any(|a| a.function.key() == key));
+        for activity in functions {
             let key = activity.function.key().to_owned();
             let entry = watched.entry(key).or_insert_with(Watched::new);
             check(scaler, config, &activity, entry);
@@ -167,6 +169,10 @@ fn check(
     let function = &activity.function;
     let status = match scaler.provider().status(function) {
         Ok(status) => status,
+        Err(ProviderError::NotFound) => {
+            scaler.activity().forget(function);
+            return;
+        }
         Err(e) => {
             log::debug!("autoscaler: {function}: {e}");
             return;
@@ -223,7 +229,7 @@ fn check(
 mod tests {
     use super::*;
     use crate::function::FunctionRef;
-    use crate::provider::{FunctionSummary, Provider, ProviderError};
+    use crate::provider::{FunctionSummary, Provider};
     use crate::scaler::ScalingConfig;
     use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -237,8 +243,11 @@ mod tests {
     }
 
     impl Provider for Recorder {
-        fn status(&self, _: &FunctionRef) -> Result<FunctionStatus, ProviderError> {
+        fn status(&self, f: &FunctionRef) -> Result<FunctionStatus, ProviderError> {
             self.status_calls.fetch_add(1, Ordering::SeqCst);
+            if f.name() == "ghost" {
+                return Err(ProviderError::NotFound);
+            }
             let replicas = *self.replicas.lock();
             Ok(FunctionStatus {
                 replicas,
@@ -336,5 +345,19 @@ mod tests {
         assert!(eventually(|| *provider.replicas.lock() == 0));
         autoscaler.stop();
         assert_eq!(*provider.calls.lock(), vec![0]);
+    }
+
+    #[test]
+    fn names_the_provider_does_not_know_are_not_kept() {
+        let (_, scaler, autoscaler) = running(&[]);
+        for name in ["ghost", "auto"] {
+            drop(scaler.begin(&FunctionRef::new(name, "default").unwrap()));
+        }
+        let known = |scaler: &Scaler| -> Vec<String> {
+            let all = scaler.activity().all();
+            all.iter().map(|a| a.function.name().to_owned()).collect()
+        };
+        assert!(eventually(|| known(&scaler) == ["auto"]));
+        autoscaler.stop();
     }
 }

@@ -137,6 +137,18 @@ impl Activity {
         ran
     }
 
+    /// Drops an idle function's entry, so that requests for names the provider does not know
+    /// cannot grow the map without bound. A request that comes later starts a new entry.
+    pub fn forget(&self, function: &FunctionRef) {
+        let mut functions = self.functions.write();
+        if functions
+            .get(function.key())
+            .is_some_and(|a| a.in_flight() == 0)
+        {
+            functions.remove(function.key());
+        }
+    }
+
     fn of(&self, function: &FunctionRef) -> Arc<FunctionActivity> {
         if let Some(a) = self.functions.read().get(function.key()) {
             return Arc::clone(a);
@@ -180,6 +192,17 @@ mod tests {
         drop(busy);
         assert!(activity.idle_for(&a).is_some());
         assert!(activity.while_idle(&a, Duration::ZERO, || {}));
+    }
+
+    #[test]
+    fn only_idle_functions_are_forgotten() {
+        let activity = Activity::new();
+        let busy = activity.begin(&f());
+        activity.forget(&f());
+        assert_eq!(activity.all().len(), 1);
+        drop(busy);
+        activity.forget(&f());
+        assert!(activity.all().is_empty());
     }
 
     #[test]
