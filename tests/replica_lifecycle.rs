@@ -347,7 +347,11 @@ fn a_replica_that_keeps_refusing_is_asked_about_again_each_retry_then_named_in_a
 
     let reply = get(&format!("http://{}/function/dead", gateway.local_addr()));
     assert_eq!(reply.status, 502, "{}", reply.body);
-    for needed in ["dead.default", &format!("127.0.0.1:{port}"), "4 attempts"] {
+    for needed in [
+        "dead.default",
+        &format!("127.0.0.1:{port}"),
+        "after 4 attempts",
+    ] {
         assert!(
             reply.body.contains(needed),
             "{needed:?} missing: {}",

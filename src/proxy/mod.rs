@@ -31,7 +31,7 @@ use headers::{Forwarding, X_CALL_ID, X_START_TIME};
 pub struct ProxyConfig {
     /// Attempts after the first when a replica refuses the connection.
     pub connect_retries: u32,
-    /// First back-off; doubled on each retry.
+    /// First back-off; doubled on each retry, up to 10 s.
     pub retry_backoff: Duration,
     /// Longest wait for a replica's response head, and between reads of its body.
     pub upstream_timeout: Duration,
@@ -107,7 +107,7 @@ impl Proxy {
                 {
                     log::debug!("{}: {url} refused ({e}); retrying", call.function);
                     self.scaler.invalidate(call.function);
-                    std::thread::sleep(self.config.retry_backoff * 2u32.saturating_pow(attempt));
+                    std::thread::sleep(backoff(self.config.retry_backoff, attempt));
                     attempt += 1;
                 }
                 Err(e) => return Err(self.failure(call.function, &url, e, &body, attempt + 1)),
@@ -204,7 +204,10 @@ impl Proxy {
                 self.scaler.invalidate(function);
                 Error::Upstream {
                     function: function.clone(),
-                    detail: format!("cannot connect to {url} ({attempts} attempts): {e}"),
+                    detail: format!(
+                        "cannot connect to {url} after {attempts} attempt{}: {e}",
+                        if attempts == 1 { "" } else { "s" }
+                    ),
                 }
             }
             e => Error::Upstream {
@@ -213,6 +216,16 @@ impl Proxy {
             },
         }
     }
+}
+
+/// Longest pause between two connection attempts, whatever the configured back-off.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// `base × 2^attempt`, capped: a large configured base or retry count must not overflow into
+/// a panic or an endless sleep.
+fn backoff(base: Duration, attempt: u32) -> Duration {
+    base.saturating_mul(2u32.saturating_pow(attempt))
+        .min(MAX_BACKOFF)
 }
 
 /// How the client's request body is framed.
@@ -423,5 +436,19 @@ impl Read for ClientBody<'_> {
             ));
         }
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        let ms = Duration::from_millis;
+        assert_eq!(backoff(ms(10), 0), ms(10));
+        assert_eq!(backoff(ms(10), 3), ms(80));
+        assert_eq!(backoff(Duration::from_secs(3600), 40), MAX_BACKOFF);
+        assert_eq!(backoff(Duration::MAX, u32::MAX), MAX_BACKOFF);
     }
 }
