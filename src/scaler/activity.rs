@@ -38,7 +38,7 @@ pub struct Activity {
 pub struct FunctionActivity {
     pub function: FunctionRef,
     in_flight: AtomicUsize,
-    /// Milliseconds after the epoch at which the last request started or ended.
+    /// Milliseconds after the epoch at which the last request ended (or the entry was made).
     last_active_ms: AtomicU64,
     zeroing: AtomicBool,
 }
@@ -86,9 +86,8 @@ impl Activity {
         loop {
             activity.in_flight.fetch_add(1, Ordering::SeqCst);
             if !activity.zeroing.load(Ordering::SeqCst) {
-                activity
-                    .last_active_ms
-                    .store(millis_since(self.epoch), Ordering::SeqCst);
+                // No timestamp here: a function is never idle while counted in flight, and the
+                // end of the request stamps it.
                 return Busy {
                     activity,
                     epoch: self.epoch,
