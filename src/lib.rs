@@ -26,6 +26,10 @@
 //!  client ◀── streamed response, hop-by-hop headers dropped, X-Call-Id / X-Start-Time added
 //! ```
 //!
+//! Every function request is counted in flight ([`scaler::activity`]) from before the scaler is
+//! asked until its response body is relayed; one [`autoscale`] thread reads those counts to
+//! scale idle functions to zero and capacity-mode functions up and down.
+//!
 //! The library is the gateway; the `defrost` binary only reads a config file and runs it.
 //! Embedders build a [`Gateway`] from [`Settings`] and any [`Provider`]:
 //!

@@ -189,10 +189,11 @@ fn thirty_idle_and_burst_cycles_scale_to_zero_and_back_without_a_failed_request(
             replicas(&gw, "echo")
         );
         assert!(
-            eventually(Duration::from_secs(20), || pids_started(&gw)
-                .iter()
-                .all(|p| !alive(*p))),
-            "cycle {cycle}: every replica process is gone"
+            eventually(Duration::from_secs(30), || children_of(gw.child.id())
+                .is_empty()),
+            "cycle {cycle}: replica processes left: {:?}\n{}",
+            children_of(gw.child.id()),
+            gw.log_text()
         );
     }
     let starts = pids_started(&gw).len();
