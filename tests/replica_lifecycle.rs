@@ -245,7 +245,9 @@ labels = { "com.openfaas.scale.type" = "capacity", "com.openfaas.scale.target" =
         "back to min_replicas after the window; provider reports {:?}",
         replicas(&gw, "busy")
     );
-    assert!(gw.log_count_settled("capacity scaling 1 -> 4", 1) >= 1);
+    // The eight requests may be seen arriving over more than one check: up in one or more
+    // steps, then down in one.
+    assert!(gw.log_count_settled(" -> 4", 1) >= 1, "{}", gw.log_text());
     assert!(
         gw.log_count_settled("capacity scaling 4 -> 1", 1) >= 1,
         "{}",

@@ -12,7 +12,7 @@
 
 pub mod policy;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -22,7 +22,7 @@ use parking_lot::{Condvar, Mutex};
 use crate::provider::{FunctionStatus, ProviderError};
 use crate::scaler::activity::FunctionActivity;
 use crate::scaler::Scaler;
-use policy::Policy;
+use policy::{Capacity, Policy};
 
 /// How often and how cautiously the autoscaler acts.
 #[derive(Debug, Clone)]
@@ -96,7 +96,8 @@ fn run(scaler: &Scaler, config: &AutoscaleConfig, stop: &(Mutex<bool>, Condvar))
             }
         }
         let functions = scaler.activity().all();
-        watched.retain(|key, _| functions.iter().any(|a| a.function.key() == key));
+        let present: HashSet<&str> = functions.iter().map(|a| a.function.key()).collect();
+        watched.retain(|key, _| present.contains(key.as_str()));
         for activity in functions {
             let key = activity.function.key().to_owned();
             let entry = watched.entry(key).or_insert_with(Watched::new);
@@ -184,28 +185,55 @@ fn check(
     }
     let policy = watched.policy(activity, &status).clone();
     if let Some(idle) = policy.zero_after {
-        if scaler
-            .activity()
-            .idle_for(activity)
-            .is_some_and(|d| d >= idle)
-        {
-            match scaler.scale_to_zero(activity, idle) {
-                Ok(true) => {
-                    log::info!(
-                        "{function}: no request for {:.1}s; scaled to zero",
-                        idle.as_secs_f64()
-                    );
-                    watched.forget();
-                    return;
-                }
-                Ok(false) => {}
-                Err(e) => log::warn!("{function}: scale to zero failed: {e}"),
-            }
+        if scale_to_zero_if_idle(scaler, activity, idle) {
+            watched.forget();
+            return;
         }
     }
-    let Some(capacity) = policy.capacity else {
-        return;
-    };
+    if let Some(capacity) = policy.capacity {
+        follow_capacity(scaler, config, activity, &status, capacity, watched);
+    }
+}
+
+/// True if the function's replicas were stopped.
+fn scale_to_zero_if_idle(scaler: &Scaler, activity: &FunctionActivity, idle: Duration) -> bool {
+    let function = &activity.function;
+    let idle_enough = |d: Duration| d >= idle;
+    if !scaler
+        .activity()
+        .idle_for(activity)
+        .is_some_and(idle_enough)
+    {
+        return false;
+    }
+    match scaler.scale_to_zero(activity, idle) {
+        Ok(stopped) => {
+            if stopped {
+                log::info!(
+                    "{function}: no request for {:.1}s; scaled to zero",
+                    idle.as_secs_f64()
+                );
+            }
+            stopped
+        }
+        Err(e) => {
+            log::warn!("{function}: scale to zero failed: {e}");
+            false
+        }
+    }
+}
+
+/// Scales up at once to what the requests in flight need; down only to the highest need seen
+/// over the stabilisation window.
+fn follow_capacity(
+    scaler: &Scaler,
+    config: &AutoscaleConfig,
+    activity: &FunctionActivity,
+    status: &FunctionStatus,
+    capacity: Capacity,
+    watched: &mut Watched,
+) {
+    let function = &activity.function;
     let in_flight = activity.in_flight();
     let desired = capacity.desired(in_flight, status.min_replicas, status.max_replicas);
     let stable = watched.stable(desired, config.scale_down_window);
@@ -214,14 +242,15 @@ fn check(
     } else {
         stable.filter(|&d| d < status.replicas)
     };
-    if let Some(to) = target {
-        log::info!(
-            "{function}: {in_flight} requests in flight; capacity scaling {} -> {to}",
-            status.replicas
-        );
-        if let Err(e) = scaler.scale(function, to) {
-            log::warn!("{function}: capacity scaling to {to} failed: {e}");
-        }
+    let Some(to) = target else {
+        return;
+    };
+    log::info!(
+        "{function}: {in_flight} requests in flight; capacity scaling {} -> {to}",
+        status.replicas
+    );
+    if let Err(e) = scaler.scale(function, to) {
+        log::warn!("{function}: capacity scaling to {to} failed: {e}");
     }
 }
 
