@@ -15,6 +15,8 @@ use serde::de::{self, Deserializer};
 use serde::{Deserialize, Serialize, Serializer};
 use toml::Spanned;
 
+use crate::autoscale::policy::zero_labels;
+use crate::autoscale::AutoscaleConfig;
 use crate::function::{FunctionRef, DEFAULT_NAMESPACE};
 use crate::provider::process::{ProcessFunction, Readiness};
 use crate::proxy::ProxyConfig;
@@ -72,6 +74,12 @@ pub struct GatewaySection {
     pub max_connections: usize,
     pub max_idle_per_host: usize,
     pub connect_retries: u32,
+    /// First pause before retrying a refused connection; doubled on each retry.
+    pub retry_backoff: Dur,
+    /// Time between the autoscaler's checks (scale to zero, capacity).
+    pub autoscale_interval: Dur,
+    /// Capacity mode scales down only after recommending fewer replicas for this long.
+    pub scale_down_window: Dur,
     pub shutdown_grace: Dur,
     pub stop_grace: Dur,
     pub startup_timeout: Dur,
@@ -103,6 +111,7 @@ impl Default for GatewaySection {
     fn default() -> Self {
         let scaling = ScalingConfig::default();
         let proxy = ProxyConfig::default();
+        let autoscale = AutoscaleConfig::default();
         GatewaySection {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             workers: 0,
@@ -122,6 +131,9 @@ impl Default for GatewaySection {
             max_connections: 1024,
             max_idle_per_host: 256,
             connect_retries: proxy.connect_retries,
+            retry_backoff: Dur(proxy.retry_backoff),
+            autoscale_interval: Dur(autoscale.interval),
+            scale_down_window: Dur(autoscale.scale_down_window),
             shutdown_grace: Dur(Duration::from_secs(30)),
             stop_grace: Dur(Duration::from_secs(10)),
             startup_timeout: Dur(Duration::from_secs(60)),
@@ -157,9 +169,16 @@ impl GatewaySection {
     pub fn proxy(&self) -> ProxyConfig {
         ProxyConfig {
             connect_retries: self.connect_retries,
+            retry_backoff: self.retry_backoff.0,
             upstream_timeout: self.upstream_timeout.0,
             max_body_bytes: self.max_body_bytes,
-            ..ProxyConfig::default()
+        }
+    }
+
+    pub fn autoscale(&self) -> AutoscaleConfig {
+        AutoscaleConfig {
+            interval: self.autoscale_interval.0,
+            scale_down_window: self.scale_down_window.0,
         }
     }
 
@@ -220,6 +239,10 @@ pub struct FunctionSection {
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
     pub startup_timeout: Option<Dur>,
+    /// Stop every replica after `zero_duration` without a request.
+    #[serde(default)]
+    pub scale_to_zero: bool,
+    pub zero_duration: Option<Dur>,
 }
 
 /// A config that could not be used, with where to look.
@@ -454,7 +477,15 @@ impl Loaded {
             readiness,
             min_replicas: min,
             max_replicas: max,
-            labels: spec.labels.clone(),
+            labels: spec
+                .labels
+                .clone()
+                .into_iter()
+                .chain(zero_labels(
+                    spec.scale_to_zero,
+                    spec.zero_duration.map(|d| d.0),
+                ))
+                .collect(),
             startup_timeout: spec
                 .startup_timeout
                 .map_or(self.config.gateway.startup_timeout.0, |d| d.0),

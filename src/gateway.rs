@@ -73,8 +73,9 @@ impl Handler {
         self.in_flight.load(Ordering::SeqCst)
     }
 
-    /// From now on, every response asks the client to close its connection, so that keep-alive
-    /// clients reconnect elsewhere while the gateway drains.
+    /// From now on, new requests are refused (503, `Connection: close`) and every response asks
+    /// the client to close its connection, so that clients go elsewhere while the gateway
+    /// finishes the requests it has.
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::SeqCst);
     }
@@ -84,7 +85,11 @@ impl Handler {
         self.in_flight.fetch_add(1, Ordering::SeqCst);
         let started = Instant::now();
         let mut invocation = None;
-        let dispatched = self.dispatch(&mut request, &mut invocation);
+        let refused = self
+            .draining
+            .load(Ordering::SeqCst)
+            .then_some(Error::ShuttingDown);
+        let dispatched = refused.map_or_else(|| self.dispatch(&mut request, &mut invocation), Err);
         let mut response = dispatched.unwrap_or_else(|e| {
             log_failure(&request, &e);
             self.forget_if_unknown(&mut invocation, &e);

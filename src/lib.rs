@@ -26,6 +26,10 @@
 //!  client ◀── streamed response, hop-by-hop headers dropped, X-Call-Id / X-Start-Time added
 //! ```
 //!
+//! Every function request is counted in flight ([`scaler::activity`]) from before the scaler is
+//! asked until its response body is relayed; one [`autoscale`] thread reads those counts to
+//! scale idle functions to zero and capacity-mode functions up and down.
+//!
 //! Beside the request path: `reload` (SIGHUP, `--watch`: triggers and functions swapped
 //! atomically), `analytics` (call counts posted in batches by one thread).
 //!
@@ -44,6 +48,7 @@
 
 pub mod analytics;
 pub mod auth;
+pub mod autoscale;
 pub mod check;
 pub mod client;
 pub mod config;
@@ -72,6 +77,7 @@ pub use error::Error;
 pub use function::FunctionRef;
 pub use provider::{Endpoint, FunctionStatus, Provider, ProviderError};
 
+use autoscale::{AutoscaleConfig, Autoscaler};
 use config::GatewaySection;
 use gateway::Handler;
 use proxy::{Proxy, ProxyConfig};
@@ -86,6 +92,7 @@ pub struct Settings {
     pub scaling: ScalingConfig,
     pub proxy: ProxyConfig,
     pub pool: PoolConfig,
+    pub autoscale: AutoscaleConfig,
     /// Connect timeout towards replicas and providers.
     pub connect_timeout: Duration,
     /// Idle upstream connections kept per replica.
@@ -129,6 +136,7 @@ impl From<&GatewaySection> for Settings {
             scaling: g.scaling(),
             proxy: g.proxy(),
             pool: g.pool(),
+            autoscale: g.autoscale(),
             connect_timeout: g.connect_timeout.0,
             max_idle_per_host: g.max_idle_per_host,
             shutdown_grace: g.shutdown_grace.0,
@@ -173,6 +181,7 @@ pub struct Gateway {
     /// Posts call counts in the background; stops with the gateway.
     analytics: Option<analytics::Analytics>,
     pool: Pool,
+    autoscaler: Autoscaler,
     addr: SocketAddr,
     shutdown_grace: Duration,
 }
@@ -206,6 +215,7 @@ impl Gateway {
             send: settings.proxy.upstream_timeout,
         };
         let agent = client::agent(timeouts, settings.max_idle_per_host);
+        let autoscaler = Autoscaler::start(Arc::clone(&scaler), settings.autoscale.clone())?;
         let proxy = Proxy::new(agent, Arc::clone(&scaler), settings.proxy.clone());
         let metrics_listener = match settings.metrics_listen {
             Some(addr) => Some(metrics::listener::MetricsListener::start(
@@ -237,6 +247,7 @@ impl Gateway {
             metrics_listener,
             analytics,
             pool,
+            autoscaler,
             addr,
             shutdown_grace: settings.shutdown_grace,
         })
@@ -271,9 +282,11 @@ impl Gateway {
         self.handler.scaler()
     }
 
-    /// Stops gracefully: requests in flight finish (up to the grace period), keep-alive clients
-    /// are told to close, then the workers stop and the provider stops every replica it started.
+    /// Stops gracefully: autoscaling stops, new requests are refused with 503, requests in
+    /// flight finish (up to the grace period), then the workers stop and the provider stops
+    /// every replica it started.
     pub fn shutdown(self) {
+        self.autoscaler.stop();
         self.handler.start_draining();
         let deadline = Instant::now() + self.shutdown_grace;
         while self.handler.in_flight() > 0 && Instant::now() < deadline {

@@ -130,7 +130,11 @@ fn a_crashed_function_is_restarted_by_the_next_request() {
 fn sigterm_leaves_no_child_process_behind() {
     let mut gw = Defrost::start(&echo_config("min_replicas = 2\nmax_replicas = 2"));
     assert_eq!(get(&gw.url("/function/echo")).status, 200);
-    thread::sleep(Duration::from_millis(300));
+    let starts = gw.dir.path().join("starts");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while lines_in(&starts) < 2 && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(20));
+    }
     let pid = gw.child.id();
     let pids: Vec<u32> = std::fs::read_to_string(gw.dir.path().join("starts"))
         .unwrap()

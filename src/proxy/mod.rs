@@ -22,6 +22,7 @@ use crate::function::FunctionRef;
 use crate::provider::InFlight;
 use crate::redact;
 use crate::router::upstream_url;
+use crate::scaler::activity::Busy;
 use crate::scaler::Scaler;
 use headers::{Forwarding, X_CALL_ID, X_START_TIME};
 
@@ -30,7 +31,7 @@ use headers::{Forwarding, X_CALL_ID, X_START_TIME};
 pub struct ProxyConfig {
     /// Attempts after the first when a replica refuses the connection.
     pub connect_retries: u32,
-    /// First back-off; doubled on each retry.
+    /// First back-off; doubled on each retry, up to 10 s.
     pub retry_backoff: Duration,
     /// Longest wait for a replica's response head, and between reads of its body.
     pub upstream_timeout: Duration,
@@ -85,6 +86,7 @@ impl Proxy {
         }
         let method = request.method().as_str().to_owned();
         let mut body = ClientBody::new(request.as_reader(), self.config.max_body_bytes);
+        let busy = self.scaler.begin(function);
         let mut attempt = 0;
         loop {
             let status = self.scaler.ready(function)?;
@@ -101,7 +103,13 @@ impl Proxy {
             let url = upstream_url(endpoint.base_url(), call.rest, call.query);
             let sent = self.send(&method, &url, &outgoing, declared, &mut body);
             match sent {
-                Ok(response) => return Ok(relay(response, Some(in_flight), &outgoing)),
+                Ok(response) => {
+                    let held = Held {
+                        _replica: in_flight,
+                        _function: busy,
+                    };
+                    return Ok(relay(response, Some(held), &outgoing));
+                }
                 Err(e)
                     if is_connect_error(&e)
                         && !body.touched()
@@ -109,10 +117,10 @@ impl Proxy {
                 {
                     log::debug!("{function}: {} refused ({e}); retrying", redact::url(&url));
                     self.scaler.invalidate(function);
-                    std::thread::sleep(self.config.retry_backoff * 2u32.saturating_pow(attempt));
+                    std::thread::sleep(backoff(self.config.retry_backoff, attempt));
                     attempt += 1;
                 }
-                Err(e) => return Err(self.failure(function, &url, e, &body)),
+                Err(e) => return Err(self.failure(function, &url, e, &body, attempt + 1)),
             }
         }
     }
@@ -187,6 +195,7 @@ impl Proxy {
         url: &str,
         e: ureq::Error,
         body: &ClientBody<'_>,
+        attempts: u32,
     ) -> Error {
         if body.too_large() {
             return Error::BodyTooLarge {
@@ -202,7 +211,10 @@ impl Proxy {
                 self.scaler.invalidate(function);
                 Error::Upstream {
                     function: function.clone(),
-                    detail: format!("cannot connect to {url}: {e}"),
+                    detail: format!(
+                        "cannot connect to {url} after {attempts} attempt{}: {e}",
+                        if attempts == 1 { "" } else { "s" }
+                    ),
                 }
             }
             ureq::Error::Timeout(_) => Error::UpstreamTimeout {
@@ -215,6 +227,16 @@ impl Proxy {
             },
         }
     }
+}
+
+/// Longest pause between two connection attempts, whatever the configured back-off.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// `base × 2^attempt`, capped: a large configured base or retry count must not overflow into
+/// a panic or an endless sleep.
+fn backoff(base: Duration, attempt: u32) -> Duration {
+    base.saturating_mul(2u32.saturating_pow(attempt))
+        .min(MAX_BACKOFF)
 }
 
 /// How the client's request body is framed.
@@ -313,11 +335,18 @@ impl OutgoingHead {
     }
 }
 
-/// Turns the function's response into the client's, keeping the replica counted as busy until
-/// the body has been relayed.
+/// What a relayed response keeps counted as busy until its body has been relayed: the replica
+/// (so it is not stopped mid-answer) and the function (so it is not scaled to zero).
+struct Held {
+    _replica: InFlight,
+    _function: Busy,
+}
+
+/// Turns the function's response into the client's, keeping what it holds counted as busy
+/// until the body has been relayed.
 fn relay(
     response: http::Response<ureq::Body>,
-    in_flight: Option<InFlight>,
+    in_flight: Option<Held>,
     head: &OutgoingHead,
 ) -> ResponseBox {
     let (parts, body) = response.into_parts();
@@ -357,10 +386,10 @@ fn relay(
     )
 }
 
-/// The function's response body, holding its replica's in-flight count while it streams.
+/// The function's response body, holding its in-flight counts while it streams.
 struct Relayed<R> {
     body: R,
-    _in_flight: Option<InFlight>,
+    _in_flight: Option<Held>,
 }
 
 impl<R: Read> Read for Relayed<R> {
@@ -418,5 +447,19 @@ impl Read for ClientBody<'_> {
             ));
         }
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        let ms = Duration::from_millis;
+        assert_eq!(backoff(ms(10), 0), ms(10));
+        assert_eq!(backoff(ms(10), 3), ms(80));
+        assert_eq!(backoff(Duration::from_secs(3600), 40), MAX_BACKOFF);
+        assert_eq!(backoff(Duration::MAX, u32::MAX), MAX_BACKOFF);
     }
 }

@@ -9,6 +9,7 @@
 //! - running out of time is a 504, never a silent forward; waiters are bounded per function
 //!   and in total so that a cold function cannot take every thread of the gateway.
 
+pub mod activity;
 pub mod cache;
 pub mod singleflight;
 
@@ -23,6 +24,7 @@ use crate::error::Error;
 use crate::function::FunctionRef;
 use crate::metrics::Metrics;
 use crate::provider::{FunctionStatus, Provider, ProviderError};
+use activity::{Activity, Busy, FunctionActivity};
 use cache::StatusCache;
 use singleflight::SingleFlight;
 
@@ -76,6 +78,7 @@ pub struct Scaler {
     /// When each cold start in progress began, so that exactly one line reports its duration.
     cold_starts: Mutex<HashMap<String, Instant>>,
     metrics: Arc<Metrics>,
+    activity: Activity,
 }
 
 impl Scaler {
@@ -89,6 +92,7 @@ impl Scaler {
             scales: SingleFlight::new(),
             cold_starts: Mutex::new(HashMap::new()),
             metrics: Arc::new(Metrics::new()),
+            activity: Activity::new(),
         }
     }
 
@@ -139,6 +143,31 @@ impl Scaler {
             .unwrap_or_else(|abandoned| Err(ProviderError::Failed(abandoned.to_string())));
         self.cache.expire(function.key());
         result
+    }
+
+    /// Counts a request in flight for the function until the guard is dropped; waits first if
+    /// the function is being scaled to zero right now.
+    pub fn begin(&self, function: &FunctionRef) -> Busy {
+        self.activity.begin(function)
+    }
+
+    pub fn activity(&self) -> &Activity {
+        &self.activity
+    }
+
+    /// Stops every replica of a function idle for at least `idle`, unless a request comes in
+    /// first. Requests arriving meanwhile wait, then find it at zero and start it again; the
+    /// scale call is the same single-flight as a cold start's. `Ok(false)`: it was not idle.
+    pub fn scale_to_zero(
+        &self,
+        activity: &FunctionActivity,
+        idle: Duration,
+    ) -> Result<bool, ProviderError> {
+        let mut result = Ok(());
+        let stopped = self.activity.while_idle(activity, idle, || {
+            result = self.scale(&activity.function, 0);
+        });
+        result.map(|()| stopped)
     }
 
     /// Requests waiting for a replica right now, across all functions.

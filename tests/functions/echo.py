@@ -10,6 +10,7 @@ GET  /healthz        ready check (after READY_DELAY_MS, if set)
 *    /truncate/N     declares N bytes, sends half of them, then closes
 *    anything else   200, JSON of method, path (with query), headers, body length, body sha256
 If STARTS_FILE is set, appends one line per process start to it.
+If REQUESTS_FILE is set, appends one line per request (other than /healthz) as it arrives.
 """
 import hashlib
 import json
@@ -33,6 +34,9 @@ class Echo(BaseHTTPRequestHandler):
         self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def any(self):
+        if self.path != "/healthz" and os.environ.get("REQUESTS_FILE"):
+            with open(os.environ["REQUESTS_FILE"], "a") as f:
+                f.write("%s\n" % self.path)
         if self.path == "/healthz":
             if time.monotonic() - STARTED < READY_DELAY:
                 return self.reply(503, b"warming up\n", "text/plain")
