@@ -15,7 +15,12 @@ use defrost::{Endpoint, FunctionStatus};
 
 fn route_parse(c: &mut Criterion) {
     c.bench_function("route parse", |b| {
-        b.iter(|| router::route(black_box("/function/hello.fns/api/v1/items?id=42"), "default"))
+        b.iter(|| {
+            router::route(
+                black_box("/function/hello.fns/api/v1/items?id=42"),
+                "default",
+            )
+        })
     });
 }
 
@@ -29,7 +34,10 @@ fn cache_hit(c: &mut Criterion) {
     };
     cache.set("hello.default", Arc::new(status));
     for other in 0..100 {
-        cache.set(&format!("f{other}.default"), Arc::new(FunctionStatus::default()));
+        cache.set(
+            &format!("f{other}.default"),
+            Arc::new(FunctionStatus::default()),
+        );
     }
     c.bench_function("cache hit", |b| {
         b.iter(|| cache.fresh_ready(black_box("hello.default")))
