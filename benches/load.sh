@@ -4,13 +4,14 @@
 # check: the same wrk run against defrost while 500 requests wait on a cold function and 100
 # sit on a function that takes 1 s to answer.
 #
-#   benches/load.sh              # DURATION=10 THREADS=2 CONNECTIONS=64 BASE_PORT=18080
+#   benches/load.sh    # defaults: DURATION=10 ROUNDS=3 THREADS=2 CONNECTIONS=64 BASE_PORT=18080
 #
 # Needs wrk and nginx (Debian/Ubuntu: apt-get install wrk nginx-light); installs nothing.
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 require wrk nginx curl
 DURATION=${DURATION:-10}
+ROUNDS=${ROUNDS:-3}
 THREADS=${THREADS:-2}
 CONNECTIONS=${CONNECTIONS:-64}
 BASE_PORT=${BASE_PORT:-18080}
@@ -89,16 +90,29 @@ measure() {
     END {printf "%.0f %.3f %.3f\n", rps, p50, p99}' "$WORK/wrk.out"
 }
 
-echo "wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s, $(nproc) cores"
-for url in "http://127.0.0.1:$DIRECT/" "http://127.0.0.1:$NGINX/" \
-  "http://127.0.0.1:$GATEWAY/function/fast"; do
-  wrk -t"$THREADS" -c"$CONNECTIONS" -d2s "$url" >/dev/null # warm-up
+echo "wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s, $ROUNDS rounds, $(nproc) cores"
+declare -A URL=(
+  [direct]="http://127.0.0.1:$DIRECT/"
+  [nginx]="http://127.0.0.1:$NGINX/"
+  [defrost]="http://127.0.0.1:$GATEWAY/function/fast"
+)
+for target in direct nginx defrost; do
+  wrk -t"$THREADS" -c"$CONNECTIONS" -d2s "${URL[$target]}" >/dev/null # warm-up
 done
-read -r direct_rps direct_p50 direct_p99 < <(measure "http://127.0.0.1:$DIRECT/")
-read -r nginx_rps nginx_p50 nginx_p99 < <(measure "http://127.0.0.1:$NGINX/")
-read -r defrost_rps defrost_p50 defrost_p99 < <(measure "http://127.0.0.1:$GATEWAY/function/fast")
+# The three targets take turns, round after round, so that a change in the machine's load
+# (other work on it) falls on all of them alike; each keeps its median round.
+for round in $(seq "$ROUNDS"); do
+  for target in direct nginx defrost; do
+    echo "$(measure "${URL[$target]}")" >>"$WORK/$target.rounds"
+  done
+done
+median_round() { sort -n "$WORK/$1.rounds" | sed -n "$(((ROUNDS + 1) / 2))p"; }
+read -r direct_rps direct_p50 direct_p99 < <(median_round direct)
+read -r nginx_rps nginx_p50 nginx_p99 < <(median_round nginx)
+read -r defrost_rps defrost_p50 defrost_p99 < <(median_round defrost)
 
-# Isolation: hold 500 requests on the cold function and 100 on the slow one, then measure again.
+# Isolation: hold 500 requests on the cold function and 100 on the slow one, then measure again,
+# against the median round above.
 spawn wrk -t1 -c500 -d"$((DURATION * 2 + 10))s" --timeout 120s "http://127.0.0.1:$GATEWAY/function/cold"
 spawn wrk -t1 -c100 -d"$((DURATION * 2 + 10))s" --timeout 10s "http://127.0.0.1:$GATEWAY/function/slow"
 sleep 5
