@@ -53,6 +53,7 @@ cat >"$WORK/defrost.toml" <<CONF
 [gateway]
 listen = "127.0.0.1:$GATEWAY"
 ready_timeout = "$((DURATION * 3 + 40))s"
+shutdown_grace = "1s"  # the cold function's waiters need not be waited for
 
 [[function]]
 name = "fast"
