@@ -373,10 +373,14 @@ fn relay(
         .collect();
     out.extend(Header::from_bytes(X_CALL_ID, head.call_id.as_bytes()).ok());
     out.extend(Header::from_bytes(X_START_TIME, head.start_time.as_bytes()).ok());
-    let reader = Relayed {
+    let mut reader = Relayed {
         body: body.into_reader(),
+        remaining: length,
         _in_flight: in_flight,
     };
+    if length == Some(0) {
+        reader.see_end();
+    }
     Response::new(
         StatusCode(parts.status.as_u16()),
         out,
@@ -387,14 +391,35 @@ fn relay(
 }
 
 /// The function's response body, holding its in-flight counts while it streams.
+///
+/// The server stops reading a body of known length after its last byte, but the upstream
+/// connection only goes back to the pool once the reader has reported the end: without the
+/// extra read below, every call would open a new connection to the replica.
 struct Relayed<R> {
     body: R,
+    /// Bytes of a `Content-Length` body still to come.
+    remaining: Option<usize>,
     _in_flight: Option<Held>,
+}
+
+impl<R: Read> Relayed<R> {
+    /// Lets the upstream client notice the end of the body. It knows the length too, so this
+    /// read answers at once, with no I/O; a failure here is the connection's, not the body's.
+    fn see_end(&mut self) {
+        let _ = self.body.read(&mut [0u8; 1]);
+    }
 }
 
 impl<R: Read> Read for Relayed<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.body.read(buf)
+        let n = self.body.read(buf)?;
+        if let Some(remaining) = &mut self.remaining {
+            *remaining = remaining.saturating_sub(n);
+            if *remaining == 0 && n > 0 {
+                self.see_end();
+            }
+        }
+        Ok(n)
     }
 }
 
@@ -461,5 +486,71 @@ mod tests {
         assert_eq!(backoff(ms(10), 3), ms(80));
         assert_eq!(backoff(Duration::from_secs(3600), 40), MAX_BACKOFF);
         assert_eq!(backoff(Duration::MAX, u32::MAX), MAX_BACKOFF);
+    }
+
+    use crate::client::{agent, Timeouts};
+    use std::io::{BufRead, BufReader, Write};
+    use std::net::TcpListener;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A keep-alive upstream on 127.0.0.1 that counts the connections it accepts.
+    fn counting_upstream() -> (String, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = Arc::clone(&accepted);
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                count.fetch_add(1, Ordering::SeqCst);
+                std::thread::spawn(move || {
+                    let mut writer = stream.try_clone().unwrap();
+                    let mut reader = BufReader::new(stream);
+                    let mut line = String::new();
+                    while reader.read_line(&mut line).is_ok_and(|n| n > 0) {
+                        if line == "\r\n" {
+                            let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello";
+                            if writer.write_all(answer).is_err() {
+                                return;
+                            }
+                        }
+                        line.clear();
+                    }
+                });
+            }
+        });
+        (url, accepted)
+    }
+
+    #[test]
+    fn relayed_bodies_of_known_length_give_the_connection_back() {
+        let (url, accepted) = counting_upstream();
+        let second = Duration::from_secs(5);
+        let agent = agent(
+            Timeouts {
+                connect: second,
+                response: second,
+                send: second,
+            },
+            4,
+        );
+        let head = OutgoingHead {
+            headers: Vec::new(),
+            call_id: "id".into(),
+            start_time: "0".into(),
+        };
+        for _ in 0..3 {
+            let response = agent.get(&url).call().unwrap();
+            let relayed = relay(response, None, &head);
+            let length = relayed.data_length().unwrap() as u64;
+            // As the server sends it: exactly the declared length, no read past it.
+            let mut body = String::new();
+            relayed
+                .into_reader()
+                .take(length)
+                .read_to_string(&mut body)
+                .unwrap();
+            assert_eq!(body, "hello");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1, "a connection per call");
     }
 }

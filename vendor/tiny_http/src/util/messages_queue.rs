@@ -29,9 +29,11 @@ where
     }
 
     /// Pushes an element to the queue.
+    ///
+    /// The waiter is woken after the lock is released, so that it does not wake only to
+    /// block at once on the lock the pusher still holds.
     pub fn push(&self, value: T) {
-        let mut queue = lock(&self.queue);
-        queue.push_back(Control::Elem(value));
+        lock(&self.queue).push_back(Control::Elem(value));
         self.condvar.notify_one();
     }
 

@@ -27,6 +27,8 @@ struct TurnState {
     serving: u64,
     /// Writers dropped before their turn came.
     gone_early: BTreeSet<u64>,
+    /// Writers blocked in `wait_turn`: with none, a finished turn wakes nobody (no syscall).
+    waiting: usize,
 }
 
 pub struct SequentialWriter<W>
@@ -46,6 +48,7 @@ impl<W: Write + Send> SequentialWriterBuilder<W> {
             turns: Arc::new(Turns {
                 state: Mutex::new(TurnState {
                     serving: 0,
+                    waiting: 0,
                     gone_early: BTreeSet::new(),
                 }),
                 changed: Condvar::new(),
@@ -75,11 +78,13 @@ impl<W: Write + Send> SequentialWriter<W> {
         }
         let mut state = lock(&self.turns.state);
         while state.serving != self.ticket {
+            state.waiting += 1;
             state = self
                 .turns
                 .changed
                 .wait(state)
                 .unwrap_or_else(|e| e.into_inner());
+            state.waiting -= 1;
         }
         self.my_turn = true;
     }
@@ -117,7 +122,9 @@ where
                 }
                 state.serving += 1;
             }
-            self.turns.changed.notify_all();
+            if state.waiting > 0 {
+                self.turns.changed.notify_all();
+            }
         } else {
             // dropped before its turn: the writers after it still wait for the ones before
             state.gone_early.insert(self.ticket);

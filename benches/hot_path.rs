@@ -1,0 +1,119 @@
+//! Micro-benchmarks of what every warm request goes through: `cargo bench --bench hot_path`.
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, Criterion};
+
+use defrost::proxy::headers::{self, Forwarding};
+use defrost::router;
+use defrost::scaler::cache::StatusCache;
+use defrost::scaler::singleflight::SingleFlight;
+use defrost::{Endpoint, FunctionStatus};
+
+fn route_parse(c: &mut Criterion) {
+    c.bench_function("route parse", |b| {
+        b.iter(|| {
+            router::route(
+                black_box("/function/hello.fns/api/v1/items?id=42"),
+                "default",
+            )
+        })
+    });
+}
+
+fn cache_hit(c: &mut Criterion) {
+    let cache = StatusCache::new(Duration::from_secs(60));
+    let status = FunctionStatus {
+        replicas: 1,
+        available_replicas: 1,
+        endpoints: vec![Arc::new(Endpoint::new("http://127.0.0.1:9000"))],
+        ..Default::default()
+    };
+    cache.set("hello.default", Arc::new(status));
+    for other in 0..100 {
+        cache.set(
+            &format!("f{other}.default"),
+            Arc::new(FunctionStatus::default()),
+        );
+    }
+    c.bench_function("cache hit", |b| {
+        b.iter(|| cache.fresh_ready(black_box("hello.default")))
+    });
+}
+
+fn single_flight(c: &mut Criterion) {
+    let flights: SingleFlight<String, u64> = SingleFlight::new();
+    let key = "hello.default".to_owned();
+    c.bench_function("single-flight uncontended", |b| {
+        b.iter(|| flights.run(black_box(&key), || 42))
+    });
+    // Four threads calling with one key at once: the time per call, all threads together.
+    let flights = Arc::new(flights);
+    c.bench_function("single-flight contended, 4 threads", |b| {
+        b.iter_custom(|iters| {
+            let per_thread = iters.div_ceil(4);
+            let started = Instant::now();
+            let threads: Vec<_> = (0..4)
+                .map(|_| {
+                    let flights = Arc::clone(&flights);
+                    let key = key.clone();
+                    thread::spawn(move || {
+                        for _ in 0..per_thread {
+                            let _ = black_box(flights.run(&key, || 42));
+                        }
+                    })
+                })
+                .collect();
+            for t in threads {
+                let _ = t.join();
+            }
+            started.elapsed()
+        })
+    });
+}
+
+fn header_rewriting(c: &mut Criterion) {
+    let received: Vec<(String, String)> = [
+        ("Host", "gw.example:8080"),
+        ("User-Agent", "wrk"),
+        ("Accept", "*/*"),
+        ("Connection", "keep-alive"),
+        ("Content-Type", "application/json"),
+        ("X-Forwarded-For", "10.0.0.1"),
+        ("Authorization", "Bearer abc"),
+    ]
+    .iter()
+    .map(|(n, v)| (n.to_string(), v.to_string()))
+    .collect();
+    let fwd = Forwarding {
+        client: Some("127.0.0.1:50000".parse().expect("literal address")),
+        host: Some("gw.example:8080"),
+        proto: "http",
+    };
+    c.bench_function("header rewriting", |b| {
+        b.iter(|| {
+            let mut out: Vec<(String, String)> = received
+                .iter()
+                .filter(|(n, _)| !headers::is_hop_by_hop(n, Some("keep-alive")))
+                .cloned()
+                .collect();
+            headers::add_forwarding(&mut out, &fwd);
+            let id = headers::call_id(&out);
+            out.push((headers::X_CALL_ID.into(), id));
+            out.push((headers::X_START_TIME.into(), headers::start_time()));
+            out
+        })
+    });
+}
+
+criterion_group!(
+    benches,
+    route_parse,
+    cache_hit,
+    single_flight,
+    header_rewriting
+);
+criterion_main!(benches);

@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# Warm-path load test: one fast upstream, nginx in front of it, defrost in front of the same
+# upstream program, and `wrk` against all three on this machine, in one run. Then the isolation
+# check: the same wrk run against defrost while 500 requests wait on a cold function and 100
+# sit on a function that takes 1 s to answer.
+#
+#   benches/load.sh    # defaults: DURATION=10 ROUNDS=3 THREADS=2 CONNECTIONS=64 BASE_PORT=18080
+#
+# Needs wrk and nginx (Debian/Ubuntu: apt-get install wrk nginx-light); installs nothing.
+set -euo pipefail
+source "$(dirname "$0")/common.sh"
+require wrk nginx curl
+DURATION=${DURATION:-10}
+ROUNDS=${ROUNDS:-3}
+THREADS=${THREADS:-2}
+CONNECTIONS=${CONNECTIONS:-64}
+BASE_PORT=${BASE_PORT:-18080}
+DIRECT=$((BASE_PORT + 1))
+NGINX=$((BASE_PORT + 2))
+GATEWAY=$((BASE_PORT + 3))
+build
+
+# The upstream, reached directly and through nginx (keep-alive to the upstream, as a tuned
+# reverse proxy is set up).
+spawn "$UPSTREAM" --port "$DIRECT"
+mkdir -p "$WORK/nginx/logs"
+cat >"$WORK/nginx/nginx.conf" <<CONF
+worker_processes auto;
+daemon off;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  upstream fn { server 127.0.0.1:$DIRECT; keepalive 128; }
+  server {
+    listen 127.0.0.1:$NGINX;
+    location / {
+      proxy_pass http://fn;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_buffering on;
+    }
+  }
+}
+CONF
+spawn nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf"
+
+# defrost, with the same upstream program as its warm function, a cold one that becomes ready
+# only after the run, and a slow one.
+cold_after_ms=$(((DURATION * 3 + 20) * 1000))
+cat >"$WORK/defrost.toml" <<CONF
+[gateway]
+listen = "127.0.0.1:$GATEWAY"
+ready_timeout = "$((DURATION * 3 + 40))s"
+shutdown_grace = "1s"  # the cold function's waiters need not be waited for
+
+[[function]]
+name = "fast"
+command = ["$UPSTREAM"]
+min_replicas = 1
+max_replicas = 1
+
+[[function]]
+name = "cold"
+command = ["$UPSTREAM", "--ready-after-ms", "$cold_after_ms"]
+max_replicas = 1
+
+[[function]]
+name = "slow"
+command = ["$UPSTREAM", "--delay-ms", "1000"]
+max_replicas = 1
+CONF
+start_defrost "$WORK/defrost.toml"
+wait_http "http://127.0.0.1:$DIRECT/"
+wait_http "http://127.0.0.1:$NGINX/"
+wait_http "http://127.0.0.1:$GATEWAY/function/fast"
+
+# Runs wrk against a URL; prints "requests/s p50_ms p99_ms".
+measure() {
+  wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency "$1" >"$WORK/wrk.out"
+  awk '
+    function ms(v) {
+      if (v ~ /us$/) return v / 1000; if (v ~ /ms$/) return v + 0; if (v ~ /s$/) return v * 1000
+      return v
+    }
+    /Requests\/sec:/ {rps = $2}
+    $1 == "50%" {p50 = ms($2)}
+    $1 == "99%" {p99 = ms($2)}
+    /Non-2xx|Socket errors/ {print "warning: " $0 > "/dev/stderr"}
+    END {printf "%.0f %.3f %.3f\n", rps, p50, p99}' "$WORK/wrk.out"
+}
+
+echo "wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s, $ROUNDS rounds, $(nproc) cores"
+declare -A URL=(
+  [direct]="http://127.0.0.1:$DIRECT/"
+  [nginx]="http://127.0.0.1:$NGINX/"
+  [defrost]="http://127.0.0.1:$GATEWAY/function/fast"
+)
+for target in direct nginx defrost; do
+  wrk -t"$THREADS" -c"$CONNECTIONS" -d2s "${URL[$target]}" >/dev/null # warm-up
+done
+# The three targets take turns, round after round, so that a change in the machine's load
+# (other work on it) falls on all of them alike; each keeps its median round.
+for round in $(seq "$ROUNDS"); do
+  for target in direct nginx defrost; do
+    echo "$(measure "${URL[$target]}")" >>"$WORK/$target.rounds"
+  done
+done
+median_round() { sort -n "$WORK/$1.rounds" | sed -n "$(((ROUNDS + 1) / 2))p"; }
+read -r direct_rps direct_p50 direct_p99 < <(median_round direct)
+read -r nginx_rps nginx_p50 nginx_p99 < <(median_round nginx)
+read -r defrost_rps defrost_p50 defrost_p99 < <(median_round defrost)
+
+# Isolation: hold 500 requests on the cold function and 100 on the slow one, then measure again,
+# against the median round above.
+spawn wrk -t1 -c500 -d"$((DURATION * 2 + 10))s" --timeout 120s "http://127.0.0.1:$GATEWAY/function/cold"
+spawn wrk -t1 -c100 -d"$((DURATION * 2 + 10))s" --timeout 10s "http://127.0.0.1:$GATEWAY/function/slow"
+sleep 5
+read -r busy_rps busy_p50 busy_p99 < <(measure "http://127.0.0.1:$GATEWAY/function/fast")
+
+printf '\n%-34s %12s %10s %10s\n' "target" "requests/s" "p50 ms" "p99 ms"
+printf '%-34s %12s %10s %10s\n' "upstream direct" "$direct_rps" "$direct_p50" "$direct_p99"
+printf '%-34s %12s %10s %10s\n' "nginx" "$nginx_rps" "$nginx_p50" "$nginx_p99"
+printf '%-34s %12s %10s %10s\n' "defrost" "$defrost_rps" "$defrost_p50" "$defrost_p99"
+printf '%-34s %12s %10s %10s\n' "defrost, 500 cold + 100 slow held" "$busy_rps" "$busy_p50" "$busy_p99"
+echo
+awk -v d="$defrost_rps" -v n="$nginx_rps" -v u="$direct_rps" -v dp="$defrost_p99" \
+  -v np="$nginx_p99" -v b="$busy_rps" 'BEGIN {
+    printf "defrost/nginx throughput  %.2f\n", d / n
+    printf "defrost/direct throughput %.2f\n", d / u
+    printf "defrost/nginx p99         %.2f\n", dp / np
+    printf "warm throughput kept while others wait: %.0f%%\n", 100 * b / d
+  }'
