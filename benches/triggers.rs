@@ -30,7 +30,11 @@ fn lookup(c: &mut Criterion) {
         let triggers = table(size);
         let path = format!("/svc{}/items/42/parts/a/b", size - 1);
         group.bench_with_input(BenchmarkId::from_parameter(size), &path, |b, path| {
-            b.iter(|| triggers.lookup(black_box("GET"), None, black_box(path)).is_ok())
+            b.iter(|| {
+                triggers
+                    .lookup(black_box("GET"), None, black_box(path))
+                    .is_ok()
+            })
         });
     }
     group.finish();

@@ -36,6 +36,8 @@ pub enum Error {
         attempts: u32,
         last: ProviderError,
     },
+    /// The function's replicas kept exiting before they became ready.
+    StartFailed { function: FunctionRef, starts: u32 },
     /// The function has no replicas and the gateway may not start one.
     ScaleFromZeroDisabled(FunctionRef),
     /// No replica became ready in time.
@@ -80,6 +82,7 @@ impl Error {
             Error::Provider(..)
             | Error::ProviderApi(_)
             | Error::ScaleFailed { .. }
+            | Error::StartFailed { .. }
             | Error::Upstream { .. } => 502,
             Error::ScaleFromZeroDisabled(_) | Error::Overloaded { .. } | Error::ShuttingDown => 503,
             Error::NotReady { .. } | Error::UpstreamTimeout { .. } => 504,
@@ -118,6 +121,10 @@ impl fmt::Display for Error {
             Error::ScaleFailed { function, attempts, last } => write!(
                 f,
                 "function {function}: scaling from zero failed after {attempts} attempts: {last}"
+            ),
+            Error::StartFailed { function, starts } => write!(
+                f,
+                "function {function}: its replicas exited before becoming ready ({starts} starts); see the gateway log for their output"
             ),
             Error::ScaleFromZeroDisabled(func) => write!(
                 f,

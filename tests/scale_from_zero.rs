@@ -150,3 +150,28 @@ fn sigterm_leaves_no_child_process_behind() {
     }
     assert!(children_of(pid).is_empty());
 }
+
+#[test]
+fn a_function_that_dies_on_start_gets_a_502_not_a_long_wait() {
+    let config = r#"
+[gateway]
+ready_timeout = "30s"
+
+[[function]]
+name = "doomed"
+command = ["python3", "-c", "import sys; print('bad config'); sys.exit(1)"]
+
+[[function]]
+name = "missing"
+command = ["/nonexistent/program"]
+"#;
+    let gw = Defrost::start(config);
+    for name in ["doomed", "missing"] {
+        let started = Instant::now();
+        let reply = get(&gw.url(&format!("/function/{name}")));
+        assert_eq!(reply.status, 502, "{name}: {}", reply.body);
+        assert!(reply.body.contains("exited before becoming ready"), "{}", reply.body);
+        assert!(started.elapsed() < Duration::from_secs(20), "{name}: {:?}", started.elapsed());
+    }
+    assert!(gw.log_count_settled("bad config", 1) >= 1, "the replica's output is logged");
+}

@@ -65,6 +65,9 @@ impl Default for ScalingConfig {
     }
 }
 
+/// Starts one waiting request may trigger before it concludes the function cannot start.
+const MAX_STARTS_PER_WAIT: u32 = 3;
+
 type StatusResult = Result<Arc<FunctionStatus>, ProviderError>;
 
 /// Finds or makes a ready replica for each request.
@@ -219,13 +222,27 @@ impl Scaler {
         let start = Instant::now();
         let deadline = start + self.config.ready_timeout;
         let mut scale_attempts = 0;
+        let mut starts = 0;
         loop {
             if status.is_ready() {
                 self.report_cold_start(function, &status);
                 return Ok(status);
             }
             if status.replicas == 0 {
+                // Back at zero after we started it: its replicas die before they are ready.
+                // Say so now rather than restarting it until the ready timeout.
+                if starts >= MAX_STARTS_PER_WAIT {
+                    self.cold_starts.lock().remove(function.key());
+                    log::warn!(
+                        "{function}: replicas exited before becoming ready ({starts} starts)"
+                    );
+                    return Err(Error::StartFailed {
+                        function: function.clone(),
+                        starts,
+                    });
+                }
                 self.scale_from_zero(function, &status, &mut scale_attempts)?;
+                starts += 1;
             }
             let now = Instant::now();
             if now >= deadline {
