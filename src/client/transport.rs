@@ -4,7 +4,9 @@
 //! ureq probes a pooled connection twice per call (when it is taken from the pool and when it
 //! goes back), each time with three syscalls: make the socket non-blocking, try to read a byte,
 //! make it blocking again. [`Transport::is_open`] here asks the same question with one
-//! `recv(MSG_PEEK | MSG_DONTWAIT)`, which neither changes the socket's mode nor consumes a byte.
+//! `recv(MSG_PEEK | MSG_DONTWAIT)`, which neither changes the socket's mode nor consumes a byte,
+//! and only when the connection is taken from the pool: whatever the probe on its way back
+//! would have seen (bytes the peer sent unasked, or its close) is still there to be seen then.
 //!
 //! ureq also sets the receive timeout before every response, because the time left until the
 //! response deadline is a little shorter each call. Here a timeout is set rounded up to
@@ -55,6 +57,7 @@ impl Connector for PeekingTcpConnector {
             buffers: LazyBuffers::new(config.input_buffer_size(), config.output_buffer_size()),
             read_timeout: None,
             write_timeout: None,
+            used_since_probe: false,
         };
         (details.register_shutdown)(Arc::downgrade(&transport.stream) as Weak<dyn ShutdownHandle>)?;
         Ok(Some(transport))
@@ -94,6 +97,9 @@ pub struct PeekingTcp {
     read_timeout: Option<Duration>,
     /// The send timeout the socket has now, as last set.
     write_timeout: Option<Duration>,
+    /// Whether the connection carried a call since it was last probed: then the next probe is
+    /// the one as it goes back to the pool, which is left to the probe when it is taken out.
+    used_since_probe: bool,
 }
 
 impl std::fmt::Debug for PeekingTcp {
@@ -162,6 +168,7 @@ impl Transport for PeekingTcp {
     }
 
     fn transmit_output(&mut self, amount: usize, timeout: NextTimeout) -> Result<(), Error> {
+        self.used_since_probe = true;
         let timeout = timeout.for_write();
         self.set_write_timeout(wanted(timeout)?)?;
         let output = &self.buffers.output()[..amount];
@@ -171,6 +178,7 @@ impl Transport for PeekingTcp {
     }
 
     fn await_input(&mut self, timeout: NextTimeout) -> Result<bool, Error> {
+        self.used_since_probe = true;
         let timeout = timeout.for_read();
         self.set_read_timeout(wanted(timeout)?)?;
         let input = self.buffers.input_append_buf();
@@ -181,8 +189,13 @@ impl Transport for PeekingTcp {
 
     /// Open when nothing is waiting to be read and the peer has not closed: a byte waiting
     /// means the last response was not read to its end or the peer sent something unasked,
-    /// and either way the connection must not carry another call.
+    /// and either way the connection must not carry another call. Asked as the connection goes
+    /// back to the pool (right after a call), it says yes without looking: the probe when it is
+    /// taken out again looks at the same socket, later.
     fn is_open(&mut self) -> bool {
+        if std::mem::take(&mut self.used_since_probe) {
+            return true;
+        }
         peek_would_block(&self.stream)
     }
 }
