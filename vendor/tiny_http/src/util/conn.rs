@@ -4,6 +4,7 @@
 //! failure path at accept time). The read half, the write half and the shared state all hold
 //! an `Arc` to it; the descriptor is closed when the last of them is dropped.
 
+use std::convert::TryFrom;
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -125,7 +126,7 @@ pub(crate) enum ReadMode {
 }
 
 /// Reading side of a connection. Applies the current [`ReadMode`] to every read, setting
-/// the socket's receive timeout only when it changes.
+/// the socket's receive timeout only when it changes by more than [`TIMEOUT_GRAIN`].
 pub(crate) struct ReadHalf {
     sock: Arc<Connection>,
     mode: ReadMode,
@@ -161,9 +162,9 @@ impl Read for ReadHalf {
                 Some((at - now).max(Duration::from_millis(1)))
             }
         };
-        if self.applied != Some(timeout) {
-            self.sock.set_read_timeout(timeout)?;
-            self.applied = Some(timeout);
+        if let Some(set) = timeout_to_set(self.applied, timeout) {
+            self.sock.set_read_timeout(set)?;
+            self.applied = Some(set);
         }
         match (&*self.sock).read(buf) {
             Err(e) if is_timeout(&e) => {
@@ -172,6 +173,33 @@ impl Read for ReadHalf {
             other => other,
         }
     }
+}
+
+/// How much longer than asked a receive timeout may be. A deadline leaves a slightly shorter
+/// timeout for every read (the keep-alive wait between requests is one), so setting it exactly
+/// would cost a syscall per request; within this grain the timeout already set is kept, and a
+/// read may wait up to this much past its deadline.
+pub(crate) const TIMEOUT_GRAIN: Duration = Duration::from_millis(10);
+
+/// The receive timeout to set for a read that wants `wanted`, or `None` when the one the socket
+/// has (`applied`, `None` if unknown) will do: at least `wanted` and at most a grain more.
+fn timeout_to_set(
+    applied: Option<Option<Duration>>,
+    wanted: Option<Duration>,
+) -> Option<Option<Duration>> {
+    match (applied, wanted) {
+        (Some(None), None) => None,
+        (Some(Some(have)), Some(w)) if have >= w && have - w <= TIMEOUT_GRAIN => None,
+        (_, Some(w)) => Some(Some(round_up(w))),
+        (_, None) => Some(None),
+    }
+}
+
+/// `d` rounded up to a whole number of grains.
+fn round_up(d: Duration) -> Duration {
+    let grain = TIMEOUT_GRAIN.as_nanos();
+    let grains = d.as_nanos().div_ceil(grain);
+    u64::try_from(grains * grain).map_or(Duration::MAX, Duration::from_nanos)
 }
 
 /// Writing side of a connection. Shuts the socket down for writing (sends FIN) when dropped,
@@ -204,5 +232,30 @@ impl Write for WriteHalf {
 impl Drop for WriteHalf {
     fn drop(&mut self) {
         let _ = self.sock.shutdown(Shutdown::Write);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_timeout_within_a_grain_above_the_wanted_one_is_kept() {
+        let ms = Duration::from_millis;
+        let set = Some(Some(ms(75_000)));
+        assert_eq!(timeout_to_set(set, Some(ms(74_995))), None);
+        assert_eq!(timeout_to_set(set, Some(ms(75_000))), None);
+        // too long: the read could overshoot its deadline by more than a grain
+        assert_eq!(
+            timeout_to_set(set, Some(ms(74_980))),
+            Some(Some(ms(74_980)))
+        );
+        // too short: the read would time out early
+        let wanted = ms(75_000) + Duration::from_nanos(1);
+        assert_eq!(timeout_to_set(set, Some(wanted)), Some(Some(ms(75_010))));
+        assert_eq!(timeout_to_set(set, None), Some(None));
+        assert_eq!(timeout_to_set(None, None), Some(None));
+        assert_eq!(timeout_to_set(Some(None), None), None);
+        assert_eq!(timeout_to_set(None, Some(ms(3))), Some(Some(ms(10))));
     }
 }
