@@ -170,8 +170,19 @@ command = ["/nonexistent/program"]
         let started = Instant::now();
         let reply = get(&gw.url(&format!("/function/{name}")));
         assert_eq!(reply.status, 502, "{name}: {}", reply.body);
-        assert!(reply.body.contains("exited before becoming ready"), "{}", reply.body);
-        assert!(started.elapsed() < Duration::from_secs(20), "{name}: {:?}", started.elapsed());
+        assert!(
+            reply.body.contains("exited before becoming ready"),
+            "{}",
+            reply.body
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{name}: {:?}",
+            started.elapsed()
+        );
     }
-    assert!(gw.log_count_settled("bad config", 1) >= 1, "the replica's output is logged");
+    assert!(
+        gw.log_count_settled("bad config", 1) >= 1,
+        "the replica's output is logged"
+    );
 }
