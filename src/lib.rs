@@ -287,6 +287,7 @@ impl Gateway {
     /// every replica it started.
     pub fn shutdown(self) {
         self.autoscaler.stop();
+        self.pool.stop_accepting();
         self.handler.start_draining();
         let deadline = Instant::now() + self.shutdown_grace;
         while self.handler.in_flight() > 0 && Instant::now() < deadline {

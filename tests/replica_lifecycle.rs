@@ -278,9 +278,16 @@ fn sigterm_during_a_long_request_refuses_new_ones_lets_it_finish_and_stops_every
     let replica_pids = pids_started(&gw);
     unsafe_kill(pid, "TERM");
     let quick = gw.url("/function/slow/after-sigterm");
+    // No longer listening: a new connection is refused (a request that raced the close gets
+    // a 503 instead).
     assert!(
-        eventually(Duration::from_secs(20), || status_of(&quick) == Some(503)),
+        eventually(Duration::from_secs(20), || status_of(&quick)
+            .is_none_or(|s| s == 503)),
         "new requests are refused while the long one finishes"
+    );
+    assert!(
+        std::net::TcpStream::connect(gw.addr).is_err(),
+        "the listening socket is closed"
     );
     let status = wait_exit(&mut gw.child, Duration::from_secs(30)).expect("defrost exits");
 

@@ -80,6 +80,11 @@ impl Pool {
             .saturating_sub(self.shared.idle.load(Ordering::Relaxed))
     }
 
+    /// Closes the listening socket; requests on connections already open are still taken.
+    pub fn stop_accepting(&self) {
+        self.shared.server.stop_accepting();
+    }
+
     /// Stops taking new requests and waits for the workers to finish the ones they hold.
     pub fn stop(&self) {
         self.shared.stopping.store(true, Ordering::SeqCst);

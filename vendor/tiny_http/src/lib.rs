@@ -531,9 +531,19 @@ impl Iterator for IncomingRequests<'_> {
     }
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.close.store(true, Relaxed);
+impl Server {
+    /// Closes the listening socket: new connections are refused from now on, while
+    /// connections already open go on being served (until they close, or their keep-alive
+    /// timeout). For a graceful shutdown, before the last requests are answered.
+    pub fn stop_accepting(&self) {
+        if self.close.swap(true, Relaxed) {
+            return;
+        }
+        self.unblock_accept();
+    }
+
+    /// Connects briefly to ourselves so that the accept thread sees the close flag.
+    fn unblock_accept(&self) {
         // Connect briefly to ourselves to unblock the accept thread
         let maybe_stream = match &self.listening_addr {
             ListenAddr::IP(addr) => TcpStream::connect(addr).map(Connection::from),
@@ -551,6 +561,12 @@ impl Drop for Server {
         if let Ok(stream) = maybe_stream {
             let _ = stream.shutdown(Shutdown::Both);
         }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop_accepting();
 
         #[cfg(unix)]
         if let ListenAddr::Unix(addr) = &self.listening_addr {
