@@ -245,11 +245,12 @@ labels = { "com.openfaas.scale.type" = "capacity", "com.openfaas.scale.target" =
         "back to min_replicas after the window; provider reports {:?}",
         replicas(&gw, "busy")
     );
-    // The eight requests may be seen arriving over more than one check: up in one or more
-    // steps, then down in one.
+    // The eight requests may be seen arriving over more than one check, and on a loaded
+    // machine finishing over more than one: up in one or more steps, then down from four to
+    // the highest recommendation of the window, in one or more steps, to min.
     assert!(gw.log_count_settled(" -> 4", 1) >= 1, "{}", gw.log_text());
     assert!(
-        gw.log_count_settled("capacity scaling 4 -> 1", 1) >= 1,
+        gw.log_count_settled("capacity scaling 4 -> ", 1) >= 1,
         "{}",
         gw.log_text()
     );
