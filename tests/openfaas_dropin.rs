@@ -161,7 +161,7 @@ fn provider_that_never_reports_ready_is_a_504() {
     let started = Instant::now();
     let reply = get(&gw.url("/function/sloth"));
     assert_eq!(reply.status, 504, "{}", reply.body);
-    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(started.elapsed() < Duration::from_secs(15));
 }
 
 #[test]

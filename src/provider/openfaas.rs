@@ -414,7 +414,7 @@ mod tests {
             "{result:?}"
         );
         assert!(
-            started.elapsed() < Duration::from_secs(3),
+            started.elapsed() < Duration::from_secs(10),
             "{:?}",
             started.elapsed()
         );

@@ -534,7 +534,7 @@ mod tests {
         let started = Instant::now();
         let err = scaler.ready(&known()).unwrap_err();
         assert_eq!(err.status(), 504, "{err}");
-        assert!(started.elapsed() < Duration::from_secs(2));
+        assert!(started.elapsed() < Duration::from_secs(10));
     }
 
     #[test]

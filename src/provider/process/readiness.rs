@@ -191,7 +191,7 @@ mod tests {
             &halt,
         );
         assert_eq!(outcome, Outcome::TimedOut);
-        assert!(t0.elapsed() < Duration::from_millis(500));
+        assert!(t0.elapsed() < Duration::from_secs(5));
     }
 
     #[test]
