@@ -13,6 +13,7 @@ use crate::function::FunctionRef;
 use crate::metrics::{exposition, overview::Overview, Invocation};
 use crate::provider::api::{self, ApiRequest};
 use crate::provider::ProviderError;
+use crate::proxy::headers::request_header;
 use crate::proxy::{Call, Proxy};
 use crate::router::{self, Route};
 use crate::scaler::Scaler;
@@ -146,16 +147,13 @@ impl Handler {
                 rest,
                 query,
             } => {
-                *invocation = Some(self.scaler.metrics().begin(&function));
-                self.proxy.forward(
-                    request,
-                    &Call {
-                        function: &function,
-                        rest,
-                        query,
-                        params: &[],
-                    },
-                )
+                let call = Call {
+                    function: &function,
+                    rest,
+                    query,
+                    params: &[],
+                };
+                self.call_function(request, &call, invocation)
             }
             Route::Healthz => self.healthz(request),
             Route::Metrics if self.metrics_route => Ok(metrics_response(&self.scaler)),
@@ -227,11 +225,7 @@ impl Handler {
         let Some(expected) = &self.auth else {
             return Ok(());
         };
-        let presented = request
-            .headers()
-            .iter()
-            .find(|h| h.field.equiv("Authorization"))
-            .map(|h| h.value.as_str());
+        let presented = request_header(request, "Authorization");
         if expected.accepts(presented) {
             Ok(())
         } else {
@@ -241,6 +235,17 @@ impl Handler {
 }
 
 impl Handler {
+    /// Every way of calling a function ends here, so every call is counted the same way.
+    fn call_function(
+        &self,
+        request: &mut Request,
+        call: &Call<'_>,
+        invocation: &mut Option<Invocation>,
+    ) -> Result<ResponseBox, Error> {
+        *invocation = Some(self.scaler.metrics().begin(call.function));
+        self.proxy.forward(request, call)
+    }
+
     /// Requests outside `/function/` and `/system/` may match an HTTP trigger. The table in use
     /// when the request arrived serves it to the end, whatever a reload swaps in meanwhile.
     fn trigger(
@@ -250,26 +255,18 @@ impl Handler {
         invocation: &mut Option<Invocation>,
     ) -> Result<ResponseBox, Error> {
         let triggers = self.triggers.current();
-        let (path, query) = match target.split_once('?') {
-            Some((path, query)) => (path, Some(query)),
-            None => (target, None),
-        };
-        let host = request
-            .headers()
-            .iter()
-            .find(|h| h.field.equiv("Host"))
-            .map(|h| h.value.as_str().to_owned());
+        let (path, query) = router::split_target(target);
+        let host = request_header(request, "Host").map(str::to_owned);
         let method = request.method().as_str().to_owned();
         match triggers.lookup(&method, host.as_deref(), path) {
             Ok(found) => {
-                *invocation = Some(self.scaler.metrics().begin(found.function));
                 let call = Call {
                     function: found.function,
                     rest: path,
                     query,
                     params: &found.params,
                 };
-                self.proxy.forward(request, &call)
+                self.call_function(request, &call, invocation)
             }
             Err(Miss::NoMatch) => Err(Error::NoRoute {
                 path: printable_path(target),
@@ -328,7 +325,7 @@ fn log_failure(request: &Request, e: &Error) {
 
 /// The path alone (no query, which may carry secrets), cut to a sane length.
 fn printable_path(target: &str) -> String {
-    let path = target.split('?').next().unwrap_or("");
+    let (path, _) = router::split_target(target);
     path.chars().take(200).collect()
 }
 

@@ -38,10 +38,7 @@ pub enum Route<'a> {
 /// Other forms (absolute URLs, `*`, authority form) never name a route: defrost is not a
 /// forward proxy.
 pub fn route<'a>(target: &'a str, default_namespace: &str) -> Result<Route<'a>, NameError> {
-    let (path, query) = match target.split_once('?') {
-        Some((path, query)) => (path, Some(query)),
-        None => (target, None),
-    };
+    let (path, query) = split_target(target);
     if let Some(after) = path.strip_prefix(FUNCTION_PREFIX) {
         let (qualified, rest) = match after.find('/') {
             Some(slash) => after.split_at(slash),
@@ -61,6 +58,14 @@ pub fn route<'a>(target: &'a str, default_namespace: &str) -> Result<Route<'a>, 
         p if p.starts_with("/system/") => Route::System { path: p, query },
         _ => Route::NotFound,
     })
+}
+
+/// `/path?query` into the path and the query (without its `?`).
+pub fn split_target(target: &str) -> (&str, Option<&str>) {
+    match target.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (target, None),
+    }
 }
 
 /// The URL a function call is sent to: the endpoint's base, the rest of the path, the query.

@@ -25,7 +25,7 @@ pub fn screen(method: &str, target: &str) -> Result<(), Error> {
             "request target not in origin form"
         }));
     }
-    let path = target.split_once('?').map_or(target, |(path, _)| path);
+    let (path, _) = crate::router::split_target(target);
     if has_dot_dot_segment(path) {
         return Err(Error::BadRequest(
             "invalid path: it has a \"..\" segment (plain or percent-encoded)".into(),

@@ -37,6 +37,15 @@ pub fn is_hop_by_hop(name: &str, connection: Option<&str>) -> bool {
         })
 }
 
+/// The value of a request header, first occurrence, matched without regard to case.
+pub fn request_header<'r>(request: &'r tiny_http::Request, name: &'static str) -> Option<&'r str> {
+    request
+        .headers()
+        .iter()
+        .find(|h| h.field.equiv(name))
+        .map(|h| h.value.as_str())
+}
+
 /// What the gateway adds to a forwarded request.
 pub struct Forwarding<'a> {
     pub client: Option<SocketAddr>,

@@ -293,11 +293,7 @@ impl OutgoingHead {
     }
 
     fn from_request(request: &Request) -> OutgoingHead {
-        let connection = request
-            .headers()
-            .iter()
-            .find(|h| h.field.equiv("Connection"))
-            .map(|h| h.value.as_str());
+        let connection = headers::request_header(request, "Connection");
         let mut headers: Vec<(String, String)> = request
             .headers()
             .iter()
@@ -309,11 +305,7 @@ impl OutgoingHead {
                 )
             })
             .collect();
-        let host = request
-            .headers()
-            .iter()
-            .find(|h| h.field.equiv("Host"))
-            .map(|h| h.value.as_str());
+        let host = headers::request_header(request, "Host");
         let fwd = Forwarding {
             client: request.remote_addr().copied(),
             host,
