@@ -56,7 +56,7 @@ pub struct TriggerSection {
 #[serde(deny_unknown_fields, default)]
 pub struct GatewaySection {
     pub listen: SocketAddr,
-    /// Workers kept warm; 0 means one per core.
+    /// Workers kept free for requests that do not block; 0 means four per core.
     pub workers: usize,
     pub max_workers: usize,
     pub ready_timeout: Dur,

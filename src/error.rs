@@ -24,6 +24,8 @@ pub enum Error {
     BadRequest(String),
     /// The request asks for a forward proxy (`CONNECT`, absolute-form target): defrost is not one.
     NotAProxy(&'static str),
+    /// The client stopped sending its body for longer than the read timeout.
+    BodyTimeout,
     /// The request body is larger than the configured limit.
     BodyTooLarge { limit: u64 },
     /// The provider does not know the function.
@@ -70,6 +72,15 @@ pub enum Error {
 }
 
 impl Error {
+    /// A failure to read the client's request body: a timeout is the client's silence (408),
+    /// anything else a malformed body (400).
+    pub fn from_body_read(e: std::io::Error) -> Error {
+        match e.kind() {
+            std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => Error::BodyTimeout,
+            _ => Error::BadRequest(format!("reading the request body failed: {e}")),
+        }
+    }
+
     /// The HTTP status for this failure. The only such mapping in defrost.
     pub fn status(&self) -> u16 {
         match self {
@@ -77,6 +88,7 @@ impl Error {
             Error::Unauthorized => 401,
             Error::NoRoute { .. } | Error::FunctionNotFound(_) => 404,
             Error::MethodNotAllowed { .. } => 405,
+            Error::BodyTimeout => 408,
             Error::BodyTooLarge { .. } => 413,
             Error::Provider(_, ProviderError::NotFound) => 404,
             Error::Provider(..)
@@ -113,6 +125,7 @@ impl fmt::Display for Error {
             Error::BadName(e) => write!(f, "{e}"),
             Error::BadRequest(why) => write!(f, "bad request: {why}"),
             Error::NotAProxy(what) => write!(f, "refused: {what}; defrost is not a forward proxy"),
+            Error::BodyTimeout => write!(f, "the request body stopped arriving; timed out"),
             Error::BodyTooLarge { limit } => {
                 write!(f, "request body is larger than the limit of {limit} bytes")
             }
@@ -166,6 +179,16 @@ mod tests {
 
     fn f() -> FunctionRef {
         FunctionRef::new("echo", "default").unwrap()
+    }
+
+    #[test]
+    fn a_stalled_body_is_a_timeout_and_a_broken_one_bad() {
+        use std::io::{Error as IoError, ErrorKind};
+        let stalled = Error::from_body_read(IoError::new(ErrorKind::TimedOut, "read timed out"));
+        assert_eq!(stalled.status(), 408);
+        let broken = Error::from_body_read(IoError::new(ErrorKind::InvalidData, "bad chunk"));
+        assert_eq!(broken.status(), 400);
+        assert!(broken.to_string().contains("bad chunk"), "{broken}");
     }
 
     #[test]

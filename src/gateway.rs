@@ -298,7 +298,7 @@ fn read_small_body(request: &mut Request) -> Result<Vec<u8>, Error> {
         .as_reader()
         .take(LIMIT + 1)
         .read_to_end(&mut body)
-        .map_err(|e| Error::BadRequest(format!("reading the request body failed: {e}")))?;
+        .map_err(Error::from_body_read)?;
     if body.len() as u64 > LIMIT {
         return Err(Error::BodyTooLarge { limit: LIMIT });
     }

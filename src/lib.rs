@@ -214,9 +214,10 @@ impl Gateway {
             response: settings.proxy.upstream_timeout,
             send: settings.proxy.upstream_timeout,
         };
-        let agent = client::agent(timeouts, settings.max_idle_per_host);
+        let agents =
+            client::ShardedAgent::new(timeouts, settings.max_idle_per_host, settings.pool.core);
         let autoscaler = Autoscaler::start(Arc::clone(&scaler), settings.autoscale.clone())?;
-        let proxy = Proxy::new(agent, Arc::clone(&scaler), settings.proxy.clone());
+        let proxy = Proxy::new(agents, Arc::clone(&scaler), settings.proxy.clone());
         let metrics_listener = match settings.metrics_listen {
             Some(addr) => Some(metrics::listener::MetricsListener::start(
                 addr,

@@ -16,7 +16,7 @@ use tiny_http::{Header, Request, Response, ResponseBox, StatusCode};
 use ureq::http;
 use ureq::SendBody;
 
-use crate::client::is_connect_error;
+use crate::client::{is_connect_error, ShardedAgent};
 use crate::error::Error;
 use crate::function::FunctionRef;
 use crate::provider::InFlight;
@@ -51,7 +51,7 @@ impl Default for ProxyConfig {
 }
 
 pub struct Proxy {
-    agent: ureq::Agent,
+    agents: ShardedAgent,
     scaler: Arc<Scaler>,
     config: ProxyConfig,
 }
@@ -66,9 +66,9 @@ pub struct Call<'a> {
 }
 
 impl Proxy {
-    pub fn new(agent: ureq::Agent, scaler: Arc<Scaler>, config: ProxyConfig) -> Proxy {
+    pub fn new(agents: ShardedAgent, scaler: Arc<Scaler>, config: ProxyConfig) -> Proxy {
         Proxy {
-            agent,
+            agents,
             scaler,
             config,
         }
@@ -180,10 +180,14 @@ impl Proxy {
             Body::None => builder,
         };
         match body {
-            Body::None => self.agent.run(builder.body(()).map_err(ureq::Error::Http)?),
+            Body::None => self
+                .agents
+                .get()
+                .run(builder.body(()).map_err(ureq::Error::Http)?),
             _ => {
                 let send_body = SendBody::from_reader(reader);
-                self.agent
+                self.agents
+                    .get()
                     .run(builder.body(send_body).map_err(ureq::Error::Http)?)
             }
         }
@@ -202,8 +206,8 @@ impl Proxy {
                 limit: self.config.max_body_bytes,
             };
         }
-        if body.failed() {
-            return Error::BadRequest(format!("reading the request body failed: {e}"));
+        if let Some(kind) = body.failed() {
+            return Error::from_body_read(io::Error::new(kind, e.to_string()));
         }
         let url = redact::url(url);
         match e {
@@ -423,7 +427,8 @@ struct ClientBody<'a> {
     limit: u64,
     touched: bool,
     too_large: bool,
-    failed: bool,
+    /// Why reading the client's body failed, if it did.
+    failed: Option<io::ErrorKind>,
 }
 
 impl<'a> ClientBody<'a> {
@@ -434,7 +439,7 @@ impl<'a> ClientBody<'a> {
             limit,
             touched: false,
             too_large: false,
-            failed: false,
+            failed: None,
         }
     }
 
@@ -446,7 +451,7 @@ impl<'a> ClientBody<'a> {
         self.too_large
     }
 
-    fn failed(&self) -> bool {
+    fn failed(&self) -> Option<io::ErrorKind> {
         self.failed
     }
 }
@@ -454,7 +459,10 @@ impl<'a> ClientBody<'a> {
 impl Read for ClientBody<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         self.touched = true;
-        let n = self.inner.read(buf).inspect_err(|_| self.failed = true)?;
+        let n = self
+            .inner
+            .read(buf)
+            .inspect_err(|e| self.failed = Some(e.kind()))?;
         self.read += n as u64;
         if self.read > self.limit {
             self.too_large = true;

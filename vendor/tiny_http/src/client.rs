@@ -74,6 +74,45 @@ pub struct ClientConnection {
 
     // reused line buffer
     line: Vec<u8>,
+
+    // false while a request head is read on a thread that must not block: a small body is
+    // then read ahead only if it has already arrived
+    may_block: bool,
+
+    // an ending found on a thread that must not block, for the connection thread to carry out
+    pending_end: Option<End>,
+
+    // identifies the connection while it waits in the idle set, and whether it was ever there
+    token: u64,
+    watched: bool,
+}
+
+/// What a connection can do next without blocking (see [`ClientConnection::quick`]).
+// Moved once, straight to the caller; boxing the request would cost an allocation each.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Quick {
+    /// A request whose head had fully arrived.
+    Request(Request),
+    /// Nothing to read yet: wait for the socket to become readable.
+    Park,
+    /// Something needs a thread that may block: a head still arriving, a body lent to a
+    /// request, an ending to carry out.
+    Slow,
+    /// The client went away; dropping the connection closes it.
+    Closed,
+}
+
+/// Tokens for the idle set, unique per process.
+static NEXT_TOKEN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// True if `buf` holds a whole request head (after the empty lines tolerated before it).
+fn head_complete(buf: &[u8]) -> bool {
+    let start = buf
+        .iter()
+        .position(|b| !matches!(b, b'\r' | b'\n'))
+        .unwrap_or(buf.len());
+    let rest = &buf[start..];
+    rest.windows(2).any(|w| w == b"\n\n") || rest.windows(3).any(|w| w == b"\n\r\n")
 }
 
 /// Why reading a request stopped.
@@ -190,7 +229,136 @@ impl ClientConnection {
             upgraded: false,
             done: false,
             line: Vec::new(),
+            may_block: true,
+            pending_end: None,
+            token: NEXT_TOKEN.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            watched: false,
         }
+    }
+
+    /// The socket's descriptor, to watch it for readability.
+    #[cfg(unix)]
+    pub(crate) fn raw_fd(&self) -> std::os::unix::io::RawFd {
+        use std::os::unix::io::AsRawFd;
+        self.shared.sock.as_raw_fd()
+    }
+
+    pub(crate) fn token(&self) -> u64 {
+        self.token
+    }
+
+    /// Marks the connection as registered with the idle set; true if it was already.
+    pub(crate) fn watch(&mut self) -> bool {
+        std::mem::replace(&mut self.watched, true)
+    }
+
+    /// True when nothing more can come from this connection's reading side here (it ended,
+    /// or an upgraded request owns the stream).
+    pub(crate) fn finished(&self) -> bool {
+        self.done || self.upgraded
+    }
+
+    /// True when the connection only waits for the next request: its reading side is back,
+    /// nothing is buffered and, if `peek`, nothing has arrived on the socket either.
+    pub(crate) fn waits_idle(&mut self, peek: bool) -> bool {
+        if self.finished()
+            || self.no_more_requests
+            || self.pending_end.is_some()
+            || self.shared.must_close()
+        {
+            return false;
+        }
+        let Some(reader) = self.reader.as_mut() else {
+            return false;
+        };
+        if !reader.buffer().is_empty() {
+            return false;
+        }
+        if !peek {
+            return true;
+        }
+        reader.get_mut().set_mode(ReadMode::NonBlocking);
+        matches!(reader.fill_buf(), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+
+    /// Reads the next request if its head has fully arrived, without ever blocking; for a
+    /// thread that serves many connections.
+    pub(crate) fn quick(&mut self) -> Quick {
+        if self.finished() {
+            return Quick::Closed;
+        }
+        if self.no_more_requests || self.shared.must_close() || self.pending_end.is_some() {
+            return Quick::Slow;
+        }
+        let Some(reader) = self.reader.as_mut() else {
+            return Quick::Slow;
+        };
+        if reader.buffer().is_empty() {
+            reader.get_mut().set_mode(ReadMode::NonBlocking);
+            match reader.fill_buf() {
+                Ok([]) => return Quick::Closed,
+                Ok(_) => (),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Quick::Park,
+                Err(_) => return Quick::Closed,
+            }
+        }
+        if !head_complete(reader.buffer()) {
+            return Quick::Slow;
+        }
+        self.may_block = false;
+        let next = self.next_request();
+        self.may_block = true;
+        match next {
+            Ok(rq) => Quick::Request(rq),
+            Err(End::Quiet) => Quick::Closed,
+            Err(end) => {
+                self.pending_end = Some(end);
+                Quick::Slow
+            }
+        }
+    }
+
+    /// Serves requests on this thread, blocking as needed, until the connection only waits
+    /// for its next request (true: it can be parked) or is finished (false).
+    pub(crate) fn serve_until_idle(&mut self, mut deliver: impl FnMut(Request)) -> bool {
+        loop {
+            if self.finished() {
+                return false;
+            }
+            if self.reader.is_none() && self.pending_end.is_none() {
+                match self.take_reader() {
+                    Ok(reader) => self.reader = Some(reader),
+                    Err(end) => {
+                        self.finish(end);
+                        return false;
+                    }
+                }
+            }
+            if self.waits_idle(true) {
+                return true;
+            }
+            match self.next() {
+                Some(rq) => deliver(rq),
+                None => return false,
+            }
+        }
+    }
+
+    /// True once an idle connection has waited too long for its next request: the header
+    /// timeout for a first request (counted from acceptance), else the keep-alive timeout
+    /// counted from the end of the last response.
+    pub(crate) fn idle_expired(&self, now: Instant) -> bool {
+        let limits = &self.limits;
+        let end = if self.requests == 0 {
+            non_zero(limits.header_timeout)
+                .or_else(|| non_zero(limits.keep_alive_timeout))
+                .and_then(|d| self.accepted_at.checked_add(d))
+        } else if self.shared.outstanding() > 0 {
+            None
+        } else {
+            non_zero(limits.keep_alive_timeout).and_then(|d| self.shared.last_done().checked_add(d))
+        };
+        end.is_some_and(|end| now >= end)
     }
 
     /// Gets the reading side back, draining what a previous request left of its body.
@@ -314,7 +482,11 @@ impl ClientConnection {
                     self.reader = Some(reader);
                     Body::Reader(Box::new(io::empty()))
                 }
-                Some(n) if n <= PREREAD_BODY_BYTES && !expects_continue => {
+                Some(n)
+                    if n <= PREREAD_BODY_BYTES
+                        && !expects_continue
+                        && (self.may_block || reader.buffer().len() as u64 >= n) =>
+                {
                     // small enough: read it now, so that the next request can be parsed
                     let mut buffer = vec![0; n as usize];
                     match reader.read_exact(&mut buffer) {
@@ -541,6 +713,10 @@ impl Iterator for ClientConnection {
     /// Returns None when no new Requests will come from the client.
     fn next(&mut self) -> Option<Request> {
         if self.done {
+            return None;
+        }
+        if let Some(end) = self.pending_end.take() {
+            self.finish(end);
             return None;
         }
         if self.upgraded {

@@ -94,7 +94,8 @@
 //! open connections, on request head sizes, and read/write/idle timeouts. Use
 //! [`Server::from_listener_with_limits`] to choose them; the other constructors use
 //! `Limits::default()`.
-#![forbid(unsafe_code)]
+// allowed only where the idle set and non-blocking reads call libc
+#![deny(unsafe_code)]
 #![deny(rust_2018_idioms)]
 #![allow(clippy::match_like_matches_macro)]
 
@@ -108,7 +109,7 @@ use std::sync::atomic::Ordering::{Acquire, Relaxed};
 use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::Arc;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use client::ClientConnection;
 use connection::Connection;
@@ -123,6 +124,7 @@ pub use test::TestRequest;
 mod client;
 mod common;
 mod connection;
+mod hub;
 mod request;
 mod response;
 mod test;
@@ -142,6 +144,9 @@ pub struct Server {
     // queue for messages received by child threads
     messages: Arc<MessagesQueue<Message>>,
 
+    // where connections wait between requests
+    hub: Arc<hub::Hub>,
+
     // result of TcpListener::local_addr()
     listening_addr: ListenAddr,
 
@@ -151,9 +156,12 @@ pub struct Server {
 
 // Requests are moved through the queue once; boxing them would cost an allocation each.
 #[allow(clippy::large_enum_variant)]
-enum Message {
+pub(crate) enum Message {
     Error(IoError),
     NewRequest(Request),
+    /// An idle connection that became readable: its next request is read by the thread that
+    /// takes this message.
+    Ready(Box<ClientConnection>),
 }
 
 impl From<IoError> for Message {
@@ -368,24 +376,30 @@ impl Server {
         let messages = MessagesQueue::with_capacity(8);
         let connections = Arc::new(AtomicUsize::new(0));
 
+        let hub = hub::Hub::start(messages.clone(), &limits);
         let inside_close_trigger = close_trigger.clone();
-        let inside_messages = messages.clone();
+        let inside_hub = hub.clone();
         let inside_connections = connections.clone();
-        thread::Builder::new()
+        let accepting = thread::Builder::new()
             .name("tiny-http-accept".into())
             .spawn(move || {
                 accept_loop(
                     listener,
                     limits,
                     inside_close_trigger,
-                    inside_messages,
+                    inside_hub,
                     inside_connections,
                 )
-            })?;
+            });
+        if let Err(e) = accepting {
+            hub.close();
+            return Err(e.into());
+        }
 
         // result
         Ok(Server {
             messages,
+            hub,
             close: close_trigger,
             listening_addr: local_addr,
             connections,
@@ -414,30 +428,57 @@ impl Server {
         self.connections.load(Acquire)
     }
 
+    /// Returns the number of requests read and waiting to be taken by `recv()`. A caller
+    /// running its own pool of `recv()` threads can tell from it that all of them are busy.
+    pub fn pending_requests(&self) -> usize {
+        self.messages.len()
+    }
+
     /// Blocks until an HTTP request has been submitted and returns it.
     pub fn recv(&self) -> IoResult<Request> {
-        match self.messages.pop() {
-            Some(Message::Error(err)) => Err(err),
-            Some(Message::NewRequest(rq)) => Ok(rq),
-            None => Err(IoError::other("thread unblocked")),
+        loop {
+            match self.messages.pop() {
+                Some(message) => match self.take(message) {
+                    Some(result) => return result,
+                    None => continue,
+                },
+                None => return Err(IoError::other("thread unblocked")),
+            }
         }
     }
 
     /// Same as `recv()` but doesn't block longer than timeout
     pub fn recv_timeout(&self, timeout: Duration) -> IoResult<Option<Request>> {
-        match self.messages.pop_timeout(timeout) {
-            Some(Message::Error(err)) => Err(err),
-            Some(Message::NewRequest(rq)) => Ok(Some(rq)),
-            None => Ok(None),
+        let deadline = Instant::now().checked_add(timeout);
+        loop {
+            let left = deadline.map_or(timeout, |d| d.saturating_duration_since(Instant::now()));
+            match self.messages.pop_timeout(left) {
+                Some(message) => match self.take(message) {
+                    Some(result) => return result.map(Some),
+                    None => continue,
+                },
+                None => return Ok(None),
+            }
         }
     }
 
     /// Same as `recv()` but doesn't block.
     pub fn try_recv(&self) -> IoResult<Option<Request>> {
-        match self.messages.try_pop() {
-            Some(Message::Error(err)) => Err(err),
-            Some(Message::NewRequest(rq)) => Ok(Some(rq)),
-            None => Ok(None),
+        while let Some(message) = self.messages.try_pop() {
+            if let Some(result) = self.take(message) {
+                return result.map(Some);
+            }
+        }
+        Ok(None)
+    }
+
+    /// What a message gives `recv()`: a request, an error, or (for a connection whose next
+    /// request has not fully arrived) nothing yet.
+    fn take(&self, message: Message) -> Option<IoResult<Request>> {
+        match message {
+            Message::Error(err) => Some(Err(err)),
+            Message::NewRequest(rq) => Some(Ok(rq)),
+            Message::Ready(client) => self.hub.resume(client).map(Ok),
         }
     }
 
@@ -456,11 +497,9 @@ fn accept_loop(
     listener: Listener,
     limits: Arc<Limits>,
     close: Arc<AtomicBool>,
-    messages: Arc<MessagesQueue<Message>>,
+    hub: Arc<hub::Hub>,
     connections: Arc<AtomicUsize>,
 ) {
-    // a tasks pool is used to dispatch the connections into threads
-    let tasks_pool = util::TaskPool::new();
     let mut backoff = ACCEPT_BACKOFF_MIN;
 
     log::debug!("Running accept thread");
@@ -510,16 +549,7 @@ fn accept_loop(
 
         let slot = util::conn::ConnSlot::take(&connections);
         let client = ClientConnection::new(conn, remote_addr, limits.clone(), slot);
-        let messages = messages.clone();
-        let spawned = tasks_pool.spawn(Box::new(move || {
-            for rq in client {
-                messages.push(rq.into());
-            }
-        }));
-        if let Err(e) = spawned {
-            // the connection is dropped (closed) with the task
-            log::error!("Could not start a thread for a new connection: {}", e);
-        }
+        hub.serve(Box::new(client));
     }
     log::debug!("Terminating accept thread");
 }
@@ -567,6 +597,7 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.stop_accepting();
+        self.hub.close();
 
         #[cfg(unix)]
         if let ListenAddr::Unix(addr) = &self.listening_addr {

@@ -123,6 +123,9 @@ pub(crate) enum ReadMode {
     Timeout(Option<Duration>),
     /// Reads fail with `TimedOut` once this instant has passed (`None`: never).
     Deadline(Option<Instant>),
+    /// Reads take what has arrived and fail with `WouldBlock` if nothing has (Unix only;
+    /// elsewhere this is `Timeout(None)`).
+    NonBlocking,
 }
 
 /// Reading side of a connection. Applies the current [`ReadMode`] to every read, setting
@@ -151,6 +154,10 @@ impl ReadHalf {
 impl Read for ReadHalf {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let timeout = match self.mode {
+            #[cfg(unix)]
+            ReadMode::NonBlocking => return recv_nonblocking(&self.sock, buf),
+            #[cfg(not(unix))]
+            ReadMode::NonBlocking => None,
             ReadMode::Timeout(t) => t,
             ReadMode::Deadline(None) => None,
             ReadMode::Deadline(Some(at)) => {
@@ -171,6 +178,32 @@ impl Read for ReadHalf {
                 Err(io::Error::new(io::ErrorKind::TimedOut, "read timed out"))
             }
             other => other,
+        }
+    }
+}
+
+/// One `recv` that does not wait, whatever the socket's own blocking mode and timeout.
+#[cfg(unix)]
+#[allow(unsafe_code)]
+fn recv_nonblocking(sock: &Connection, buf: &mut [u8]) -> io::Result<usize> {
+    use std::os::unix::io::AsRawFd;
+    loop {
+        // SAFETY: the descriptor stays open while `sock` is borrowed, and `buf` is valid for
+        // writes of `buf.len()` bytes.
+        let n = unsafe {
+            libc::recv(
+                sock.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
         }
     }
 }

@@ -37,6 +37,11 @@ where
         self.condvar.notify_one();
     }
 
+    /// Elements waiting to be popped (wake-ups from `unblock` included).
+    pub fn len(&self) -> usize {
+        lock(&self.queue).len()
+    }
+
     /// Unblock one thread stuck in pop loop.
     pub fn unblock(&self) {
         let mut queue = lock(&self.queue);

@@ -6,6 +6,9 @@ pub use self::task_pool::TaskPool;
 pub(crate) mod body;
 pub(crate) mod conn;
 mod custom_stream;
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+pub(crate) mod idle;
 mod messages_queue;
 mod sequential;
 mod task_pool;
