@@ -3,14 +3,28 @@
 //! Hop-by-hop headers describe one connection and must not cross the gateway; everything else
 //! passes through untouched. The forwarding headers tell the function who really called it,
 //! appended to what earlier proxies said rather than replacing it.
+//!
+//! The request side is built straight into the `HeaderMap` the upstream client sends, with the
+//! gateway's own names as constants and its values formatted by hand: this runs on every call,
+//! and the general formatting machinery once cost more than all the rest of it.
 
-use std::net::SocketAddr;
+use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use ureq::http::header::{HeaderMap, HeaderName, HeaderValue};
+
+/// Names as the gateway writes them in its responses.
 pub const X_CALL_ID: &str = "X-Call-Id";
 pub const X_START_TIME: &str = "X-Start-Time";
 
+const CALL_ID: HeaderName = HeaderName::from_static("x-call-id");
+const START_TIME: HeaderName = HeaderName::from_static("x-start-time");
+const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+const FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 /// Headers that belong to a single connection (RFC 9110 §7.6.1), plus the framing headers the
 /// gateway sets itself on each side.
 const HOP_BY_HOP: &[&str] = &[
@@ -46,84 +60,160 @@ pub fn request_header<'r>(request: &'r tiny_http::Request, name: &'static str) -
         .map(|h| h.value.as_str())
 }
 
-/// What the gateway adds to a forwarded request.
+/// Who called, as the forwarding headers tell it.
 pub struct Forwarding<'a> {
     pub client: Option<SocketAddr>,
     pub host: Option<&'a str>,
     pub proto: &'a str,
 }
 
-/// Rewrites the forwarding headers in `headers` (name, value pairs as received, hop-by-hop
-/// already removed): appends to `X-Forwarded-For` and `Forwarded`, sets `X-Forwarded-Host`
-/// and `X-Forwarded-Proto` when absent.
-pub fn add_forwarding(headers: &mut Vec<(String, String)>, fwd: &Forwarding<'_>) {
-    let client_ip = fwd.client.map(|a| a.ip().to_string());
-    if let Some(ip) = &client_ip {
-        append(headers, "X-Forwarded-For", ip);
+/// A client header that cannot be sent on: its name or value is not valid HTTP.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Unsendable(pub String);
+
+/// The request head as it goes to the function.
+pub struct Outgoing {
+    pub headers: HeaderMap,
+    /// The caller's `X-Call-Id`, or a new one; also returned to the caller.
+    pub call_id: HeaderValue,
+    /// When the gateway took the call, in nanoseconds since the epoch; also returned.
+    pub start_time: HeaderValue,
+}
+
+/// Builds the function's request head from the client's headers: hop-by-hop ones dropped,
+/// forwarding headers added, call id kept or made, start time stamped.
+pub fn outgoing<'h>(
+    received: impl Iterator<Item = (&'h str, &'h str)> + Clone,
+    fwd: &Forwarding<'_>,
+) -> Result<Outgoing, Unsendable> {
+    let connection = received
+        .clone()
+        .find(|(n, _)| n.eq_ignore_ascii_case("connection"))
+        .map(|(_, v)| v);
+    let mut headers = HeaderMap::with_capacity(16);
+    for (name, value) in received.filter(|(n, _)| !is_hop_by_hop(n, connection)) {
+        let parsed = HeaderName::from_bytes(name.as_bytes())
+            .ok()
+            .zip(HeaderValue::from_str(value).ok());
+        let (name, value) = parsed.ok_or_else(|| Unsendable(name.to_owned()))?;
+        headers.append(name, value);
+    }
+    add_forwarding(&mut headers, fwd);
+    let call_id = headers.remove(CALL_ID).unwrap_or_else(new_call_id);
+    let start_time = start_time();
+    headers.remove(START_TIME);
+    headers.insert(CALL_ID, call_id.clone());
+    headers.insert(START_TIME, start_time.clone());
+    Ok(Outgoing {
+        headers,
+        call_id,
+        start_time,
+    })
+}
+
+/// Adds the forwarding headers: `X-Forwarded-For` and `Forwarded` extend what earlier proxies
+/// said, `X-Forwarded-Host` and `X-Forwarded-Proto` are only set when none came.
+pub fn add_forwarding(headers: &mut HeaderMap, fwd: &Forwarding<'_>) {
+    let mut ip = String::new();
+    if let Some(addr) = fwd.client {
+        push_ip(&mut ip, addr.ip());
+        append(headers, FORWARDED_FOR, &ip);
     }
     if let Some(host) = fwd.host {
-        set_if_absent(headers, "X-Forwarded-Host", host);
+        set_if_absent(headers, FORWARDED_HOST, host);
     }
-    set_if_absent(headers, "X-Forwarded-Proto", fwd.proto);
-    append(headers, "Forwarded", &forwarded_element(fwd));
+    set_if_absent(headers, FORWARDED_PROTO, fwd.proto);
+    append(headers, FORWARDED, &forwarded_element(fwd, &ip));
 }
 
-/// One `Forwarded` element (RFC 7239): `for=...;host=...;proto=...`.
-fn forwarded_element(fwd: &Forwarding<'_>) -> String {
-    let mut parts = Vec::with_capacity(3);
-    if let Some(addr) = fwd.client {
-        parts.push(match addr {
-            SocketAddr::V4(a) => format!("for={}", a.ip()),
-            SocketAddr::V6(a) => format!("for=\"[{}]\"", a.ip()),
-        });
+/// One `Forwarded` element (RFC 7239) for this hop.
+fn forwarded_element(fwd: &Forwarding<'_>, ip: &str) -> String {
+    let mut element = String::with_capacity(64);
+    match fwd.client {
+        Some(SocketAddr::V4(_)) => {
+            element.push_str("for=");
+            element.push_str(ip);
+            element.push(';');
+        }
+        Some(SocketAddr::V6(_)) => {
+            element.push_str("for=\"[");
+            element.push_str(ip);
+            element.push_str("]\";");
+        }
+        None => (),
     }
     if let Some(host) = fwd.host.filter(|h| is_token_safe(h)) {
-        parts.push(format!("host={host}"));
+        element.push_str("host=");
+        element.push_str(host);
+        element.push(';');
     }
-    parts.push(format!("proto={}", fwd.proto));
-    parts.join(";")
+    element.push_str("proto=");
+    element.push_str(fwd.proto);
+    element
 }
 
-/// A host value that can stand unquoted in `Forwarded`.
+/// Writes an address the way `Display` does, IPv4 without the formatting machinery.
+fn push_ip(out: &mut String, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                push_decimal(out, u64::from(octet));
+            }
+        }
+        IpAddr::V6(v6) => {
+            let _ = write!(out, "{v6}");
+        }
+    }
+}
+
+fn push_decimal(out: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend(digits[i..].iter().map(|&d| char::from(d)));
+}
+
 fn is_token_safe(s: &str) -> bool {
     !s.is_empty()
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-._:[]".contains(&b))
 }
 
-fn position(headers: &[(String, String)], name: &str) -> Option<usize> {
-    headers
-        .iter()
-        .position(|(n, _)| n.eq_ignore_ascii_case(name))
-}
-
-fn append(headers: &mut Vec<(String, String)>, name: &str, value: &str) {
-    match position(headers, name) {
-        Some(i) => {
-            let existing = &mut headers[i].1;
-            existing.push_str(", ");
-            existing.push_str(value);
+/// Adds `value` to the list in `name`, all earlier lines joined into one, earliest first.
+fn append(headers: &mut HeaderMap, name: HeaderName, value: &str) {
+    let mut joined = String::new();
+    for earlier in headers.get_all(&name) {
+        if let Ok(earlier) = earlier.to_str() {
+            joined.push_str(earlier);
+            joined.push_str(", ");
         }
-        None => headers.push((name.to_owned(), value.to_owned())),
+    }
+    joined.push_str(value);
+    if let Ok(joined) = HeaderValue::try_from(joined) {
+        headers.insert(name, joined);
     }
 }
 
-fn set_if_absent(headers: &mut Vec<(String, String)>, name: &str, value: &str) {
-    if position(headers, name).is_none() {
-        headers.push((name.to_owned(), value.to_owned()));
+fn set_if_absent(headers: &mut HeaderMap, name: HeaderName, value: &str) {
+    if !headers.contains_key(&name) {
+        if let Ok(value) = HeaderValue::from_str(value) {
+            headers.insert(name, value);
+        }
     }
 }
 
-/// The request's call id: the client's own when it sent one, else a new one.
-pub fn call_id(headers: &[(String, String)]) -> String {
-    match position(headers, X_CALL_ID) {
-        Some(i) => headers[i].1.clone(),
-        None => new_call_id(),
-    }
-}
-
-/// A 128-bit id, unique within the process and unpredictable across processes, in UUID form.
-fn new_call_id() -> String {
+/// A fresh call id, formatted like a UUID: unique per process run and hard to guess.
+fn new_call_id() -> HeaderValue {
     use std::collections::hash_map::RandomState;
     use std::hash::{BuildHasher, Hasher};
     static SEQUENCE: AtomicU64 = AtomicU64::new(0);
@@ -136,34 +226,54 @@ fn new_call_id() -> String {
         h.write_u64(a);
         (a, h.finish())
     });
-    format!(
-        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
-        a >> 32,
-        (a >> 16) & 0xffff,
-        a & 0xffff,
-        b >> 48,
-        b & 0xffff_ffff_ffff
-    )
+    // 8-4-4-4-12 hex digits: 32 bits, 16, 16, 16, 48
+    let digits = [
+        (a >> 32, 8),
+        ((a >> 16) & 0xffff, 4),
+        (a & 0xffff, 4),
+        (b >> 48, 4),
+    ];
+    let mut id = Vec::with_capacity(36);
+    for (value, width) in digits {
+        push_hex(&mut id, value, width);
+        id.push(b'-');
+    }
+    push_hex(&mut id, b & 0xffff_ffff_ffff, 12);
+    HeaderValue::from_bytes(&id).unwrap_or(HeaderValue::from_static("0"))
 }
 
-/// Nanoseconds since the Unix epoch, as OpenFaaS writes `X-Start-Time`.
-pub fn start_time() -> String {
-    SystemTime::now()
+fn push_hex(out: &mut Vec<u8>, value: u64, width: u32) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for shift in (0..width).rev() {
+        out.push(HEX[((value >> (shift * 4)) & 0xf) as usize]);
+    }
+}
+
+/// Nanoseconds since the epoch, as the OpenFaaS watchdog stamps `X-Start-Time`.
+pub fn start_time() -> HeaderValue {
+    let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0)
-        .to_string()
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+    HeaderValue::from(nanos)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn h(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
+    fn pairs(headers: &HeaderMap) -> Vec<(String, String)> {
+        headers
             .iter()
-            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_string()))
             .collect()
+    }
+
+    fn fwd(client: &str) -> Forwarding<'static> {
+        Forwarding {
+            client: Some(client.parse().unwrap()),
+            host: Some("gw.example:8080"),
+            proto: "http",
+        }
     }
 
     #[test]
@@ -176,47 +286,69 @@ mod tests {
 
     #[test]
     fn forwarding_headers_append_and_set() {
-        let mut headers = h(&[
+        let received = [
             ("x-forwarded-for", "10.0.0.1"),
+            ("X-Forwarded-For", "10.0.0.2"),
             ("Forwarded", "for=10.0.0.1"),
-        ]);
-        let fwd = Forwarding {
-            client: Some("127.0.0.1:5000".parse().unwrap()),
-            host: Some("gw.example:8080"),
-            proto: "http",
-        };
-        add_forwarding(&mut headers, &fwd);
+            ("Connection", "keep-alive, X-Hop"),
+            ("X-Hop", "dropped"),
+            ("Accept", "*/*"),
+        ];
+        let out = outgoing(received.into_iter(), &fwd("127.0.0.1:5000")).unwrap();
+        let mut got = pairs(&out.headers);
+        got.retain(|(n, _)| n != "x-call-id" && n != "x-start-time");
+        got.sort();
         assert_eq!(
-            headers,
-            h(&[
-                ("x-forwarded-for", "10.0.0.1, 127.0.0.1"),
+            got,
+            [
+                ("accept", "*/*"),
                 (
-                    "Forwarded",
+                    "forwarded",
                     "for=10.0.0.1, for=127.0.0.1;host=gw.example:8080;proto=http"
                 ),
-                ("X-Forwarded-Host", "gw.example:8080"),
-                ("X-Forwarded-Proto", "http"),
-            ])
+                ("x-forwarded-for", "10.0.0.1, 10.0.0.2, 127.0.0.1"),
+                ("x-forwarded-host", "gw.example:8080"),
+                ("x-forwarded-proto", "http"),
+            ]
+            .map(|(n, v)| (n.to_string(), v.to_string()))
         );
     }
 
     #[test]
     fn ipv6_clients_are_quoted_in_forwarded() {
-        let mut headers = Vec::new();
-        let fwd = Forwarding {
-            client: Some("[::1]:80".parse().unwrap()),
-            host: None,
-            proto: "http",
-        };
-        add_forwarding(&mut headers, &fwd);
-        assert!(headers.contains(&("Forwarded".into(), "for=\"[::1]\";proto=http".into())));
+        let out = outgoing(std::iter::empty(), &fwd("[::1]:80")).unwrap();
+        assert_eq!(
+            out.headers["forwarded"],
+            "for=\"[::1]\";host=gw.example:8080;proto=http"
+        );
+        assert_eq!(out.headers["x-forwarded-for"], "::1");
     }
 
     #[test]
     fn call_ids_are_kept_or_made_unique() {
-        assert_eq!(call_id(&h(&[("x-call-id", "abc")])), "abc");
-        let (a, b) = (call_id(&[]), call_id(&[]));
+        let kept = outgoing([("X-Call-Id", "abc")].into_iter(), &fwd("127.0.0.1:1")).unwrap();
+        assert_eq!(kept.call_id, "abc");
+        assert_eq!(kept.headers.get_all("x-call-id").iter().count(), 1);
+        let (a, b) = (new_call_id(), new_call_id());
         assert_ne!(a, b);
+        let a = a.to_str().unwrap();
         assert_eq!(a.len(), 36);
+        let groups: Vec<usize> = a.split('-').map(str::len).collect();
+        assert_eq!(groups, [8, 4, 4, 4, 12]);
+        assert!(a.bytes().all(|c| c == b'-' || c.is_ascii_hexdigit()));
+    }
+
+    #[test]
+    fn a_start_time_sent_by_the_client_is_replaced() {
+        let out = outgoing([("X-Start-Time", "1")].into_iter(), &fwd("127.0.0.1:1")).unwrap();
+        let stamped: u64 = out.start_time.to_str().unwrap().parse().unwrap();
+        assert!(stamped > 1_600_000_000_000_000_000);
+        assert_eq!(out.headers.get_all("x-start-time").iter().count(), 1);
+    }
+
+    #[test]
+    fn a_header_that_is_not_valid_http_is_refused_by_name() {
+        let bad = outgoing([("Bad Name", "x")].into_iter(), &fwd("127.0.0.1:1"));
+        assert_eq!(bad.err(), Some(Unsendable("Bad Name".into())));
     }
 }

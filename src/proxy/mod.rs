@@ -24,7 +24,7 @@ use crate::redact;
 use crate::router::upstream_url;
 use crate::scaler::activity::Busy;
 use crate::scaler::Scaler;
-use headers::{Forwarding, X_CALL_ID, X_START_TIME};
+use headers::{Forwarding, Outgoing, Unsendable, X_CALL_ID, X_START_TIME};
 
 /// How the proxy treats upstream calls.
 #[derive(Debug, Clone)]
@@ -77,14 +77,13 @@ impl Proxy {
     /// Sends the request to a ready replica of the function and returns the response to relay.
     pub fn forward(&self, request: &mut Request, call: &Call<'_>) -> Result<ResponseBox, Error> {
         let declared = self.declared_body(request)?;
-        let mut outgoing = OutgoingHead::from_request(request);
+        let mut outgoing = OutgoingHead::from_request(request)?;
         let function = call.function;
-        outgoing.push("X-Defrost-Function-Name", function.name());
-        outgoing.push("X-Defrost-Function-Namespace", function.namespace());
+        outgoing.set("X-Defrost-Function-Name", function.name())?;
+        outgoing.set("X-Defrost-Function-Namespace", function.namespace())?;
         for (name, value) in call.params {
-            outgoing.push(&format!("X-Defrost-Param-{name}"), value);
+            outgoing.set(&format!("X-Defrost-Param-{name}"), value)?;
         }
-        let method = request.method().as_str().to_owned();
         let mut body = ClientBody::new(request.as_reader(), self.config.max_body_bytes);
         let busy = self.scaler.begin(function);
         let mut attempt = 0;
@@ -101,7 +100,7 @@ impl Proxy {
             };
             let in_flight = endpoint.begin();
             let url = upstream_url(endpoint.base_url(), call.rest, call.query);
-            let sent = self.send(&method, &url, &outgoing, declared, &mut body);
+            let sent = self.send(&url, &outgoing, declared, &mut body);
             match sent {
                 Ok(response) => {
                     let held = Held {
@@ -134,16 +133,13 @@ impl Proxy {
         authorization: Option<&str>,
     ) -> Result<ResponseBox, Error> {
         let declared = self.declared_body(request)?;
-        let mut outgoing = OutgoingHead::from_request(request);
-        outgoing
-            .headers
-            .retain(|(n, _)| !n.eq_ignore_ascii_case("Authorization"));
+        let mut outgoing = OutgoingHead::from_request(request)?;
+        outgoing.head.headers.remove(http::header::AUTHORIZATION);
         if let Some(auth) = authorization {
-            outgoing.push("Authorization", auth);
+            outgoing.set("Authorization", auth)?;
         }
-        let method = request.method().as_str().to_owned();
         let mut body = ClientBody::new(request.as_reader(), self.config.max_body_bytes);
-        match self.send(&method, url, &outgoing, declared, &mut body) {
+        match self.send(url, &outgoing, declared, &mut body) {
             Ok(response) => Ok(relay(response, None, &outgoing)),
             Err(_) if body.too_large() => Err(Error::BodyTooLarge {
                 limit: self.config.max_body_bytes,
@@ -164,32 +160,29 @@ impl Proxy {
 
     fn send(
         &self,
-        method: &str,
         url: &str,
         head: &OutgoingHead,
         body: Body,
         reader: &mut ClientBody<'_>,
     ) -> Result<http::Response<ureq::Body>, ureq::Error> {
-        let mut builder = http::Request::builder().method(method).uri(url);
-        for (name, value) in &head.headers {
-            builder = builder.header(name.as_str(), value.as_str());
-        }
-        builder = match body {
-            Body::Length(n) => builder.header("Content-Length", n.to_string()),
-            Body::Chunked => builder.header("Transfer-Encoding", "chunked"),
-            Body::None => builder,
-        };
+        let uri: http::Uri = url
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| ureq::Error::Http(e.into()))?;
+        let mut headers = head.head.headers.clone();
         match body {
-            Body::None => self
-                .agents
-                .get()
-                .run(builder.body(()).map_err(ureq::Error::Http)?),
-            _ => {
-                let send_body = SendBody::from_reader(reader);
-                self.agents
-                    .get()
-                    .run(builder.body(send_body).map_err(ureq::Error::Http)?)
+            Body::Length(n) => {
+                headers.insert(http::header::CONTENT_LENGTH, n.into());
             }
+            Body::Chunked => {
+                let chunked = http::HeaderValue::from_static("chunked");
+                headers.insert(http::header::TRANSFER_ENCODING, chunked);
+            }
+            Body::None => (),
+        }
+        let agent = self.agents.get();
+        match body {
+            Body::None => agent.run(head.request(uri, headers, ())),
+            _ => agent.run(head.request(uri, headers, SendBody::from_reader(reader))),
         }
     }
 
@@ -286,47 +279,51 @@ fn declared_body(request: &Request) -> Result<Body, Error> {
 
 /// The request head as it goes to the function.
 struct OutgoingHead {
-    headers: Vec<(String, String)>,
-    call_id: String,
-    start_time: String,
+    method: http::Method,
+    head: Outgoing,
 }
 
 impl OutgoingHead {
-    fn push(&mut self, name: &str, value: &str) {
-        self.headers.push((name.to_owned(), value.to_owned()));
-    }
-
-    fn from_request(request: &Request) -> OutgoingHead {
-        let connection = headers::request_header(request, "Connection");
-        let mut headers: Vec<(String, String)> = request
+    fn from_request(request: &Request) -> Result<OutgoingHead, Error> {
+        let method = http::Method::from_bytes(request.method().as_str().as_bytes())
+            .map_err(|_| Error::BadRequest(format!("method {} is not valid", request.method())))?;
+        let received = request
             .headers()
             .iter()
-            .filter(|h| !headers::is_hop_by_hop(h.field.as_str().as_str(), connection))
-            .map(|h| {
-                (
-                    h.field.as_str().as_str().to_owned(),
-                    h.value.as_str().to_owned(),
-                )
-            })
-            .collect();
-        let host = headers::request_header(request, "Host");
+            .map(|h| (h.field.as_str().as_str(), h.value.as_str()));
         let fwd = Forwarding {
             client: request.remote_addr().copied(),
-            host,
+            host: headers::request_header(request, "Host"),
             proto: "http",
         };
-        headers::add_forwarding(&mut headers, &fwd);
-        let call_id = headers::call_id(&headers);
-        let start_time = headers::start_time();
-        headers.retain(|(n, _)| {
-            !n.eq_ignore_ascii_case(X_CALL_ID) && !n.eq_ignore_ascii_case(X_START_TIME)
-        });
-        headers.push((X_CALL_ID.into(), call_id.clone()));
-        headers.push((X_START_TIME.into(), start_time.clone()));
-        OutgoingHead {
-            headers,
-            call_id,
-            start_time,
+        let head = headers::outgoing(received, &fwd).map_err(|Unsendable(name)| {
+            Error::BadRequest(format!("header {name:?} is not valid HTTP"))
+        })?;
+        Ok(OutgoingHead { method, head })
+    }
+
+    fn request<B>(&self, uri: http::Uri, headers: http::HeaderMap, body: B) -> http::Request<B> {
+        let mut request = http::Request::new(body);
+        *request.method_mut() = self.method.clone();
+        *request.uri_mut() = uri;
+        *request.headers_mut() = headers;
+        request
+    }
+
+    /// Sets a header the gateway adds itself.
+    fn set(&mut self, name: &str, value: &str) -> Result<(), Error> {
+        let parsed = (
+            http::HeaderName::from_bytes(name.as_bytes()),
+            http::HeaderValue::from_str(value),
+        );
+        match parsed {
+            (Ok(name), Ok(value)) => {
+                self.head.headers.insert(name, value);
+                Ok(())
+            }
+            _ => Err(Error::BadRequest(format!(
+                "{name:?}: {value:?} cannot be sent as a header"
+            ))),
         }
     }
 }
@@ -367,8 +364,8 @@ fn relay(
             Header::from_bytes(name.as_str().as_bytes(), value.as_bytes()).ok()
         })
         .collect();
-    out.extend(Header::from_bytes(X_CALL_ID, head.call_id.as_bytes()).ok());
-    out.extend(Header::from_bytes(X_START_TIME, head.start_time.as_bytes()).ok());
+    out.extend(Header::from_bytes(X_CALL_ID, head.head.call_id.as_bytes()).ok());
+    out.extend(Header::from_bytes(X_START_TIME, head.head.start_time.as_bytes()).ok());
     let mut reader = Relayed {
         body: body.into_reader(),
         remaining: length,
@@ -534,9 +531,12 @@ mod tests {
             4,
         );
         let head = OutgoingHead {
-            headers: Vec::new(),
-            call_id: "id".into(),
-            start_time: "0".into(),
+            method: http::Method::GET,
+            head: Outgoing {
+                headers: http::HeaderMap::new(),
+                call_id: http::HeaderValue::from_static("id"),
+                start_time: http::HeaderValue::from_static("0"),
+            },
         };
         for _ in 0..3 {
             let response = agent.get(&url).call().unwrap();

@@ -75,34 +75,107 @@ pub(crate) enum ConnectionHint {
 const COPY_BUF: usize = 32 * 1024;
 /// Room in front of chunk data for its size line (16 hex digits and CRLF).
 const CHUNK_HEAD: usize = 18;
+/// Bodies up to this length are copied through a buffer on the stack.
+const SMALL_COPY: usize = 4 * 1024;
 
-/// Builds a Date: header with the current date.
-fn build_date_header() -> Header {
-    let d = HttpDate::from(SystemTime::now());
-    Header::from_bytes(&b"Date"[..], &d.to_string().into_bytes()[..]).unwrap()
+/// The `Date` value for now, formatted once per second per thread: formatting it for every
+/// response cost more than the rest of the response head.
+fn with_date<T>(f: impl FnOnce(&[u8]) -> T) -> T {
+    use std::cell::RefCell;
+    thread_local! {
+        static DATE: RefCell<(u64, Vec<u8>)> = const { RefCell::new((u64::MAX, Vec::new())) };
+    }
+    let now = SystemTime::now();
+    let second = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    DATE.with(|cell| {
+        let mut cached = cell.borrow_mut();
+        if cached.0 != second {
+            *cached = (second, HttpDate::from(now).to_string().into_bytes());
+        }
+        f(&cached.1)
+    })
 }
 
-/// Serializes the status line and headers, terminated by the empty line.
+/// Appends `n` in decimal.
+fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// What the server adds to a response's own headers.
+struct Added<'a> {
+    upgrade: Option<&'a str>,
+    server: bool,
+    date: bool,
+    connection: Option<&'static str>,
+    framing: Framing,
+}
+
+/// Serializes the status line and headers, terminated by the empty line, in one buffer
+/// without formatting machinery: the order is `Connection`/`Upgrade` for an upgrade,
+/// `Server`, `Date`, the response's headers, then `Connection` and the framing header.
 fn message_header(
     http_version: &HTTPVersion,
     status_code: &StatusCode,
     headers: &[Header],
+    added: &Added<'_>,
 ) -> Vec<u8> {
     let mut out = Vec::with_capacity(256);
-    // writing into a Vec cannot fail
-    let _ = write!(
-        &mut out,
-        "HTTP/{}.{} {} {}\r\n",
-        http_version.0,
-        http_version.1,
-        status_code.0,
-        status_code.default_reason_phrase()
-    );
+    out.extend_from_slice(b"HTTP/");
+    push_decimal(&mut out, u64::from(http_version.0));
+    out.push(b'.');
+    push_decimal(&mut out, u64::from(http_version.1));
+    out.push(b' ');
+    push_decimal(&mut out, u64::from(status_code.0));
+    out.push(b' ');
+    out.extend_from_slice(status_code.default_reason_phrase().as_bytes());
+    out.extend_from_slice(b"\r\n");
+    if let Some(upgrade) = added.upgrade {
+        push_header(&mut out, b"Connection", b"upgrade");
+        push_header(&mut out, b"Upgrade", upgrade.as_bytes());
+    }
+    if added.server {
+        push_header(&mut out, b"Server", b"tiny-http (Rust)");
+    }
+    if added.date {
+        with_date(|date| push_header(&mut out, b"Date", date));
+    }
     for header in headers.iter() {
-        out.extend_from_slice(header.field.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(header.value.as_str().as_bytes());
-        out.extend_from_slice(b"\r\n");
+        push_header(
+            &mut out,
+            header.field.as_str().as_bytes(),
+            header.value.as_str().as_bytes(),
+        );
+    }
+    if let Some(connection) = added.connection {
+        push_header(&mut out, b"Connection", connection.as_bytes());
+    }
+    match added.framing {
+        Framing::Chunked => push_header(&mut out, b"Transfer-Encoding", b"chunked"),
+        Framing::Length(len) => {
+            out.extend_from_slice(b"Content-Length: ");
+            push_decimal(&mut out, len as u64);
+            out.extend_from_slice(b"\r\n");
+        }
+        Framing::NoBody | Framing::Close => (),
     }
     out.extend_from_slice(b"\r\n");
     out
@@ -121,7 +194,15 @@ fn read_some<R: Read + ?Sized>(reader: &mut R, buf: &mut [u8]) -> IoResult<usize
 /// Copies exactly `length` bytes, writing and flushing each read as it comes.
 /// A reader that ends early is an error (the declared length cannot be honoured).
 fn copy_length<R: Read, W: Write>(reader: &mut R, writer: &mut W, length: usize) -> IoResult<()> {
-    let mut buf = vec![0u8; length.clamp(1, COPY_BUF)];
+    // small bodies (most function answers) are copied through the stack, not the heap
+    let mut small = [0u8; SMALL_COPY];
+    let mut large = Vec::new();
+    let buf: &mut [u8] = if length <= SMALL_COPY {
+        &mut small[..length.max(1)]
+    } else {
+        large.resize(length.min(COPY_BUF), 0);
+        &mut large
+    };
     let mut remaining = length;
     while remaining > 0 {
         let max = remaining.min(buf.len());
@@ -381,53 +462,31 @@ where
         }
         let must_close = hint == ConnectionHint::Close || framing == Framing::Close;
 
-        // add `Date` if not in the headers
-        if !self.headers.iter().any(|h| h.field.equiv("Date")) {
-            self.headers.insert(0, build_date_header());
-        }
-
-        // add `Server` if not in the headers
-        if !self.headers.iter().any(|h| h.field.equiv("Server")) {
-            self.headers.insert(
-                0,
-                Header::from_bytes(&b"Server"[..], &b"tiny-http (Rust)"[..]).unwrap(),
-            );
-        }
-
         if let Some(upgrade) = upgrade {
-            self.headers.insert(
-                0,
-                Header::from_bytes(&b"Upgrade"[..], upgrade.as_bytes())
-                    .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "bad protocol"))?,
-            );
-            self.headers.insert(
-                0,
-                Header::from_bytes(&b"Connection"[..], &b"upgrade"[..]).unwrap(),
-            );
-        } else if status >= 200 {
-            if must_close {
-                self.headers
-                    .push(Header::from_bytes(&b"Connection"[..], &b"close"[..]).unwrap());
-            } else if hint == ConnectionHint::KeepAlive && !http11 {
-                self.headers
-                    .push(Header::from_bytes(&b"Connection"[..], &b"keep-alive"[..]).unwrap());
+            // the protocol name becomes a header value: it must be a valid one
+            if Header::from_bytes(&b"Upgrade"[..], upgrade.as_bytes()).is_err() {
+                return Err(io::Error::new(io::ErrorKind::InvalidInput, "bad protocol"));
             }
         }
-
-        match framing {
-            Framing::Chunked => self
-                .headers
-                .push(Header::from_bytes(&b"Transfer-Encoding"[..], &b"chunked"[..]).unwrap()),
-            Framing::Length(len) => self.headers.push(
-                Header::from_bytes(&b"Content-Length"[..], len.to_string().into_bytes()).unwrap(),
-            ),
-            Framing::NoBody | Framing::Close => (),
-        }
-
+        let connection = match upgrade {
+            Some(_) => None,
+            None if status < 200 => None,
+            None if must_close => Some("close"),
+            None if hint == ConnectionHint::KeepAlive && !http11 => Some("keep-alive"),
+            None => None,
+        };
+        let added = Added {
+            upgrade,
+            server: !self.headers.iter().any(|h| h.field.equiv("Server")),
+            date: !self.headers.iter().any(|h| h.field.equiv("Date")),
+            connection,
+            framing,
+        };
         writer.write_all(&message_header(
             http_version,
             &self.status_code,
             &self.headers,
+            &added,
         ))?;
 
         if send_body {
