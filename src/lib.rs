@@ -6,7 +6,8 @@
 //! the same cold function share one status query and one scale call, and are released together.
 //!
 //! ```text
-//!  client ──▶ tiny_http connection threads (limits, timeouts) ──▶ queue ──▶ worker pool (server)
+//!  client ──▶ tiny_http (limits, timeouts; idle keep-alive connections in one epoll set)
+//!                 ──▶ queue ──▶ worker pool (server: a fixed core, more while workers block)
 //!                                                          │
 //!                                             gateway::Handler::handle
 //!                                                          │

@@ -205,10 +205,16 @@ fn append(headers: &mut HeaderMap, name: HeaderName, value: &str) {
 }
 
 fn set_if_absent(headers: &mut HeaderMap, name: HeaderName, value: &str) {
-    if !headers.contains_key(&name) {
-        if let Ok(value) = HeaderValue::from_str(value) {
-            headers.insert(name, value);
-        }
+    if headers.contains_key(&name) {
+        return;
+    }
+    let value = match value {
+        "http" => Ok(HeaderValue::from_static("http")),
+        "https" => Ok(HeaderValue::from_static("https")),
+        other => HeaderValue::from_str(other),
+    };
+    if let Ok(value) = value {
+        headers.insert(name, value);
     }
 }
 

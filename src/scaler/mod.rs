@@ -127,6 +127,7 @@ impl Scaler {
             return Ok(status);
         }
         let _slot = self.waiters.enter(function)?;
+        crate::server::blocking();
         self.wait_until_ready(function, status)
     }
 

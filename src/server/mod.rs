@@ -1,15 +1,16 @@
 //! The listening side: a tiny_http server and the worker pool that answers its requests.
 //!
-//! tiny_http reads requests on its connection threads and queues them; workers take them off
-//! the queue and run the whole request, including any wait for a cold function. Waiting blocks
-//! the worker, as in the OpenFaaS gateway, so the pool is elastic: it keeps one thread per core
-//! warm and grows, up to a bound, whenever every worker is busy. A burst of requests waiting on
-//! a cold or slow function therefore holds threads of its own while warm traffic still finds
-//! idle workers; the scaler bounds how many may wait, which keeps the pool's bound out of reach.
+//! tiny_http queues requests (or idle connections that became readable, whose next request the
+//! worker then reads itself); workers take them off the queue and run the whole request,
+//! including any wait for a cold function. Waiting blocks the worker, as in the OpenFaaS
+//! gateway, so the pool keeps a fixed core of workers that are not blocked and grows, up to a
+//! bound, as workers block (see `pool`). A burst of requests waiting on a cold or slow function
+//! therefore holds threads of its own while warm traffic still finds free workers; the scaler
+//! bounds how many may wait, which keeps the pool's bound out of reach.
 
 mod pool;
 
-pub use pool::{Pool, PoolConfig};
+pub use pool::{blocking, Pool, PoolConfig};
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};

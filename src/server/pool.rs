@@ -10,9 +10,10 @@
 //! Why more than the core: a fixed pool starves as soon as its workers block, and a request
 //! blocks its worker for a whole cold start or for the whole answer of a slow function. So a
 //! monitor thread ticks while anything is busy, counts a worker that has been on one request
-//! for longer than `stall_after` as blocked, and starts workers until `core` of them are not
-//! blocked, and enough for the requests queued meanwhile. Blocked workers cost memory, not
-//! CPU; once they are free again, the surplus above the core leaves.
+//! for longer than `stall_after` (or that said it is [`blocking`]) as blocked, and starts
+//! workers until `core` of them are not blocked, and enough for the requests queued meanwhile.
+//! Blocked workers cost memory, not CPU; once they are free again, the surplus above the core
+//! leaves.
 
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -29,6 +30,25 @@ const TICK: Duration = Duration::from_millis(1);
 const QUIET_TICKS: u32 = 200;
 /// Ticks a surplus of free workers must last before it is retired.
 const SURPLUS_TICKS: u32 = 1000;
+/// A worker's clock while it waits in a way known to be long (see [`blocking`]).
+const BLOCKED: u64 = u64::MAX;
+
+thread_local! {
+    /// The clock of the pool worker running on this thread, if it is one.
+    static CLOCK: std::cell::RefCell<Option<Arc<AtomicU64>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Tells the pool that the request on this thread is about to wait for long (for a cold
+/// function's replica): the monitor starts a worker in its place at its next tick rather than
+/// after `stall_after`. Does nothing on a thread that is not a pool worker.
+pub fn blocking() {
+    CLOCK.with(|clock| {
+        if let Some(clock) = &*clock.borrow() {
+            clock.store(BLOCKED, Ordering::Relaxed);
+        }
+    });
+}
 
 /// How many workers, and when there are more.
 #[derive(Debug, Clone)]
@@ -200,7 +220,7 @@ impl Shared {
         clocks
             .iter()
             .map(|c| c.load(Ordering::Relaxed))
-            .filter(|&since| since != 0 && now.saturating_sub(since) >= stall)
+            .filter(|&since| since == BLOCKED || (since != 0 && now.saturating_sub(since) >= stall))
             .count()
     }
 
@@ -257,6 +277,7 @@ fn forget(shared: &Shared, clock: &Arc<AtomicU64>) {
 }
 
 fn work(shared: &Arc<Shared>, clock: &Arc<AtomicU64>) {
+    CLOCK.with(|mine| *mine.borrow_mut() = Some(Arc::clone(clock)));
     while !shared.stopping.load(Ordering::SeqCst) {
         let request = match shared.server.recv_timeout(shared.config.idle_timeout) {
             Ok(Some(request)) => request,
@@ -316,8 +337,9 @@ fn monitor(shared: &Arc<Shared>) {
         let core = shared.core();
         if free < core {
             surplus_for = 0;
-            // Enough for the core, and for what queued up while the core was short.
-            let wanted = (core - free).max(pending);
+            // Enough for the core, or for what queued up while it was short, up to a core's
+            // worth per tick: requests queued behind a CPU-bound burst need no more threads.
+            let wanted = (core - free).max(pending.min(core));
             for _ in 0..wanted {
                 if !spawn_worker(shared) {
                     break;

@@ -53,7 +53,10 @@ impl Hub {
     #[cfg(target_os = "linux")]
     fn watch_idle(&self) {
         if let Some(idle) = &self.idle {
-            idle.run(|client| self.messages.push(Message::Ready(client)));
+            idle.run(|ready| {
+                self.messages
+                    .push_all(ready.into_iter().map(Message::Ready))
+            });
         }
     }
 

@@ -75,8 +75,9 @@ pub(crate) enum ConnectionHint {
 const COPY_BUF: usize = 32 * 1024;
 /// Room in front of chunk data for its size line (16 hex digits and CRLF).
 const CHUNK_HEAD: usize = 18;
-/// Bodies up to this length are copied through a buffer on the stack.
-const SMALL_COPY: usize = 4 * 1024;
+/// Bodies up to this length are copied through a buffer on the stack (zeroing a larger one
+/// for every small answer would cost more than the heap).
+const SMALL_COPY: usize = 512;
 
 /// The `Date` value for now, formatted once per second per thread: formatting it for every
 /// response cost more than the rest of the response head.

@@ -86,9 +86,9 @@ impl Idle {
         }
     }
 
-    /// Hands each connection that becomes readable to `ready`, and closes the ones idle for
-    /// too long, until `close` is called.
-    pub(crate) fn run(&self, mut ready: impl FnMut(Box<ClientConnection>)) {
+    /// Hands the connections that became readable to `ready`, a batch per wake-up, and closes
+    /// the ones idle for too long, until `close` is called.
+    pub(crate) fn run(&self, mut ready: impl FnMut(Vec<Box<ClientConnection>>)) {
         let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; BATCH];
         let wait_ms = i32::try_from(self.sweep_every.as_millis()).unwrap_or(i32::MAX);
         let mut swept = Instant::now();
@@ -115,8 +115,8 @@ impl Idle {
                 let tokens = events.iter().take(n as usize).map(|e| e.u64);
                 tokens.filter_map(|t| parked.remove(&t)).collect()
             };
-            for client in woken {
-                ready(client);
+            if !woken.is_empty() {
+                ready(woken);
             }
             if swept.elapsed() >= self.sweep_every {
                 self.sweep();

@@ -13,8 +13,33 @@ pub struct MessagesQueue<T>
 where
     T: Send,
 {
-    queue: Mutex<VecDeque<Control<T>>>,
+    state: Mutex<State<T>>,
     condvar: Condvar,
+}
+
+struct State<T> {
+    queue: VecDeque<Control<T>>,
+    /// Threads waiting in `pop` / `pop_timeout`.
+    waiting: usize,
+    /// Wake-ups sent and not yet taken by a waiting thread.
+    notified: usize,
+}
+
+impl<T> State<T> {
+    /// True (and counted) if a waiting thread should be woken for one more element: a wake-up
+    /// is a syscall, so none is sent when every waiter has one coming already.
+    fn take_wakeup(&mut self) -> bool {
+        if self.waiting > self.notified {
+            self.notified += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn woken(&mut self) {
+        self.notified = self.notified.saturating_sub(1);
+    }
 }
 
 impl<T> MessagesQueue<T>
@@ -23,7 +48,11 @@ where
 {
     pub fn with_capacity(capacity: usize) -> Arc<MessagesQueue<T>> {
         Arc::new(MessagesQueue {
-            queue: Mutex::new(VecDeque::with_capacity(capacity)),
+            state: Mutex::new(State {
+                queue: VecDeque::with_capacity(capacity),
+                waiting: 0,
+                notified: 0,
+            }),
             condvar: Condvar::new(),
         })
     }
@@ -33,42 +62,67 @@ where
     /// The waiter is woken after the lock is released, so that it does not wake only to
     /// block at once on the lock the pusher still holds.
     pub fn push(&self, value: T) {
-        lock(&self.queue).push_back(Control::Elem(value));
-        self.condvar.notify_one();
+        let wake = {
+            let mut state = lock(&self.state);
+            state.queue.push_back(Control::Elem(value));
+            state.take_wakeup()
+        };
+        if wake {
+            self.condvar.notify_one();
+        }
+    }
+
+    /// Pushes several elements under one lock, waking as many waiting threads as needed.
+    pub fn push_all(&self, values: impl IntoIterator<Item = T>) {
+        let mut wakeups = 0;
+        {
+            let mut state = lock(&self.state);
+            for value in values {
+                state.queue.push_back(Control::Elem(value));
+                if state.take_wakeup() {
+                    wakeups += 1;
+                }
+            }
+        }
+        for _ in 0..wakeups {
+            self.condvar.notify_one();
+        }
     }
 
     /// Elements waiting to be popped (wake-ups from `unblock` included).
     pub fn len(&self) -> usize {
-        lock(&self.queue).len()
+        lock(&self.state).queue.len()
     }
 
     /// Unblock one thread stuck in pop loop.
     pub fn unblock(&self) {
-        let mut queue = lock(&self.queue);
-        queue.push_back(Control::Unblock);
+        let mut state = lock(&self.state);
+        state.queue.push_back(Control::Unblock);
+        state.take_wakeup();
         self.condvar.notify_one();
     }
 
     /// Pops an element. Blocks until one is available.
     /// Returns None in case unblock() was issued.
     pub fn pop(&self) -> Option<T> {
-        let mut queue = lock(&self.queue);
-
+        let mut state = lock(&self.state);
         loop {
-            match queue.pop_front() {
+            match state.queue.pop_front() {
                 Some(Control::Elem(value)) => return Some(value),
                 Some(Control::Unblock) => return None,
                 None => (),
             }
-
-            queue = self.condvar.wait(queue).unwrap_or_else(|e| e.into_inner());
+            state.waiting += 1;
+            state = self.condvar.wait(state).unwrap_or_else(|e| e.into_inner());
+            state.waiting -= 1;
+            state.woken();
         }
     }
 
     /// Tries to pop an element without blocking.
     pub fn try_pop(&self) -> Option<T> {
-        let mut queue = lock(&self.queue);
-        match queue.pop_front() {
+        let mut state = lock(&self.state);
+        match state.queue.pop_front() {
             Some(Control::Elem(value)) => Some(value),
             Some(Control::Unblock) | None => None,
         }
@@ -78,31 +132,29 @@ where
     /// more than the specified timeout duration
     /// or unblock() was issued
     pub fn pop_timeout(&self, timeout: Duration) -> Option<T> {
-        let mut queue = lock(&self.queue);
-        let mut duration = timeout;
+        let mut state = lock(&self.state);
+        let deadline = Instant::now().checked_add(timeout);
         loop {
-            match queue.pop_front() {
+            match state.queue.pop_front() {
                 Some(Control::Elem(value)) => return Some(value),
                 Some(Control::Unblock) => return None,
                 None => (),
             }
-            let now = Instant::now();
-            let (_queue, result) = self
-                .condvar
-                .wait_timeout(queue, duration)
-                .unwrap_or_else(|e| e.into_inner());
-            queue = _queue;
-            let sleep_time = now.elapsed();
-            duration = if duration > sleep_time {
-                duration - sleep_time
-            } else {
-                Duration::from_millis(0)
+            let left = match deadline {
+                Some(d) => d.saturating_duration_since(Instant::now()),
+                None => timeout,
             };
-            if result.timed_out()
-                || (duration.as_secs() == 0 && duration.subsec_nanos() < 1_000_000)
-            {
+            if left < Duration::from_millis(1) {
                 return None;
             }
+            state.waiting += 1;
+            let (next, _) = self
+                .condvar
+                .wait_timeout(state, left)
+                .unwrap_or_else(|e| e.into_inner());
+            state = next;
+            state.waiting -= 1;
+            state.woken();
         }
     }
 }
