@@ -6,8 +6,9 @@
 //! the same cold function share one status query and one scale call, and are released together.
 //!
 //! ```text
-//!  client ──▶ tiny_http (limits, timeouts; idle keep-alive connections in one epoll set)
-//!                 ──▶ queue ──▶ worker pool (server: a fixed core, more while workers block)
+//!  client ──▶ tiny_http (limits, timeouts; idle keep-alive connections in one epoll set,
+//!             where idle workers wait and read the request of a connection that wakes them)
+//!                 ──▶ worker pool (server: a fixed core, more while workers block)
 //!                                                          │
 //!                                             gateway::Handler::handle
 //!                                                          │

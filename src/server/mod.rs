@@ -1,7 +1,8 @@
 //! The listening side: a tiny_http server and the worker pool that answers its requests.
 //!
-//! tiny_http queues requests (or idle connections that became readable, whose next request the
-//! worker then reads itself); workers take them off the queue and run the whole request,
+//! Workers wait in tiny_http's `recv`, where a worker woken for a readable keep-alive
+//! connection reads the request head itself; requests read by tiny_http's connection threads
+//! (slow heads, pipelining) come through its queue. A worker runs the whole request,
 //! including any wait for a cold function. Waiting blocks the worker, as in the OpenFaaS
 //! gateway, so the pool keeps a fixed core of workers that are not blocked and grows, up to a
 //! bound, as workers block (see `pool`). A burst of requests waiting on a cold or slow function

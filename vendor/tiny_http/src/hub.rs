@@ -1,24 +1,38 @@
 //! Where a connection is served from between its requests.
 //!
-//! A connection that waits for its next request is parked in the idle set (Linux); when it
-//! becomes readable it is queued, and the thread that takes it in `Server::recv` reads the
-//! request head itself if it has fully arrived. Anything that may block (a head still
+//! A connection that waits for its next request is parked in the idle set (Linux), where the
+//! threads calling `Server::recv` wait too; the one woken for it reads the request head itself
+//! if it has fully arrived. Anything that may block (a head still
 //! arriving, a body lent to a request, an ending that lingers) goes to a connection thread
 //! from the task pool, which hands the connection back to the idle set once it waits idle
 //! again. Where there is no idle set, connection threads serve connections throughout, as
 //! tiny_http always did.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
+use std::time::Duration;
 
 use crate::client::{ClientConnection, Quick};
 #[cfg(target_os = "linux")]
-use crate::util::idle::Idle;
+use crate::util::idle::{Idle, Polled};
 use crate::util::{MessagesQueue, TaskPool};
 use crate::{Limits, Message, Request};
 
+/// What a wait in [`Hub::poll`] gave.
+// Moved once, straight to the caller; boxing the request would cost an allocation each.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Waited {
+    Request(Request),
+    /// Woken, but with no request (yet): look at the queue, wait again.
+    Nothing,
+    TimedOut,
+}
+
 pub(crate) struct Hub {
     pub(crate) messages: Arc<MessagesQueue<Message>>,
+    /// Threads waiting in the idle set right now, to be woken when work is queued.
+    pollers: AtomicUsize,
     tasks: TaskPool,
     #[cfg(target_os = "linux")]
     idle: Option<Idle>,
@@ -29,6 +43,7 @@ impl Hub {
     pub(crate) fn start(messages: Arc<MessagesQueue<Message>>, limits: &Limits) -> Arc<Hub> {
         let hub = Arc::new(Hub {
             messages,
+            pollers: AtomicUsize::new(0),
             tasks: TaskPool::new(),
             #[cfg(target_os = "linux")]
             idle: Idle::new(limits)
@@ -42,6 +57,7 @@ impl Hub {
             let watcher = Arc::clone(&hub);
             let spawned = thread::Builder::new()
                 .name("tiny-http-idle".into())
+                .stack_size(64 * 1024)
                 .spawn(move || watcher.watch_idle());
             if let Err(e) = spawned {
                 log::error!("Could not start the idle connection thread: {}", e);
@@ -53,11 +69,51 @@ impl Hub {
     #[cfg(target_os = "linux")]
     fn watch_idle(&self) {
         if let Some(idle) = &self.idle {
-            idle.run(|ready| {
-                self.messages
-                    .push_all(ready.into_iter().map(Message::Ready))
+            idle.run_sweeps();
+        }
+    }
+
+    /// Queues a message for the `recv` callers, waking one that waits in the idle set.
+    pub(crate) fn push(&self, message: Message) {
+        self.messages.push(message);
+        self.nudge();
+    }
+
+    /// Wakes one `recv` caller that waits in the idle set, to look at the queue.
+    pub(crate) fn nudge(&self) {
+        #[cfg(target_os = "linux")]
+        if let Some(idle) = &self.idle {
+            if self.pollers.load(Ordering::SeqCst) > 0 {
+                idle.wake();
+            }
+        }
+    }
+
+    /// Waits up to `timeout` on the calling thread for a readable idle connection (whose next
+    /// request it then reads) or for queued work. `None` where there is no idle set: the
+    /// caller waits on the queue instead.
+    pub(crate) fn poll(self: &Arc<Self>, timeout: Duration) -> Option<Waited> {
+        #[cfg(target_os = "linux")]
+        if let Some(idle) = &self.idle {
+            self.pollers.fetch_add(1, Ordering::SeqCst);
+            // queued before we counted ourselves: the pusher may not have woken anyone
+            let polled = if self.messages.len() > 0 {
+                Polled::Woken
+            } else {
+                idle.wait_one(timeout)
+            };
+            self.pollers.fetch_sub(1, Ordering::SeqCst);
+            return Some(match polled {
+                Polled::Ready(client) => match self.resume(client) {
+                    Some(rq) => Waited::Request(rq),
+                    None => Waited::Nothing,
+                },
+                Polled::Woken => Waited::Nothing,
+                Polled::TimedOut => Waited::TimedOut,
             });
         }
+        let _ = (timeout, &self.pollers);
+        None
     }
 
     /// Closes the idle connections and stops watching them.
@@ -128,9 +184,8 @@ impl Hub {
     }
 
     fn run_connection(&self, mut client: Box<ClientConnection>) {
-        let messages = &self.messages;
         loop {
-            if !client.serve_until_idle(|rq| messages.push(rq.into())) {
+            if !client.serve_until_idle(|rq| self.push(rq.into())) {
                 return;
             }
             client = match self.park(client) {
@@ -138,7 +193,7 @@ impl Hub {
                 // cannot be parked: wait for the next request on this thread
                 Err(mut client) => match client.next() {
                     Some(rq) => {
-                        messages.push(rq.into());
+                        self.push(rq.into());
                         client
                     }
                     None => return,

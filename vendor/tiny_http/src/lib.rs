@@ -113,7 +113,7 @@ use std::time::{Duration, Instant};
 
 use client::ClientConnection;
 use connection::Connection;
-use util::MessagesQueue;
+use util::{MessagesQueue, Popped};
 
 pub use common::{HTTPVersion, Header, HeaderField, Method, StatusCode};
 pub use connection::{ConfigListenAddr, ListenAddr, Listener};
@@ -159,9 +159,6 @@ pub struct Server {
 pub(crate) enum Message {
     Error(IoError),
     NewRequest(Request),
-    /// An idle connection that became readable: its next request is read by the thread that
-    /// takes this message.
-    Ready(Box<ClientConnection>),
 }
 
 impl From<IoError> for Message {
@@ -279,6 +276,19 @@ Content-Length: 0\r\n\r\n";
 /// Pause after a failed `accept` (e.g. out of file descriptors), doubled on each
 /// consecutive failure up to the maximum.
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
+/// Longest single wait of `recv()`, which waits again until a request comes.
+const POLL_SLICE: Duration = Duration::from_secs(1);
+
+/// One wait of a `recv` caller.
+// Moved once, straight to the caller; boxing the request would cost an allocation each.
+#[allow(clippy::large_enum_variant)]
+enum Wait {
+    Got(IoResult<Request>),
+    Unblocked,
+    /// Woken without a request: wait again.
+    Again,
+    TimedOut,
+}
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_millis(100);
 
 /// Answers a connection beyond the limit with a 503 without ever blocking: the socket is
@@ -437,12 +447,10 @@ impl Server {
     /// Blocks until an HTTP request has been submitted and returns it.
     pub fn recv(&self) -> IoResult<Request> {
         loop {
-            match self.messages.pop() {
-                Some(message) => match self.take(message) {
-                    Some(result) => return result,
-                    None => continue,
-                },
-                None => return Err(IoError::other("thread unblocked")),
+            match self.wait(POLL_SLICE) {
+                Wait::Got(result) => return result,
+                Wait::Unblocked => return Err(IoError::other("thread unblocked")),
+                Wait::Again | Wait::TimedOut => continue,
             }
         }
     }
@@ -452,33 +460,52 @@ impl Server {
         let deadline = Instant::now().checked_add(timeout);
         loop {
             let left = deadline.map_or(timeout, |d| d.saturating_duration_since(Instant::now()));
-            match self.messages.pop_timeout(left) {
-                Some(message) => match self.take(message) {
-                    Some(result) => return result.map(Some),
-                    None => continue,
-                },
-                None => return Ok(None),
+            match self.wait(left) {
+                Wait::Got(result) => return result.map(Some),
+                Wait::Unblocked => return Ok(None),
+                Wait::Again if !left.is_zero() => continue,
+                Wait::Again | Wait::TimedOut => return Ok(None),
             }
         }
     }
 
     /// Same as `recv()` but doesn't block.
     pub fn try_recv(&self) -> IoResult<Option<Request>> {
-        while let Some(message) = self.messages.try_pop() {
-            if let Some(result) = self.take(message) {
-                return result.map(Some);
+        loop {
+            match self.wait(Duration::ZERO) {
+                Wait::Got(result) => return result.map(Some),
+                Wait::Again => continue,
+                Wait::Unblocked | Wait::TimedOut => return Ok(None),
             }
         }
-        Ok(None)
     }
 
-    /// What a message gives `recv()`: a request, an error, or (for a connection whose next
-    /// request has not fully arrived) nothing yet.
-    fn take(&self, message: Message) -> Option<IoResult<Request>> {
+    /// Waits up to `timeout` for the next request: queued ones first, else in the idle set
+    /// (where this thread reads the request of a connection that becomes readable), else,
+    /// without an idle set, on the queue.
+    fn wait(&self, timeout: Duration) -> Wait {
+        match self.messages.try_take() {
+            Popped::Elem(message) => return Wait::Got(self.take(message)),
+            Popped::Unblock => return Wait::Unblocked,
+            Popped::Empty => (),
+        }
+        match self.hub.poll(timeout) {
+            Some(hub::Waited::Request(rq)) => Wait::Got(Ok(rq)),
+            Some(hub::Waited::Nothing) => Wait::Again,
+            Some(hub::Waited::TimedOut) => Wait::TimedOut,
+            None => match self.messages.pop_timeout(timeout) {
+                Some(message) => Wait::Got(self.take(message)),
+                // timed out or unblocked: the queue does not say which
+                None => Wait::TimedOut,
+            },
+        }
+    }
+
+    /// What a message gives `recv()`.
+    fn take(&self, message: Message) -> IoResult<Request> {
         match message {
-            Message::Error(err) => Some(Err(err)),
-            Message::NewRequest(rq) => Some(Ok(rq)),
-            Message::Ready(client) => self.hub.resume(client).map(Ok),
+            Message::Error(err) => Err(err),
+            Message::NewRequest(rq) => Ok(rq),
         }
     }
 
@@ -487,6 +514,7 @@ impl Server {
     /// This method allows graceful shutdown of server.
     pub fn unblock(&self) {
         self.messages.unblock();
+        self.hub.nudge();
     }
 }
 

@@ -1,10 +1,11 @@
 //! The idle set: keep-alive connections waiting for their next request sit in one epoll set
 //! instead of each holding a thread blocked in `read`.
 //!
-//! When one becomes readable it is queued for `Server::recv`, whose caller reads the request
-//! head itself when it has fully arrived. A request on a kept-alive connection then costs the
-//! server one thread wake-up instead of two (the connection thread's, then the worker's), and
-//! a thousand idle connections cost no threads at all. Connections that send slowly, lend
+//! The threads calling `Server::recv` wait in that set themselves (leader/follower style): the
+//! one woken for a readable connection reads the request head on the spot when it has fully
+//! arrived. A request on a kept-alive connection then costs the server one thread wake-up,
+//! with nothing handed from thread to thread, and a thousand idle connections cost no threads
+//! at all. One thread only enforces the idle timeouts. Connections that send slowly, lend
 //! their reading side to a request body or are ending are served by a connection thread as
 //! before, and come back here once they wait idle again.
 
@@ -20,11 +21,23 @@ use crate::client::ClientConnection;
 use crate::util::conn::{lock, non_zero};
 use crate::Limits;
 
-/// Events taken per `epoll_wait`.
-const BATCH: usize = 64;
+/// The token of the eventfd that wakes a thread waiting in [`Idle::wait_one`] when work is
+/// queued for it; connection tokens start at 1.
+const WAKE_TOKEN: u64 = 0;
+
+/// What a wait in [`Idle::wait_one`] gave.
+pub(crate) enum Polled {
+    /// A parked connection became readable; it is the waiter's now.
+    Ready(Box<ClientConnection>),
+    /// Woken for queued work (or for nothing): look at the queue.
+    Woken,
+    TimedOut,
+}
 
 pub(crate) struct Idle {
     epoll: OwnedFd,
+    /// Counts queued work not yet noticed by a waiter (a semaphore: one read, one unit).
+    wake: OwnedFd,
     parked: Mutex<HashMap<u64, Box<ClientConnection>>>,
     closed: AtomicBool,
     /// How often idle connections are checked against their timeouts.
@@ -40,8 +53,34 @@ impl Idle {
         }
         // SAFETY: `fd` is a fresh descriptor that nothing else owns.
         let epoll = unsafe { OwnedFd::from_raw_fd(fd) };
+        let flags = libc::EFD_NONBLOCK | libc::EFD_CLOEXEC | libc::EFD_SEMAPHORE;
+        // SAFETY: plain syscall; the descriptor returned is owned by the `OwnedFd` below.
+        let fd = unsafe { libc::eventfd(0, flags) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a fresh descriptor that nothing else owns.
+        let wake = unsafe { OwnedFd::from_raw_fd(fd) };
+        // one waiter woken per unit of work, not all of them
+        let mut event = libc::epoll_event {
+            events: (libc::EPOLLIN | libc::EPOLLEXCLUSIVE) as u32,
+            u64: WAKE_TOKEN,
+        };
+        // SAFETY: both descriptors are open and owned here; `event` is a valid epoll_event.
+        let rc = unsafe {
+            libc::epoll_ctl(
+                epoll.as_raw_fd(),
+                libc::EPOLL_CTL_ADD,
+                wake.as_raw_fd(),
+                &mut event,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
         Ok(Idle {
             epoll,
+            wake,
             parked: Mutex::new(HashMap::new()),
             closed: AtomicBool::new(false),
             sweep_every: sweep_interval(limits),
@@ -86,42 +125,53 @@ impl Idle {
         }
     }
 
-    /// Hands the connections that became readable to `ready`, a batch per wake-up, and closes
-    /// the ones idle for too long, until `close` is called.
-    pub(crate) fn run(&self, mut ready: impl FnMut(Vec<Box<ClientConnection>>)) {
-        let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; BATCH];
-        let wait_ms = i32::try_from(self.sweep_every.as_millis()).unwrap_or(i32::MAX);
-        let mut swept = Instant::now();
+    /// Waits on the calling thread, up to `timeout`, for a parked connection to become
+    /// readable or for work to be queued (see [`Idle::wake`]). One event per call: the kernel
+    /// wakes another waiter for the next one, so ready connections spread over the waiting
+    /// threads without being handed from one to another.
+    pub(crate) fn wait_one(&self, timeout: Duration) -> Polled {
+        let mut event = libc::epoll_event { events: 0, u64: 0 };
+        let ms = i32::try_from(timeout.as_micros().div_ceil(1000)).unwrap_or(i32::MAX);
+        // SAFETY: `event` has room for the one event asked for; the descriptor is open.
+        let n = unsafe { libc::epoll_wait(self.epoll.as_raw_fd(), &mut event, 1, ms) };
+        if n < 0 {
+            let error = io::Error::last_os_error();
+            if error.kind() != io::ErrorKind::Interrupted {
+                log::error!("Waiting on idle connections failed: {}", error);
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            return Polled::Woken;
+        }
+        if n == 0 {
+            return Polled::TimedOut;
+        }
+        let token = event.u64;
+        if token == WAKE_TOKEN {
+            let mut unit = [0u8; 8];
+            // SAFETY: `unit` is 8 writable bytes, as an eventfd read needs; the descriptor is
+            // open. Another waiter may have taken the unit first (EAGAIN): nothing to do.
+            unsafe { libc::read(self.wake.as_raw_fd(), unit.as_mut_ptr().cast(), unit.len()) };
+            return Polled::Woken;
+        }
+        match lock(&self.parked).remove(&token) {
+            Some(client) => Polled::Ready(client),
+            None => Polled::Woken,
+        }
+    }
+
+    /// Wakes one thread waiting in [`Idle::wait_one`] (or the next one to wait).
+    pub(crate) fn wake(&self) {
+        let unit = 1u64.to_ne_bytes();
+        // SAFETY: `unit` is 8 readable bytes, as an eventfd write needs; the descriptor is open.
+        unsafe { libc::write(self.wake.as_raw_fd(), unit.as_ptr().cast(), unit.len()) };
+    }
+
+    /// Closes the connections idle for too long, every sweep interval, until `close` is
+    /// called; then closes the ones still parked.
+    pub(crate) fn run_sweeps(&self) {
         while !self.closed.load(Ordering::Acquire) {
-            // SAFETY: `events` has room for BATCH entries, and the epoll descriptor is open.
-            let n = unsafe {
-                libc::epoll_wait(
-                    self.epoll.as_raw_fd(),
-                    events.as_mut_ptr(),
-                    BATCH as i32,
-                    wait_ms,
-                )
-            };
-            if n < 0 {
-                let error = io::Error::last_os_error();
-                if error.kind() != io::ErrorKind::Interrupted {
-                    log::error!("Waiting on idle connections failed: {}", error);
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                continue;
-            }
-            let woken: Vec<Box<ClientConnection>> = {
-                let mut parked = lock(&self.parked);
-                let tokens = events.iter().take(n as usize).map(|e| e.u64);
-                tokens.filter_map(|t| parked.remove(&t)).collect()
-            };
-            if !woken.is_empty() {
-                ready(woken);
-            }
-            if swept.elapsed() >= self.sweep_every {
-                self.sweep();
-                swept = Instant::now();
-            }
+            std::thread::sleep(self.sweep_every);
+            self.sweep();
         }
         let left: Vec<Box<ClientConnection>> = lock(&self.parked).drain().map(|(_, c)| c).collect();
         drop(left);

@@ -9,6 +9,13 @@ enum Control<T> {
     Unblock,
 }
 
+/// What [`MessagesQueue::try_take`] found.
+pub enum Popped<T> {
+    Elem(T),
+    Unblock,
+    Empty,
+}
+
 pub struct MessagesQueue<T>
 where
     T: Send,
@@ -72,23 +79,6 @@ where
         }
     }
 
-    /// Pushes several elements under one lock, waking as many waiting threads as needed.
-    pub fn push_all(&self, values: impl IntoIterator<Item = T>) {
-        let mut wakeups = 0;
-        {
-            let mut state = lock(&self.state);
-            for value in values {
-                state.queue.push_back(Control::Elem(value));
-                if state.take_wakeup() {
-                    wakeups += 1;
-                }
-            }
-        }
-        for _ in 0..wakeups {
-            self.condvar.notify_one();
-        }
-    }
-
     /// Elements waiting to be popped (wake-ups from `unblock` included).
     pub fn len(&self) -> usize {
         lock(&self.state).queue.len()
@@ -102,29 +92,12 @@ where
         self.condvar.notify_one();
     }
 
-    /// Pops an element. Blocks until one is available.
-    /// Returns None in case unblock() was issued.
-    pub fn pop(&self) -> Option<T> {
-        let mut state = lock(&self.state);
-        loop {
-            match state.queue.pop_front() {
-                Some(Control::Elem(value)) => return Some(value),
-                Some(Control::Unblock) => return None,
-                None => (),
-            }
-            state.waiting += 1;
-            state = self.condvar.wait(state).unwrap_or_else(|e| e.into_inner());
-            state.waiting -= 1;
-            state.woken();
-        }
-    }
-
-    /// Tries to pop an element without blocking.
-    pub fn try_pop(&self) -> Option<T> {
-        let mut state = lock(&self.state);
-        match state.queue.pop_front() {
-            Some(Control::Elem(value)) => Some(value),
-            Some(Control::Unblock) | None => None,
+    /// Pops an element without blocking, telling an `unblock()` apart from an empty queue.
+    pub fn try_take(&self) -> Popped<T> {
+        match lock(&self.state).queue.pop_front() {
+            Some(Control::Elem(value)) => Popped::Elem(value),
+            Some(Control::Unblock) => Popped::Unblock,
+            None => Popped::Empty,
         }
     }
 

@@ -1,5 +1,5 @@
 pub use self::custom_stream::CustomStream;
-pub use self::messages_queue::MessagesQueue;
+pub use self::messages_queue::{MessagesQueue, Popped};
 pub use self::sequential::{SequentialWriter, SequentialWriterBuilder};
 pub use self::task_pool::TaskPool;
 
