@@ -131,6 +131,10 @@ impl Provider for Measured {
         self.inner.wait_for_change(function, since, timeout)
     }
 
+    fn notifies_changes(&self) -> bool {
+        self.inner.notifies_changes()
+    }
+
     fn list(&self, namespace: &str) -> Result<Vec<FunctionSummary>, ProviderError> {
         self.measure(Operation::List, &namespace, || self.inner.list(namespace))
     }

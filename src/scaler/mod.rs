@@ -68,6 +68,10 @@ impl Default for ScalingConfig {
 /// Starts one waiting request may trigger before it concludes the function cannot start.
 const MAX_STARTS_PER_WAIT: u32 = 3;
 
+/// How often a waiter looks at the status anyway when its provider wakes it on every change:
+/// only a safeguard, so it can be rare.
+const NOTIFIED_RECHECK: Duration = Duration::from_secs(1);
+
 type StatusResult = Result<Arc<FunctionStatus>, ProviderError>;
 
 /// Finds or makes a ready replica for each request.
@@ -256,10 +260,20 @@ impl Scaler {
                     waited: start.elapsed(),
                 });
             }
-            let pause = self.config.poll_interval.min(deadline - now);
+            let pause = self.poll_pause().min(deadline - now);
             self.provider
                 .wait_for_change(function, status.generation, pause);
             status = self.query(function)?;
+        }
+    }
+
+    /// How long a waiter sleeps between looks at the status: the poll interval, or, when the
+    /// provider wakes waiters on every change, long enough that idle waiters cost nothing.
+    fn poll_pause(&self) -> Duration {
+        if self.provider.notifies_changes() {
+            self.config.poll_interval.max(NOTIFIED_RECHECK)
+        } else {
+            self.config.poll_interval
         }
     }
 

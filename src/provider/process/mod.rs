@@ -231,6 +231,10 @@ impl Provider for ProcessProvider {
         }
     }
 
+    fn notifies_changes(&self) -> bool {
+        true
+    }
+
     fn list(&self, namespace: &str) -> Result<Vec<FunctionSummary>, ProviderError> {
         Ok(self
             .slots
