@@ -834,6 +834,54 @@ fn thread_bound_child() {
     assert_eq!(get(addr, "/").status, 200);
 }
 
+#[test]
+fn idle_keep_alive_connections_hold_no_threads() {
+    if cfg!(target_os = "linux") {
+        let out = run_child("idle_threads_child", None);
+        assert!(out.contains("extra threads: "), "{}", out);
+    }
+}
+
+#[test]
+#[ignore = "run by idle_keep_alive_connections_hold_no_threads in a child process"]
+fn idle_threads_child() {
+    if std::env::var_os(CHILD).is_none() {
+        return;
+    }
+    const CONNECTIONS: usize = 200;
+    let (_server, addr) = start(Limits::default(), hello);
+    assert_eq!(get(addr, "/").status, 200);
+    let before = threads_now();
+
+    // each connection gets an answer, then waits, kept alive, for its next request
+    let mut clients: Vec<(TcpStream, BufReader<TcpStream>)> = (0..CONNECTIONS)
+        .map(|_| {
+            let mut s = connect(addr);
+            write!(s, "GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            assert_eq!(read_response(&mut r).unwrap().body, b"hello");
+            (s, r)
+        })
+        .collect();
+    let extra = threads_now().saturating_sub(before);
+    println!(
+        "extra threads: {} for {} idle connections",
+        extra, CONNECTIONS
+    );
+    assert!(
+        extra <= 8,
+        "{} threads for {} idle connections",
+        extra,
+        CONNECTIONS
+    );
+
+    // and every one of them is still served, by the thread that takes requests
+    for (s, r) in clients.iter_mut() {
+        write!(s, "GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        assert_eq!(read_response(r).unwrap().body, b"hello");
+    }
+}
+
 /// Counts the log records about accept errors.
 struct AcceptErrorCounter;
 
