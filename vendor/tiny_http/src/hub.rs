@@ -2,11 +2,10 @@
 //!
 //! A connection that waits for its next request is parked in the idle set (Linux), where the
 //! threads calling `Server::recv` wait too; the one woken for it reads the request head itself
-//! if it has fully arrived. Anything that may block (a head still
-//! arriving, a body lent to a request, an ending that lingers) goes to a connection thread
-//! from the task pool, which hands the connection back to the idle set once it waits idle
-//! again. Where there is no idle set, connection threads serve connections throughout, as
-//! tiny_http always did.
+//! if it has fully arrived. Anything that may block (a head still arriving, a body lent to a
+//! request, an ending that lingers) goes to a connection thread from the task pool, which
+//! hands the connection back to the idle set once it waits idle again. Where there is no idle
+//! set, connection threads serve connections throughout, as tiny_http always did.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -39,7 +38,7 @@ pub(crate) struct Hub {
 }
 
 impl Hub {
-    /// Creates the hub and starts the thread that watches idle connections.
+    /// Creates the hub and starts the thread that closes idle connections past their timeouts.
     pub(crate) fn start(messages: Arc<MessagesQueue<Message>>, limits: &Limits) -> Arc<Hub> {
         let hub = Arc::new(Hub {
             messages,
@@ -66,6 +65,7 @@ impl Hub {
         hub
     }
 
+    /// The idle timeouts: the only work that needs a thread of its own.
     #[cfg(target_os = "linux")]
     fn watch_idle(&self) {
         if let Some(idle) = &self.idle {
