@@ -80,6 +80,14 @@ pub struct Outgoing {
     pub start_time: HeaderValue,
 }
 
+/// A header as the upstream client takes it, or the name of one that is not valid HTTP.
+pub fn parse(name: &str, value: &str) -> Result<(HeaderName, HeaderValue), Unsendable> {
+    HeaderName::from_bytes(name.as_bytes())
+        .ok()
+        .zip(HeaderValue::from_str(value).ok())
+        .ok_or_else(|| Unsendable(name.to_owned()))
+}
+
 /// Builds the function's request head from the client's headers: hop-by-hop ones dropped,
 /// forwarding headers added, call id kept or made, start time stamped.
 pub fn outgoing<'h>(
@@ -92,16 +100,13 @@ pub fn outgoing<'h>(
         .map(|(_, v)| v);
     let mut headers = HeaderMap::with_capacity(16);
     for (name, value) in received.filter(|(n, _)| !is_hop_by_hop(n, connection)) {
-        let parsed = HeaderName::from_bytes(name.as_bytes())
-            .ok()
-            .zip(HeaderValue::from_str(value).ok());
-        let (name, value) = parsed.ok_or_else(|| Unsendable(name.to_owned()))?;
+        let (name, value) = parse(name, value)?;
         headers.append(name, value);
     }
     add_forwarding(&mut headers, fwd);
-    let call_id = headers.remove(CALL_ID).unwrap_or_else(new_call_id);
+    // `insert` replaces whatever the client sent under these names
+    let call_id = headers.get(CALL_ID).cloned().unwrap_or_else(new_call_id);
     let start_time = start_time();
-    headers.remove(START_TIME);
     headers.insert(CALL_ID, call_id.clone());
     headers.insert(START_TIME, start_time.clone());
     Ok(Outgoing {
@@ -113,7 +118,7 @@ pub fn outgoing<'h>(
 
 /// Adds the forwarding headers: `X-Forwarded-For` and `Forwarded` extend what earlier proxies
 /// said, `X-Forwarded-Host` and `X-Forwarded-Proto` are only set when none came.
-pub fn add_forwarding(headers: &mut HeaderMap, fwd: &Forwarding<'_>) {
+fn add_forwarding(headers: &mut HeaderMap, fwd: &Forwarding<'_>) {
     let mut ip = String::new();
     if let Some(addr) = fwd.client {
         push_ip(&mut ip, addr.ip());

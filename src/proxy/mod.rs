@@ -296,9 +296,7 @@ impl OutgoingHead {
             host: headers::request_header(request, "Host"),
             proto: "http",
         };
-        let head = headers::outgoing(received, &fwd).map_err(|Unsendable(name)| {
-            Error::BadRequest(format!("header {name:?} is not valid HTTP"))
-        })?;
+        let head = headers::outgoing(received, &fwd).map_err(unsendable)?;
         Ok(OutgoingHead { method, head })
     }
 
@@ -312,20 +310,14 @@ impl OutgoingHead {
 
     /// Sets a header the gateway adds itself.
     fn set(&mut self, name: &str, value: &str) -> Result<(), Error> {
-        let parsed = (
-            http::HeaderName::from_bytes(name.as_bytes()),
-            http::HeaderValue::from_str(value),
-        );
-        match parsed {
-            (Ok(name), Ok(value)) => {
-                self.head.headers.insert(name, value);
-                Ok(())
-            }
-            _ => Err(Error::BadRequest(format!(
-                "{name:?}: {value:?} cannot be sent as a header"
-            ))),
-        }
+        let (name, value) = headers::parse(name, value).map_err(unsendable)?;
+        self.head.headers.insert(name, value);
+        Ok(())
     }
+}
+
+fn unsendable(Unsendable(name): Unsendable) -> Error {
+    Error::BadRequest(format!("header {name:?} is not valid HTTP"))
 }
 
 /// What a relayed response keeps counted as busy until its body has been relayed: the replica

@@ -348,17 +348,30 @@ impl ClientConnection {
     /// timeout for a first request (counted from acceptance), else the keep-alive timeout
     /// counted from the end of the last response.
     pub(crate) fn idle_expired(&self, now: Instant) -> bool {
-        let limits = &self.limits;
         let end = if self.requests == 0 {
-            non_zero(limits.header_timeout)
-                .or_else(|| non_zero(limits.keep_alive_timeout))
-                .and_then(|d| self.accepted_at.checked_add(d))
-        } else if self.shared.outstanding() > 0 {
-            None
+            self.first_request_deadline()
         } else {
-            non_zero(limits.keep_alive_timeout).and_then(|d| self.shared.last_done().checked_add(d))
+            self.keep_alive_end()
         };
         end.is_some_and(|end| now >= end)
+    }
+
+    /// When a fresh connection must have sent its first request: the header timeout (or, if
+    /// that is disabled, the keep-alive timeout) counted from its acceptance.
+    fn first_request_deadline(&self) -> Option<Instant> {
+        non_zero(self.limits.header_timeout)
+            .or_else(|| non_zero(self.limits.keep_alive_timeout))
+            .and_then(|d| self.accepted_at.checked_add(d))
+    }
+
+    /// When the keep-alive period of an idle connection ends: counted from the end of the last
+    /// response. `None` while a response is still being written, or when it is disabled.
+    fn keep_alive_end(&self) -> Option<Instant> {
+        if self.shared.outstanding() > 0 {
+            return None;
+        }
+        non_zero(self.limits.keep_alive_timeout)
+            .and_then(|d| self.shared.last_done().checked_add(d))
     }
 
     /// Gets the reading side back, draining what a previous request left of its body.
@@ -530,11 +543,7 @@ impl ClientConnection {
         let limits = &self.limits;
         let first = self.requests == 0;
         let mode = if first {
-            // a fresh connection gets the header timeout (or, if that is disabled, the
-            // keep-alive timeout) to send its first request, counted from its acceptance
-            let wait =
-                non_zero(limits.header_timeout).or_else(|| non_zero(limits.keep_alive_timeout));
-            ReadMode::Deadline(wait.and_then(|d| self.accepted_at.checked_add(d)))
+            ReadMode::Deadline(self.first_request_deadline())
         } else {
             ReadMode::Deadline(deadline_after(limits.keep_alive_timeout))
         };
@@ -547,14 +556,11 @@ impl ClientConnection {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if is_timeout(&e) && !first => {
                     // idle: the keep-alive period starts when the last response is done
-                    let keep_alive = limits.keep_alive_timeout;
-                    let deadline = if self.shared.outstanding() > 0 {
-                        deadline_after(keep_alive)
-                    } else {
-                        match self.shared.last_done().checked_add(keep_alive) {
-                            Some(end) if end > Instant::now() => Some(end),
-                            _ => return Err(HeadError::Quiet),
-                        }
+                    let deadline = match self.keep_alive_end() {
+                        Some(end) if end > Instant::now() => Some(end),
+                        Some(_) => return Err(HeadError::Quiet),
+                        // a response is still being written: wait another period
+                        None => deadline_after(limits.keep_alive_timeout),
                     };
                     reader.get_mut().set_mode(ReadMode::Deadline(deadline));
                 }

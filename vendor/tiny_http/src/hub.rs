@@ -39,9 +39,9 @@ pub(crate) struct Hub {
 
 impl Hub {
     /// Creates the hub and starts the thread that closes idle connections past their timeouts.
-    pub(crate) fn start(messages: Arc<MessagesQueue<Message>>, limits: &Limits) -> Arc<Hub> {
+    pub(crate) fn start(limits: &Limits) -> Arc<Hub> {
         let hub = Arc::new(Hub {
-            messages,
+            messages: MessagesQueue::with_capacity(8),
             pollers: AtomicUsize::new(0),
             tasks: TaskPool::new(),
             #[cfg(target_os = "linux")]

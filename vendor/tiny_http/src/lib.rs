@@ -113,7 +113,7 @@ use std::time::{Duration, Instant};
 
 use client::ClientConnection;
 use connection::Connection;
-use util::{MessagesQueue, Popped};
+use util::Popped;
 
 pub use common::{HTTPVersion, Header, HeaderField, Method, StatusCode};
 pub use connection::{ConfigListenAddr, ListenAddr, Listener};
@@ -141,10 +141,8 @@ pub struct Server {
     // when set to true, all the subtasks will close within a few hundreds ms
     close: Arc<AtomicBool>,
 
-    // queue for messages received by child threads
-    messages: Arc<MessagesQueue<Message>>,
-
-    // where connections wait between requests
+    // where connections wait between requests, and the queue of requests read by
+    // connection threads
     hub: Arc<hub::Hub>,
 
     // result of TcpListener::local_addr()
@@ -382,11 +380,10 @@ impl Server {
         log::debug!("Server listening on {}", local_addr);
 
         // creating a task where server.accept() is continuously called
-        // and ClientConnection objects are pushed in the messages queue
-        let messages = MessagesQueue::with_capacity(8);
+        // and ClientConnection objects are handed to the hub
         let connections = Arc::new(AtomicUsize::new(0));
 
-        let hub = hub::Hub::start(messages.clone(), &limits);
+        let hub = hub::Hub::start(&limits);
         let inside_close_trigger = close_trigger.clone();
         let inside_hub = hub.clone();
         let inside_connections = connections.clone();
@@ -408,7 +405,6 @@ impl Server {
 
         // result
         Ok(Server {
-            messages,
             hub,
             close: close_trigger,
             listening_addr: local_addr,
@@ -441,7 +437,7 @@ impl Server {
     /// Returns the number of requests read and waiting to be taken by `recv()`. A caller
     /// running its own pool of `recv()` threads can tell from it that all of them are busy.
     pub fn pending_requests(&self) -> usize {
-        self.messages.len()
+        self.hub.messages.len()
     }
 
     /// Blocks until an HTTP request has been submitted and returns it.
@@ -484,7 +480,7 @@ impl Server {
     /// (where this thread reads the request of a connection that becomes readable), else,
     /// without an idle set, on the queue.
     fn wait(&self, timeout: Duration) -> Wait {
-        match self.messages.try_take() {
+        match self.hub.messages.try_take() {
             Popped::Elem(message) => return Wait::Got(self.take(message)),
             Popped::Unblock => return Wait::Unblocked,
             Popped::Empty => (),
@@ -493,7 +489,7 @@ impl Server {
             Some(hub::Waited::Request(rq)) => Wait::Got(Ok(rq)),
             Some(hub::Waited::Nothing) => Wait::Again,
             Some(hub::Waited::TimedOut) => Wait::TimedOut,
-            None => match self.messages.pop_timeout(timeout) {
+            None => match self.hub.messages.pop_timeout(timeout) {
                 Some(message) => Wait::Got(self.take(message)),
                 // timed out or unblocked: the queue does not say which
                 None => Wait::TimedOut,
@@ -513,7 +509,7 @@ impl Server {
     /// If there are several such threads, only one is unblocked.
     /// This method allows graceful shutdown of server.
     pub fn unblock(&self) {
-        self.messages.unblock();
+        self.hub.messages.unblock();
         self.hub.nudge();
     }
 }

@@ -26,7 +26,7 @@ where
 
 struct State<T> {
     queue: VecDeque<Control<T>>,
-    /// Threads waiting in `pop` / `pop_timeout`.
+    /// Threads waiting in `pop_timeout`.
     waiting: usize,
     /// Wake-ups sent and not yet taken by a waiting thread.
     notified: usize,
