@@ -375,3 +375,60 @@ fn a_replica_that_keeps_refusing_is_asked_about_again_each_retry_then_named_in_a
     );
     gateway.shutdown();
 }
+
+#[test]
+fn reloading_a_changed_function_under_keep_alive_load_costs_no_request() {
+    let config = |version: usize| echo_function("echo", &format!("VERSION = \"{version}\""), "");
+    let gw = Defrost::start(&config(0));
+    assert_eq!(get(&gw.url("/function/echo")).status, 200);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (url, stop) = (gw.url("/function/echo"), Arc::clone(&stop));
+            thread::spawn(move || {
+                // One keep-alive connection per client, as a load generator holds them.
+                let agent = agent();
+                let mut failures = Vec::new();
+                let mut calls = 0;
+                while !stop.load(Ordering::SeqCst) && calls < 20_000 {
+                    calls += 1;
+                    match agent.get(&url).call() {
+                        Ok(r) if r.status() == 200 => {
+                            let _ = read_reply(r);
+                        }
+                        Ok(r) => failures.push(format!("{}: {}", r.status(), read_reply(r).body)),
+                        Err(e) => failures.push(e.to_string()),
+                    }
+                }
+                (calls, failures)
+            })
+        })
+        .collect();
+
+    let path = gw.dir.path().join("defrost.toml");
+    for version in 1..=4 {
+        thread::sleep(Duration::from_millis(700));
+        std::fs::write(&path, config(version)).unwrap();
+        unsafe_kill(gw.child.id(), "HUP");
+        assert!(
+            gw.log_count_settled("reloaded", version) >= version,
+            "{}",
+            gw.log_text()
+        );
+    }
+    thread::sleep(Duration::from_millis(700));
+    stop.store(true, Ordering::SeqCst);
+    let results: Vec<(usize, Vec<String>)> =
+        clients.into_iter().map(|c| c.join().unwrap()).collect();
+    let calls: usize = results.iter().map(|r| r.0).sum();
+    let failures: Vec<&String> = results.iter().flat_map(|r| &r.1).collect();
+    assert!(calls > 100, "the load did not run: {calls} calls");
+    assert!(
+        failures.is_empty(),
+        "{} of {calls} calls failed across 4 reloads: {failures:?}",
+        failures.len()
+    );
+    // Every reload replaced the replica: the old ones were drained and stopped.
+    assert!(gw.log_count_settled("stopped", 4) >= 4, "{}", gw.log_text());
+}

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,14 +46,18 @@ pub struct FunctionStatus {
 }
 
 impl FunctionStatus {
-    /// A status is only worth forwarding to if someone can answer.
+    /// A status is only worth forwarding to if someone can answer: a cached status whose
+    /// replicas have all been retired since is not.
     pub fn is_ready(&self) -> bool {
-        self.available_replicas > 0 && !self.endpoints.is_empty()
+        self.available_replicas > 0 && self.endpoints.iter().any(|e| !e.is_retired())
     }
 
     /// The endpoint with the fewest requests in flight; ties go to the first listed.
     pub fn least_loaded(&self) -> Option<&Arc<Endpoint>> {
-        self.endpoints.iter().min_by_key(|e| e.in_flight())
+        self.endpoints
+            .iter()
+            .filter(|e| !e.is_retired())
+            .min_by_key(|e| e.in_flight())
     }
 }
 
@@ -62,10 +66,16 @@ impl FunctionStatus {
 /// Shared (`Arc`) between the provider that owns the replica and the requests using it, so that
 /// both see the same in-flight count: the gateway balances on it, the provider may wait for it to
 /// fall to zero before stopping the replica.
+///
+/// A provider taking a replica out of service [retires](Endpoint::retire) its endpoint first.
+/// A gateway may still hold the endpoint in a cached status for a moment; `begin` refuses it
+/// from then on, so once the count has fallen to zero no request can reach the replica, and it
+/// can be stopped without breaking a request sent on a pooled connection to it.
 pub struct Endpoint {
     /// `http://host:port` plus any path prefix; the request path's rest is appended to it.
     base_url: String,
     in_flight: AtomicUsize,
+    retired: AtomicBool,
 }
 
 impl Endpoint {
@@ -77,6 +87,7 @@ impl Endpoint {
         Endpoint {
             base_url,
             in_flight: AtomicUsize::new(0),
+            retired: AtomicBool::new(false),
         }
     }
 
@@ -85,13 +96,29 @@ impl Endpoint {
     }
 
     pub fn in_flight(&self) -> usize {
-        self.in_flight.load(Ordering::Relaxed)
+        self.in_flight.load(Ordering::SeqCst)
     }
 
-    /// Counts a request as in flight until the returned guard is dropped.
-    pub fn begin(self: &Arc<Self>) -> InFlight {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight(Arc::clone(self))
+    /// Counts a request as in flight until the returned guard is dropped; `None` once the
+    /// endpoint is retired (the caller should ask for a fresh status).
+    ///
+    /// The count goes up before the flag is read, and `retire` sets the flag before the count
+    /// is read (both sequentially consistent): a request and a drain that race always see
+    /// each other, so a drain that saw zero has no request slipping in behind it.
+    pub fn begin(self: &Arc<Self>) -> Option<InFlight> {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        let guard = InFlight(Arc::clone(self));
+        (!self.is_retired()).then_some(guard)
+    }
+
+    /// Takes the endpoint out of service for good: `begin` refuses it from now on, and requests
+    /// already counted finish.
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::SeqCst)
     }
 }
 
@@ -117,7 +144,7 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -270,13 +297,31 @@ mod tests {
             endpoints: vec![a.clone(), b.clone()],
             ..Default::default()
         };
-        let _busy = a.begin();
+        let _busy = a.begin().expect("in service");
         assert_eq!(
             status.least_loaded().unwrap().base_url(),
             "http://127.0.0.1:2"
         );
         assert_eq!(a.base_url(), "http://127.0.0.1:1");
         drop(_busy);
+        assert_eq!(a.in_flight(), 0);
+    }
+
+    #[test]
+    fn a_retired_endpoint_takes_no_new_request_and_is_never_picked() {
+        let a = Arc::new(Endpoint::new("http://127.0.0.1:1"));
+        let b = Arc::new(Endpoint::new("http://127.0.0.1:2"));
+        let status = FunctionStatus {
+            available_replicas: 2,
+            endpoints: vec![a.clone(), b.clone()],
+            ..Default::default()
+        };
+        let before = a.begin().expect("in service");
+        a.retire();
+        assert!(a.begin().is_none(), "a retired endpoint took a request");
+        assert_eq!(a.in_flight(), 1, "the refused request left a count behind");
+        assert_eq!(status.least_loaded().unwrap().base_url(), b.base_url());
+        drop(before);
         assert_eq!(a.in_flight(), 0);
     }
 }

@@ -89,16 +89,21 @@ impl Proxy {
         let mut attempt = 0;
         loop {
             let status = self.scaler.ready(function)?;
-            // `ready` only returns statuses with an endpoint; a provider breaking that promise
-            // gets an honest 502 rather than a spin.
-            let Some(endpoint) = status.least_loaded() else {
+            // A replica taken out of service since the status was cached is refused here; so is
+            // a status without endpoints from a provider breaking its promise. Either way the
+            // provider is asked again, a bounded number of times, rather than sent a request.
+            let Some(in_flight) = status.least_loaded().and_then(|e| e.begin()) else {
                 self.scaler.invalidate(function);
-                return Err(Error::Upstream {
-                    function: function.clone(),
-                    detail: "the provider reported ready replicas but no endpoint".into(),
-                });
+                if attempt >= self.config.connect_retries {
+                    return Err(Error::Upstream {
+                        function: function.clone(),
+                        detail: "the provider reported ready replicas but none in service".into(),
+                    });
+                }
+                attempt += 1;
+                continue;
             };
-            let in_flight = endpoint.begin();
+            let endpoint = in_flight.endpoint();
             let url = upstream_url(endpoint.base_url(), call.rest, call.query);
             let sent = self.send(&url, &outgoing, declared, &mut body);
             match sent {

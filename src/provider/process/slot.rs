@@ -133,11 +133,15 @@ impl State {
             .map(|r| r.id)
     }
 
-    /// Takes the replica out of service: no new requests, no readiness.
+    /// Takes the replica out of service: no new requests (not even from a gateway's cached
+    /// status), no readiness.
     fn begin_stop(&mut self, id: u64, reason: StopReason) {
         if let Some(r) = self.find_mut(id) {
             r.phase = Phase::Stopping(reason);
             r.halt.store(true, Ordering::Relaxed);
+            if let Some(endpoint) = &r.endpoint {
+                endpoint.retire();
+            }
         }
         self.refresh_endpoints();
     }
@@ -287,6 +291,10 @@ impl Slot {
         if let Some(r) = state.find_mut(id) {
             r.pid = None;
             r.halt.store(true, Ordering::Relaxed);
+            // Whatever a cached status says, the replica will never answer again.
+            if let Some(endpoint) = &r.endpoint {
+                endpoint.retire();
+            }
         }
     }
 

@@ -314,7 +314,7 @@ fn scale_down_drains_in_flight_requests_first() {
     p.set_replicas(&f, 1).unwrap();
     let status = ready(&p, &f, 1);
     let pid = pids(&p, &f, 1)[0];
-    let request = status.endpoints[0].begin();
+    let request = status.endpoints[0].begin().expect("in service");
     p.set_replicas(&f, 0).unwrap();
     assert!(
         p.status(&f).unwrap().endpoints.is_empty(),
