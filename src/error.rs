@@ -39,7 +39,19 @@ pub enum Error {
         last: ProviderError,
     },
     /// The function's replicas kept exiting before they became ready.
-    StartFailed { function: FunctionRef, starts: u32 },
+    StartFailed {
+        function: FunctionRef,
+        starts: u32,
+        /// The provider's account of the last failure, when it gives one.
+        last: Option<String>,
+    },
+    /// The function's replicas keep failing and the provider holds the next start back longer
+    /// than the request may wait.
+    CrashLooping {
+        function: FunctionRef,
+        last: String,
+        retry_after: Duration,
+    },
     /// The function has no replicas and the gateway may not start one.
     ScaleFromZeroDisabled(FunctionRef),
     /// No replica became ready in time.
@@ -96,7 +108,10 @@ impl Error {
             | Error::ScaleFailed { .. }
             | Error::StartFailed { .. }
             | Error::Upstream { .. } => 502,
-            Error::ScaleFromZeroDisabled(_) | Error::Overloaded { .. } | Error::ShuttingDown => 503,
+            Error::ScaleFromZeroDisabled(_)
+            | Error::Overloaded { .. }
+            | Error::CrashLooping { .. }
+            | Error::ShuttingDown => 503,
             Error::NotReady { .. } | Error::UpstreamTimeout { .. } => 504,
         }
     }
@@ -104,8 +119,8 @@ impl Error {
     /// Extra headers the status calls for.
     pub fn headers(&self) -> Vec<(&'static str, String)> {
         match self {
-            Error::Overloaded { retry_after, .. } => {
-                vec![("Retry-After", retry_after.as_secs().max(1).to_string())]
+            Error::Overloaded { retry_after, .. } | Error::CrashLooping { retry_after, .. } => {
+                vec![("Retry-After", whole_seconds(*retry_after).to_string())]
             }
             Error::ShuttingDown => {
                 vec![("Retry-After", "1".into()), ("Connection", "close".into())]
@@ -135,9 +150,30 @@ impl fmt::Display for Error {
                 f,
                 "function {function}: scaling from zero failed after {attempts} attempts: {last}"
             ),
-            Error::StartFailed { function, starts } => write!(
+            Error::StartFailed {
+                function,
+                starts,
+                last: None,
+            } => write!(
                 f,
                 "function {function}: its replicas exited before becoming ready ({starts} starts); see the gateway log for their output"
+            ),
+            Error::StartFailed {
+                function,
+                starts,
+                last: Some(last),
+            } => write!(
+                f,
+                "function {function}: no replica became ready ({starts} starts); the last: {last}"
+            ),
+            Error::CrashLooping {
+                function,
+                last,
+                retry_after,
+            } => write!(
+                f,
+                "function {function}: its replicas keep failing, the next start is in {}s; the last: {last}",
+                whole_seconds(*retry_after)
             ),
             Error::ScaleFromZeroDisabled(func) => write!(
                 f,
@@ -171,6 +207,12 @@ impl From<NameError> for Error {
     fn from(e: NameError) -> Error {
         Error::BadName(e)
     }
+}
+
+/// Retry-After takes whole seconds; a wait shorter than one still asks for one, and a part
+/// second is rounded up so that the client does not come back too early.
+fn whole_seconds(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
 #[cfg(test)]

@@ -283,6 +283,7 @@ fn status(replicas: u64) -> Arc<FunctionStatus> {
         labels: Default::default(),
         endpoints: Vec::new(),
         generation: 0,
+        start_failure: None,
     })
 }
 

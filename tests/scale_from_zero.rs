@@ -166,12 +166,17 @@ name = "missing"
 command = ["/nonexistent/program"]
 "#;
     let gw = Defrost::start(config);
-    for name in ["doomed", "missing"] {
+    // The 502 tells what happened to the last start.
+    let why = [
+        ("doomed", "exited before it was ready (exit status: 1)"),
+        ("missing", "cannot start `/nonexistent/program`"),
+    ];
+    for (name, what) in why {
         let started = Instant::now();
         let reply = get(&gw.url(&format!("/function/{name}")));
         assert_eq!(reply.status, 502, "{name}: {}", reply.body);
         assert!(
-            reply.body.contains("exited before becoming ready"),
+            reply.body.contains("no replica became ready") && reply.body.contains(what),
             "{}",
             reply.body
         );

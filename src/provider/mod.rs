@@ -43,6 +43,24 @@ pub struct FunctionStatus {
     /// [`Provider::wait_for_change`] so that a change between the query and the wait is not
     /// missed. Providers that cannot signal leave it at 0.
     pub generation: u64,
+    /// Set while the function's replicas keep failing to start or dying soon after: what went
+    /// wrong, and how long the provider holds the next start back.
+    pub start_failure: Option<StartFailure>,
+}
+
+/// A function whose last replicas failed one after another (a crash loop).
+///
+/// Providers that back off between such starts say so here, so that the gateway can tell a
+/// waiting client what really failed, and answer at once rather than hold a request for a
+/// start that will come too late for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartFailure {
+    /// What happened to the last replica, in the provider's words.
+    pub reason: String,
+    /// Replicas that failed in a row.
+    pub in_a_row: u32,
+    /// How long until the provider starts another replica; zero: it would start one now.
+    pub next_start_in: Duration,
 }
 
 impl FunctionStatus {

@@ -176,6 +176,7 @@ impl Provider for OpenFaasProvider {
             labels,
             endpoints,
             generation: 0,
+            start_failure: None,
         })
     }
 

@@ -234,18 +234,7 @@ impl Scaler {
                 return Ok(status);
             }
             if status.replicas == 0 {
-                // Back at zero after we started it: its replicas die before they are ready.
-                // Say so now rather than restarting it until the ready timeout.
-                if starts >= MAX_STARTS_PER_WAIT {
-                    self.cold_starts.lock().remove(function.key());
-                    log::warn!(
-                        "{function}: replicas exited before becoming ready ({starts} starts)"
-                    );
-                    return Err(Error::StartFailed {
-                        function: function.clone(),
-                        starts,
-                    });
-                }
+                self.check_start_worth_waiting(function, &status, starts, deadline)?;
                 self.scale_from_zero(function, &status, &mut scale_attempts)?;
                 starts += 1;
             }
@@ -264,6 +253,39 @@ impl Scaler {
             self.provider
                 .wait_for_change(function, status.generation, pause);
             status = self.query(function)?;
+        }
+    }
+
+    /// Back at zero after we started it, its replicas die before they are ready: say so now
+    /// rather than restarting it until the ready timeout. And a provider holding the next start
+    /// back past the request's deadline gets the request answered at once, not at the deadline.
+    fn check_start_worth_waiting(
+        &self,
+        function: &FunctionRef,
+        status: &FunctionStatus,
+        starts: u32,
+        deadline: Instant,
+    ) -> Result<(), Error> {
+        let failure = status.start_failure.as_ref();
+        if starts >= MAX_STARTS_PER_WAIT {
+            self.cold_starts.lock().remove(function.key());
+            log::warn!("{function}: replicas exited before becoming ready ({starts} starts)");
+            return Err(Error::StartFailed {
+                function: function.clone(),
+                starts,
+                last: failure.map(|f| f.reason.clone()),
+            });
+        }
+        match failure {
+            Some(f) if Instant::now() + f.next_start_in > deadline => {
+                self.cold_starts.lock().remove(function.key());
+                Err(Error::CrashLooping {
+                    function: function.clone(),
+                    last: f.reason.clone(),
+                    retry_after: f.next_start_in,
+                })
+            }
+            _ => Ok(()),
         }
     }
 

@@ -11,6 +11,7 @@ GET  /healthz        ready check (after READY_DELAY_MS, if set)
 *    anything else   200, JSON of method, path (with query), headers, body length, body sha256
 If STARTS_FILE is set, appends one line per process start to it.
 If REQUESTS_FILE is set, appends one line per request (other than /healthz) as it arrives.
+If EXIT_AFTER_MS is set, exits with status 4 that long after starting (a crash loop).
 """
 import hashlib
 import json
@@ -130,4 +131,8 @@ if __name__ == "__main__":
     if os.environ.get("STARTS_FILE"):
         with open(os.environ["STARTS_FILE"], "a") as f:
             f.write("%d\n" % os.getpid())
+    if os.environ.get("EXIT_AFTER_MS"):
+        import threading
+
+        threading.Timer(float(os.environ["EXIT_AFTER_MS"]) / 1000.0, os._exit, (4,)).start()
     Server(("127.0.0.1", int(os.environ["PORT"])), Echo).serve_forever()

@@ -36,6 +36,7 @@ pub(super) fn launch(slot: &Arc<Slot>, id: u64) {
 /// The owning thread. It must live exactly as long as the child: `PR_SET_PDEATHSIG` fires
 /// when the thread that forked the child ends, not the process.
 fn run(slot: &Arc<Slot>, id: u64) {
+    slot.wait_turn_to_start(id);
     let port = match free_port() {
         Ok(port) => port,
         Err(e) => return slot.fail_before_spawn(id, &format!("no free port on 127.0.0.1: {e}")),

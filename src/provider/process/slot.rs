@@ -15,7 +15,13 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex};
 
 use super::{deadline_after, replica, ProcessFunction};
-use crate::provider::{Endpoint, FunctionStatus, ProviderError};
+use crate::provider::{Endpoint, FunctionStatus, ProviderError, StartFailure};
+
+/// A replica that has run this long before it ends was not crash-looping: its failure starts
+/// a new count.
+const STABLE_AFTER: Duration = Duration::from_secs(10);
+/// Longest hold on the next start of a crash-looping function.
+const MAX_CRASH_BACKOFF: Duration = Duration::from_secs(30);
 
 pub(super) struct Slot {
     pub(super) spec: ProcessFunction,
@@ -60,6 +66,52 @@ pub(super) struct State {
     generation: u64,
     next_id: u64,
     shut_down: bool,
+    failures: Failures,
+}
+
+/// Replicas that failed one after another (spawn failures, startup timeouts, exits soon after
+/// starting). After the second in a row, starts are held back, 1 s, 2 s, 4 s... up to
+/// [`MAX_CRASH_BACKOFF`], whoever asks for them: a function that dies at once is not
+/// respawned for every request that arrives.
+#[derive(Default)]
+struct Failures {
+    in_a_row: u32,
+    /// No replica spawns before this.
+    not_before: Option<Instant>,
+    /// What happened to the last one.
+    last: String,
+}
+
+impl Failures {
+    fn record(&mut self, lived: Duration, why: String) {
+        self.in_a_row = if lived >= STABLE_AFTER {
+            1
+        } else {
+            self.in_a_row.saturating_add(1)
+        };
+        self.not_before = Some(deadline_after(crash_backoff(self.in_a_row)));
+        self.last = why;
+    }
+
+    fn report(&self) -> Option<StartFailure> {
+        let not_before = self.not_before?;
+        Some(StartFailure {
+            reason: self.last.clone(),
+            in_a_row: self.in_a_row,
+            next_start_in: not_before.saturating_duration_since(Instant::now()),
+        })
+    }
+}
+
+/// No hold after a single failure (a function that crashed once is restarted at once), then
+/// doubling from 1 s.
+fn crash_backoff(in_a_row: u32) -> Duration {
+    match in_a_row {
+        0 | 1 => Duration::ZERO,
+        n => Duration::from_secs(1)
+            .saturating_mul(2u32.saturating_pow(n - 2))
+            .min(MAX_CRASH_BACKOFF),
+    }
 }
 
 pub(super) struct Replica {
@@ -72,6 +124,8 @@ pub(super) struct Replica {
     pub(super) phase: Phase,
     /// Tells the probe thread to give up; read without the lock.
     halt: Arc<AtomicBool>,
+    /// When the replica was asked for: how long it lived tells a crash loop from a crash.
+    started: Instant,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,8 +160,30 @@ impl State {
             pid: None,
             phase: Phase::Starting,
             halt: Arc::new(AtomicBool::new(false)),
+            started: Instant::now(),
         });
         self.next_id
+    }
+
+    /// A replica that ended without being asked to counts towards the crash-loop back-off.
+    fn record_failure(&mut self, id: u64, why: String) {
+        let lived = self
+            .replicas
+            .iter()
+            .find(|r| r.id == id)
+            .map_or(Duration::ZERO, |r| r.started.elapsed());
+        self.failures.record(lived, why);
+    }
+
+    /// A replica that has served for a while ends the crash loop.
+    fn forget_stale_failures(&mut self) {
+        let stable = self
+            .replicas
+            .iter()
+            .any(|r| r.phase == Phase::Ready && r.started.elapsed() >= STABLE_AFTER);
+        if stable {
+            self.failures = Failures::default();
+        }
     }
 
     fn refresh_endpoints(&mut self) {
@@ -192,9 +268,16 @@ impl Slot {
     }
 
     pub(super) fn status(&self) -> FunctionStatus {
-        let (replicas, endpoints, generation) = {
-            let state = self.state.lock();
-            (state.desired, state.endpoints.clone(), state.generation)
+        let (replicas, endpoints, generation, start_failure) = {
+            let mut state = self.state.lock();
+            state.forget_stale_failures();
+            let start_failure = state.failures.report();
+            (
+                state.desired,
+                state.endpoints.clone(),
+                state.generation,
+                start_failure,
+            )
         };
         FunctionStatus {
             replicas,
@@ -204,6 +287,7 @@ impl Slot {
             labels: self.labels.clone(),
             endpoints,
             generation,
+            start_failure,
         }
     }
 
@@ -255,6 +339,23 @@ impl Slot {
         }
     }
 
+    /// Holds a replica back while the function is crash-looping, until its turn comes or it
+    /// is no longer wanted (then the caller finds it stopped and lets it go).
+    pub(super) fn wait_turn_to_start(&self, id: u64) {
+        let mut state = self.state.lock();
+        while let Some(not_before) = state.failures.not_before {
+            let wanted = state.replicas.iter().any(|r| r.id == id && r.is_active());
+            if !wanted || Instant::now() >= not_before {
+                return;
+            }
+            log::debug!(
+                "{}: held back until the crash-loop back-off ends",
+                self.replica_name(id)
+            );
+            self.changed.wait_until(&mut state, not_before);
+        }
+    }
+
     /// Gives the replica its endpoint; `None` if it was stopped before it could spawn, in which
     /// case it is gone.
     pub(super) fn assign_endpoint(&self, id: u64, endpoint: &Arc<Endpoint>) -> Option<()> {
@@ -303,6 +404,7 @@ impl Slot {
         let desired = {
             let mut state = self.state.lock();
             let was_active = state.replicas.iter().any(|r| r.id == id && r.is_active());
+            state.record_failure(id, format!("{}: {why}", self.replica_name(id)));
             state.replicas.retain(|r| r.id != id);
             if was_active {
                 state.desired = state.desired.saturating_sub(1);
@@ -345,6 +447,7 @@ impl Slot {
             {
                 return;
             }
+            state.record_failure(id, format!("{}: {why}", self.replica_name(id)));
             state.begin_stop(id, StopReason::Failed);
             state.signal(id, libc::SIGKILL);
             state.desired = state.desired.saturating_sub(1);
@@ -361,25 +464,32 @@ impl Slot {
 
     /// The child is reaped: the replica leaves, and if nobody asked it to, `desired` drops.
     pub(super) fn reaped(&self, id: u64, status: io::Result<ExitStatus>) {
-        let (phase, desired) = {
-            let mut state = self.state.lock();
-            let Some(phase) = state.replicas.iter().find(|r| r.id == id).map(|r| r.phase) else {
-                return;
-            };
-            state.replicas.retain(|r| r.id != id);
-            if phase == Phase::Starting || phase == Phase::Ready {
-                state.desired = state.desired.saturating_sub(1);
-                self.counters.count_failed();
-            }
-            state.refresh_endpoints();
-            self.touch(&mut state);
-            (phase, state.desired)
-        };
         let status = match status {
             Ok(s) => s.to_string(),
             Err(e) => format!("status unknown: {e}"),
         };
         let name = self.replica_name(id);
+        let (phase, desired) = {
+            let mut state = self.state.lock();
+            let Some(phase) = state.replicas.iter().find(|r| r.id == id).map(|r| r.phase) else {
+                return;
+            };
+            let unexpected = matches!(phase, Phase::Starting | Phase::Ready);
+            if unexpected {
+                let when = if phase == Phase::Starting {
+                    "before it was ready"
+                } else {
+                    "unexpectedly"
+                };
+                state.record_failure(id, format!("{name} exited {when} ({status})"));
+                state.desired = state.desired.saturating_sub(1);
+                self.counters.count_failed();
+            }
+            state.replicas.retain(|r| r.id != id);
+            state.refresh_endpoints();
+            self.touch(&mut state);
+            (phase, state.desired)
+        };
         match phase {
             Phase::Starting | Phase::Ready => {
                 log::warn!(
@@ -480,4 +590,37 @@ pub(super) fn test_state(phases: &[(Phase, usize)]) -> State {
         }
     }
     state
+}
+
+#[cfg(test)]
+mod crash_loop_tests {
+    use super::*;
+
+    #[test]
+    fn the_back_off_starts_at_the_second_failure_in_a_row_and_is_capped() {
+        let secs = Duration::from_secs;
+        let holds: Vec<Duration> = (0..8).map(crash_backoff).collect();
+        assert_eq!(
+            holds,
+            [0, 0, 1, 2, 4, 8, 16, 30].map(secs).to_vec(),
+            "holds by failures in a row"
+        );
+        assert_eq!(crash_backoff(u32::MAX), MAX_CRASH_BACKOFF);
+    }
+
+    #[test]
+    fn a_failure_after_a_long_life_starts_a_new_count() {
+        let mut failures = Failures::default();
+        for _ in 0..4 {
+            failures.record(Duration::from_millis(10), "died".into());
+        }
+        assert_eq!(failures.in_a_row, 4);
+        let report = failures.report().expect("a crash loop is reported");
+        assert!(report.next_start_in > Duration::from_secs(3));
+        failures.record(STABLE_AFTER, "died after a long life".into());
+        assert_eq!(failures.in_a_row, 1);
+        let report = failures.report().expect("the failure is still reported");
+        assert_eq!(report.next_start_in, Duration::ZERO);
+        assert_eq!(report.reason, "died after a long life");
+    }
 }
