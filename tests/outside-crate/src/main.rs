@@ -21,7 +21,10 @@ impl Provider for ThreadProvider {
         if function.name() != "hello" {
             return Err(ProviderError::NotFound);
         }
-        let replica = self.replica.lock().map_err(|_| ProviderError::Failed("poisoned".into()))?;
+        let replica = self
+            .replica
+            .lock()
+            .map_err(|_| ProviderError::Failed("poisoned".into()))?;
         let n = u64::from(replica.is_some());
         Ok(FunctionStatus {
             replicas: n,
@@ -34,11 +37,16 @@ impl Provider for ThreadProvider {
     }
 
     fn set_replicas(&self, _: &FunctionRef, replicas: u64) -> Result<(), ProviderError> {
-        let mut replica = self.replica.lock().map_err(|_| ProviderError::Failed("poisoned".into()))?;
+        let mut replica = self
+            .replica
+            .lock()
+            .map_err(|_| ProviderError::Failed("poisoned".into()))?;
         if replicas > 0 && replica.is_none() {
             let listener = TcpListener::bind("127.0.0.1:0")
                 .map_err(|e| ProviderError::Failed(e.to_string()))?;
-            let addr = listener.local_addr().map_err(|e| ProviderError::Failed(e.to_string()))?;
+            let addr = listener
+                .local_addr()
+                .map_err(|e| ProviderError::Failed(e.to_string()))?;
             thread::spawn(move || serve(listener));
             *replica = Some(Arc::new(Endpoint::new(format!("http://{addr}"))));
             println!("started a replica");
