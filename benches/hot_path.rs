@@ -3,15 +3,16 @@
 use std::hint::black_box;
 use std::sync::Arc;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 
+use defrost::call::Call;
 use defrost::proxy::headers::{self, Forwarding};
 use defrost::router;
-use defrost::scaler::cache::StatusCache;
 use defrost::scaler::singleflight::SingleFlight;
-use defrost::{Endpoint, FunctionStatus};
+use defrost::table::FunctionTable;
+use defrost::FunctionRef;
 
 fn route_parse(c: &mut Criterion) {
     c.bench_function("route parse", |b| {
@@ -24,23 +25,15 @@ fn route_parse(c: &mut Criterion) {
     });
 }
 
-fn cache_hit(c: &mut Criterion) {
-    let cache = StatusCache::new(Duration::from_secs(60));
-    let status = FunctionStatus {
-        replicas: 1,
-        available_replicas: 1,
-        endpoints: vec![Arc::new(Endpoint::new("http://127.0.0.1:9000"))],
-        ..Default::default()
-    };
-    cache.set("hello.default", Arc::new(status));
+fn call_bookkeeping(c: &mut Criterion) {
+    let table = FunctionTable::new();
     for other in 0..100 {
-        cache.set(
-            &format!("f{other}.default"),
-            Arc::new(FunctionStatus::default()),
-        );
+        let f = FunctionRef::new(&format!("f{other}"), "default").expect("valid name");
+        Call::begin(&table, &f).finish(200);
     }
-    c.bench_function("cache hit", |b| {
-        b.iter(|| cache.fresh_ready(black_box("hello.default")))
+    let hello = FunctionRef::new("hello", "default").expect("valid name");
+    c.bench_function("call bookkeeping (lookup among 100, count, finish)", |b| {
+        b.iter(|| Call::begin(&table, black_box(&hello)).finish(200))
     });
 }
 
@@ -98,7 +91,7 @@ fn header_rewriting(c: &mut Criterion) {
 criterion_group!(
     benches,
     route_parse,
-    cache_hit,
+    call_bookkeeping,
     single_flight,
     header_rewriting
 );

@@ -2,7 +2,8 @@
 //!
 //!     cargo bench --bench metrics
 //!
-//! 1. Recording one call (start, in flight, code, duration histogram) on its own, from one
+//! 1. Recording one call (the function's record looked up, in flight, code, duration
+//!    histogram) on its own, from one
 //!    thread and from two threads at once on the same function, next to the single global lock
 //!    a naive design would take per request.
 //! 2. A warm call through a whole gateway (client, tiny_http, worker, proxy, upstream on
@@ -16,8 +17,9 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use defrost::metrics::Metrics;
+use defrost::call::Call;
 use defrost::provider::{FunctionSummary, Provider, ProviderError};
+use defrost::table::FunctionTable;
 use defrost::{Endpoint, FunctionRef, FunctionStatus, Gateway, Settings};
 
 const RECORDS: u64 = 2_000_000;
@@ -28,8 +30,8 @@ fn main() {
         .iter()
         .map(|n| FunctionRef::new(n, "default").expect("valid name"))
         .collect();
-    let metrics = Metrics::new();
-    let record = |f: &FunctionRef| metrics.begin(black_box(f)).finish(200);
+    let table = FunctionTable::new();
+    let record = |f: &FunctionRef| Call::begin(&table, black_box(f)).finish(200);
     let one = per_op(RECORDS, || record(&names[0]));
     let apart = on_two_threads(|t| record(&names[t]));
     let global = Mutex::new(());

@@ -1,6 +1,6 @@
 //! Call analytics sent in batches to an HTTP endpoint, in the manner of the kubefaas router.
 //!
-//! Requests only bump the metrics' atomic counters; one background thread reads them every
+//! Requests only bump their function's atomic counters; one background thread reads them every
 //! interval and posts what changed. The endpoint is never on a request's path: a slow or dead
 //! endpoint delays only this thread. Counts that could not be delivered are carried into the
 //! next batch rather than dropped.
@@ -14,7 +14,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::client::{self, Timeouts};
-use crate::metrics::Metrics;
+use crate::table::{counters::Counters, FunctionTable};
 
 /// One function's calls since the last delivered batch.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -33,16 +33,16 @@ struct Delivered(HashMap<String, (u64, u64)>);
 
 impl Delivered {
     /// What changed since the last delivered batch.
-    fn pending(&self, metrics: &Metrics) -> Vec<AnalyticsData> {
-        metrics
-            .functions()
+    fn pending(&self, table: &FunctionTable) -> Vec<AnalyticsData> {
+        table
+            .all()
             .iter()
-            .filter_map(|f| {
-                let (calls, errors) = totals(f);
-                let (sent_calls, sent_errors) =
-                    self.0.get(f.function.key()).copied().unwrap_or((0, 0));
+            .filter_map(|r| {
+                let key = r.function().key();
+                let (calls, errors) = totals(r.counters());
+                let (sent_calls, sent_errors) = self.0.get(key).copied().unwrap_or((0, 0));
                 let data = AnalyticsData {
-                    id: f.function.key().to_owned(),
+                    id: key.to_owned(),
                     calls: calls.saturating_sub(sent_calls),
                     errors: errors.saturating_sub(sent_errors),
                 };
@@ -61,7 +61,7 @@ impl Delivered {
 }
 
 /// Calls answered and, of those, answered with a 5xx.
-fn totals(f: &crate::metrics::FunctionMetrics) -> (u64, u64) {
+fn totals(f: &Counters) -> (u64, u64) {
     f.by_code().fold((0, 0), |(calls, errors), (code, h)| {
         let n = h.count();
         (calls + n, errors + if code >= 500 { n } else { 0 })
@@ -78,13 +78,13 @@ impl Analytics {
     pub fn start(
         url: String,
         interval: Duration,
-        metrics: Arc<Metrics>,
+        table: Arc<FunctionTable>,
     ) -> std::io::Result<Analytics> {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
         let thread = thread::Builder::new()
             .name("defrost-analytics".into())
-            .spawn(move || run(&url, interval, &metrics, &flag))?;
+            .spawn(move || run(&url, interval, &table, &flag))?;
         Ok(Analytics {
             stop,
             thread: Some(thread),
@@ -102,7 +102,7 @@ impl Drop for Analytics {
     }
 }
 
-fn run(url: &str, interval: Duration, metrics: &Metrics, stop: &AtomicBool) {
+fn run(url: &str, interval: Duration, table: &FunctionTable, stop: &AtomicBool) {
     let timeout = interval
         .min(Duration::from_secs(5))
         .max(Duration::from_millis(100));
@@ -118,7 +118,7 @@ fn run(url: &str, interval: Duration, metrics: &Metrics, stop: &AtomicBool) {
     let mut failing = false;
     while !stop.load(Ordering::Relaxed) {
         thread::park_timeout(interval);
-        let batch = delivered.pending(metrics);
+        let batch = delivered.pending(table);
         if batch.is_empty() {
             continue;
         }

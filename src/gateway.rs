@@ -8,13 +8,14 @@ use std::time::Instant;
 use tiny_http::{Header, Request, Response, ResponseBox, StatusCode};
 
 use crate::auth::Credentials;
+use crate::call::Call;
 use crate::error::Error;
 use crate::function::FunctionRef;
-use crate::metrics::{exposition, overview::Overview, Invocation};
+use crate::metrics::{exposition, overview::Overview, ProviderCalls};
 use crate::provider::api::{self, ApiRequest};
 use crate::provider::ProviderError;
 use crate::proxy::headers::request_header;
-use crate::proxy::{Call, Proxy};
+use crate::proxy::{Proxy, Target};
 use crate::router::{self, Route};
 use crate::scaler::Scaler;
 use crate::status_page;
@@ -33,6 +34,7 @@ pub struct Handler {
     draining: AtomicBool,
     /// Whether `/metrics` is answered here (not when it has a listener of its own).
     metrics_route: bool,
+    provider_calls: Arc<ProviderCalls>,
 }
 
 impl Handler {
@@ -42,6 +44,7 @@ impl Handler {
         default_namespace: String,
         auth: Option<Credentials>,
         triggers: Arc<TriggerSet>,
+        provider_calls: Arc<ProviderCalls>,
     ) -> Handler {
         Handler {
             scaler,
@@ -52,6 +55,7 @@ impl Handler {
             in_flight: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
             metrics_route: true,
+            provider_calls,
         }
     }
 
@@ -122,14 +126,14 @@ impl Handler {
 
     /// A call to a name the provider does not know is not kept in the metrics: clients must
     /// not be able to grow them by calling made-up names.
-    fn forget_if_unknown(&self, invocation: &mut Option<Invocation>, e: &Error) {
+    fn forget_if_unknown(&self, invocation: &mut Option<Call>, e: &Error) {
         if !names_unknown_function(e) {
             return;
         }
         if let Some(call) = invocation.take() {
             let function = call.function().clone();
             call.finish(e.status());
-            self.scaler.metrics().forget_unknown(&function);
+            self.scaler.table().forget_unknown(&function);
         }
     }
 
@@ -137,7 +141,7 @@ impl Handler {
     fn dispatch(
         &self,
         request: &mut Request,
-        invocation: &mut Option<Invocation>,
+        invocation: &mut Option<Call>,
     ) -> Result<ResponseBox, Error> {
         let target = request.url().to_owned();
         crate::screen::screen(request.method().as_str(), &target)?;
@@ -147,19 +151,19 @@ impl Handler {
                 rest,
                 query,
             } => {
-                let call = Call {
+                let target = Target {
                     function: &function,
                     rest,
                     query,
                     params: &[],
                 };
-                self.call_function(request, &call, invocation)
+                self.call_function(request, &target, invocation)
             }
             Route::Healthz => self.healthz(request),
-            Route::Metrics if self.metrics_route => Ok(metrics_response(&self.scaler)),
+            Route::Metrics if self.metrics_route => Ok(self.metrics_page()),
             Route::StatusPage => {
                 self.authorize(request)?;
-                let page = status_page::render(&Overview::gather(&self.scaler));
+                let page = status_page::render(&overview(&self.scaler));
                 Ok(bytes(200, status_page::CONTENT_TYPE, page.into_bytes()))
             }
             Route::System { path, query } => self.system(request, path, query),
@@ -239,11 +243,11 @@ impl Handler {
     fn call_function(
         &self,
         request: &mut Request,
-        call: &Call<'_>,
-        invocation: &mut Option<Invocation>,
+        target: &Target<'_>,
+        invocation: &mut Option<Call>,
     ) -> Result<ResponseBox, Error> {
-        *invocation = Some(self.scaler.metrics().begin(call.function));
-        self.proxy.forward(request, call)
+        let call = invocation.insert(Call::begin(self.scaler.table(), target.function));
+        self.proxy.forward(request, target, call)
     }
 
     /// Requests outside `/function/` and `/system/` may match an HTTP trigger. The table in use
@@ -252,7 +256,7 @@ impl Handler {
         &self,
         request: &mut Request,
         target: &str,
-        invocation: &mut Option<Invocation>,
+        invocation: &mut Option<Call>,
     ) -> Result<ResponseBox, Error> {
         let triggers = self.triggers.current();
         let (path, query) = router::split_target(target);
@@ -260,13 +264,13 @@ impl Handler {
         let method = request.method().as_str().to_owned();
         match triggers.lookup(&method, host.as_deref(), path) {
             Ok(found) => {
-                let call = Call {
+                let target = Target {
                     function: found.function,
                     rest: path,
                     query,
                     params: &found.params,
                 };
-                self.call_function(request, &call, invocation)
+                self.call_function(request, &target, invocation)
             }
             Err(Miss::NoMatch) => Err(Error::NoRoute {
                 path: printable_path(target),
@@ -276,10 +280,33 @@ impl Handler {
     }
 }
 
-/// The scrape: the provider is asked for replica counts, the rest is read from counters.
-pub fn metrics_response(scaler: &Scaler) -> ResponseBox {
-    let text = exposition::render(&Overview::gather(scaler), scaler.metrics());
-    bytes(200, exposition::CONTENT_TYPE, text.into_bytes())
+impl Handler {
+    /// What the metrics listener answers: the scrape on `/metrics`, 404 elsewhere.
+    pub fn metrics_listener_page(&self, request: &Request) -> ResponseBox {
+        let (path, _) = router::split_target(request.url());
+        if path == "/metrics" {
+            self.metrics_page()
+        } else {
+            error_response(&Error::NoRoute {
+                path: printable_path(path),
+            })
+        }
+    }
+
+    /// The scrape: the provider is asked for replica counts, the rest is read from counters.
+    pub fn metrics_page(&self) -> ResponseBox {
+        let text = exposition::render(&overview(&self.scaler), &self.provider_calls);
+        bytes(200, exposition::CONTENT_TYPE, text.into_bytes())
+    }
+}
+
+/// Every function at this moment, for the scrape and the status page alike.
+fn overview(scaler: &Scaler) -> Overview {
+    Overview::gather(
+        scaler.table(),
+        scaler.provider().as_ref(),
+        scaler.coalescing(),
+    )
 }
 
 /// The provider does not know the function the client named.

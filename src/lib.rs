@@ -51,12 +51,14 @@
 pub mod analytics;
 pub mod auth;
 pub mod autoscale;
+pub mod call;
 pub mod check;
 pub mod client;
 pub mod config;
 pub mod error;
 pub mod function;
 pub mod gateway;
+pub mod histogram;
 pub mod metrics;
 pub mod provider;
 pub mod proxy;
@@ -68,6 +70,7 @@ pub mod screen;
 pub mod server;
 pub mod setup;
 pub mod status_page;
+pub mod table;
 pub mod triggers;
 
 use std::io;
@@ -199,18 +202,25 @@ impl Gateway {
         let table = triggers::Triggers::build(&settings.triggers)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let triggers = Arc::new(triggers::TriggerSet::new(table));
-        let metrics = Arc::new(metrics::Metrics::new());
-        let provider = Arc::new(metrics::Measured::new(provider, Arc::clone(&metrics)));
+        let table = Arc::new(table::FunctionTable::new());
+        let provider_calls = Arc::new(metrics::ProviderCalls::new());
+        let provider = Arc::new(metrics::Measured::new(
+            provider,
+            Arc::clone(&provider_calls),
+        ));
         let analytics = match &settings.analytics {
             Some((url, every)) => Some(analytics::Analytics::start(
                 url.clone(),
                 *every,
-                Arc::clone(&metrics),
+                Arc::clone(&table),
             )?),
             None => None,
         };
-        let scaler =
-            Arc::new(Scaler::new(provider, settings.scaling.clone()).with_metrics(metrics));
+        let scaler = Arc::new(Scaler::new(
+            provider,
+            settings.scaling.clone(),
+            Arc::clone(&table),
+        ));
         let timeouts = client::Timeouts {
             connect: settings.connect_timeout,
             response: settings.proxy.upstream_timeout,
@@ -220,24 +230,30 @@ impl Gateway {
             client::ShardedAgent::new(timeouts, settings.max_idle_per_host, settings.pool.core);
         let autoscaler = Autoscaler::start(Arc::clone(&scaler), settings.autoscale.clone())?;
         let proxy = Proxy::new(agents, Arc::clone(&scaler), settings.proxy.clone());
-        let metrics_listener = match settings.metrics_listen {
-            Some(addr) => Some(metrics::listener::MetricsListener::start(
-                addr,
-                Arc::clone(&scaler),
-            )?),
-            None => None,
-        };
         let mut handler = Handler::new(
             scaler,
             proxy,
             settings.default_namespace.clone(),
             settings.auth.clone(),
             Arc::clone(&triggers),
+            provider_calls,
         );
-        if metrics_listener.is_some() {
+        if settings.metrics_listen.is_some() {
             handler = handler.without_metrics_route();
         }
         let handler = Arc::new(handler);
+        let metrics_listener = match settings.metrics_listen {
+            Some(addr) => {
+                let scrape = Arc::clone(&handler);
+                Some(metrics::listener::MetricsListener::start(
+                    addr,
+                    Arc::new(move |request: &tiny_http::Request| {
+                        scrape.metrics_listener_page(request)
+                    }),
+                )?)
+            }
+            None => None,
+        };
         let worker_handler = Arc::clone(&handler);
         let pool = Pool::start(
             Arc::new(server),

@@ -64,13 +64,14 @@ pub fn render(overview: &Overview) -> String {
 
 fn function_row(html: &mut String, row: &FunctionRow, now_ms: u64) {
     let count = |n: Option<u64>| n.map_or("?".to_owned(), |n| n.to_string());
-    let metrics = row.metrics.as_deref();
-    let cold = metrics
-        .and_then(|m| m.last_cold_start())
-        .map_or("never".to_owned(), |c| {
-            let ago = now_ms.saturating_sub(c.at_unix_ms) / 1000;
-            format!("{:.3}s, {ago}s ago", c.took_ms as f64 / 1e3)
-        });
+    let record = row.record.as_deref();
+    let cold =
+        record
+            .and_then(|r| r.counters().last_cold_start())
+            .map_or("never".to_owned(), |c| {
+                let ago = now_ms.saturating_sub(c.at_unix_ms) / 1000;
+                format!("{:.3}s, {ago}s ago", c.took_ms as f64 / 1e3)
+            });
     let _ = write!(
         html,
         "<tr data-function=\"{key}\"><td>{name}</td><td>{namespace}</td><td>{ready} / {desired}</td>\
@@ -81,9 +82,9 @@ fn function_row(html: &mut String, row: &FunctionRow, now_ms: u64) {
         namespace = escape(row.function.namespace()),
         ready = count(row.ready),
         desired = count(row.desired),
-        in_flight = metrics.map_or(0, |m| m.in_flight()),
-        waiting = row.waiting,
-        invocations = metrics.map_or(0, |m| m.invocations()),
+        in_flight = record.map_or(0, |r| r.in_flight()),
+        waiting = row.waiting(),
+        invocations = record.map_or(0, |r| r.counters().invocations()),
     );
 }
 
@@ -121,8 +122,7 @@ mod tests {
                 function: FunctionRef::new("echo", "team-a").unwrap(),
                 desired: Some(2),
                 ready: Some(1),
-                waiting: 3,
-                metrics: None,
+                record: None,
             }],
             provider_error: Some("<script>".into()),
             waiting_total: 3,

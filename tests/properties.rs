@@ -1,21 +1,22 @@
 //! Fuzz-style property tests: what a client, a config file or a provider can send is thrown at
-//! the parsers in bulk, and the scaler's single-flight and cache are driven with random
+//! the parsers in bulk, and the scaler's single-flight and the function table are driven with random
 //! workloads. Each property runs a bounded number of generated cases, as a normal test.
 
-use std::collections::HashMap;
+use std::collections::BTreeSet;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::Duration;
 
+use defrost::call::Call;
 use defrost::config::{parse_duration, Loaded};
 use defrost::provider::wire;
 use defrost::router::{route, Route};
-use defrost::scaler::cache::StatusCache;
 use defrost::scaler::singleflight::SingleFlight;
 use defrost::screen::screen;
-use defrost::{FunctionStatus, Settings};
+use defrost::table::FunctionTable;
+use defrost::{FunctionRef, Settings};
 use proptest::prelude::*;
 
 fn config(cases: u32) -> ProptestConfig {
@@ -257,68 +258,48 @@ proptest! {
 }
 
 #[derive(Debug, Clone)]
-enum CacheOp {
-    Set(u8, u64),
-    Expire(u8),
-    Remove(u8),
+enum TableOp {
+    /// A call answered 200.
+    Serve(u8),
+    /// A call to a name the provider does not know: 404, then forgotten if never served.
+    Miss(u8),
 }
 
-fn cache_ops() -> impl Strategy<Value = Vec<CacheOp>> {
+fn table_ops() -> impl Strategy<Value = Vec<TableOp>> {
     proptest::collection::vec(
         prop_oneof![
-            3 => (0u8..6, any::<u64>()).prop_map(|(k, v)| CacheOp::Set(k, v)),
-            1 => (0u8..6).prop_map(CacheOp::Expire),
-            1 => (0u8..6).prop_map(CacheOp::Remove),
+            1 => (0u8..6).prop_map(TableOp::Serve),
+            3 => (0u8..6).prop_map(TableOp::Miss),
         ],
         0..60,
     )
 }
 
-fn status(replicas: u64) -> Arc<FunctionStatus> {
-    Arc::new(FunctionStatus {
-        replicas,
-        available_replicas: 0,
-        min_replicas: 1,
-        max_replicas: 1,
-        labels: Default::default(),
-        endpoints: Vec::new(),
-        generation: 0,
-        start_failure: None,
-    })
-}
-
 proptest! {
     #![proptest_config(config(1000))]
 
-    /// The cache holds exactly the keys set and not removed, each with its last value; an
-    /// expired entry is kept as a stale hint until set again.
+    /// The table keeps a record for exactly the names ever served: calls to made-up names
+    /// leave nothing behind, and no call leaves a count in flight.
     #[test]
-    fn the_status_cache_matches_a_model_and_leaks_no_key(ops in cache_ops()) {
-        let cache = StatusCache::new(Duration::from_secs(3600));
-        let mut model: HashMap<String, (u64, bool)> = HashMap::new();
+    fn the_function_table_keeps_served_names_only_and_leaks_no_record(ops in table_ops()) {
+        let table = FunctionTable::new();
+        let mut served: BTreeSet<String> = BTreeSet::new();
         for op in ops {
-            match op {
-                CacheOp::Set(k, v) => {
-                    cache.set(&k.to_string(), status(v));
-                    model.insert(k.to_string(), (v, true));
-                }
-                CacheOp::Expire(k) => {
-                    cache.expire(&k.to_string());
-                    if let Some(entry) = model.get_mut(&k.to_string()) {
-                        entry.1 = false;
-                    }
-                }
-                CacheOp::Remove(k) => {
-                    cache.remove(&k.to_string());
-                    model.remove(&k.to_string());
-                }
+            let (k, code) = match op {
+                TableOp::Serve(k) => (k, 200),
+                TableOp::Miss(k) => (k, 404),
+            };
+            let function = FunctionRef::new(&format!("f{k}"), "default").unwrap();
+            Call::begin(&table, &function).finish(code);
+            if code == 200 {
+                served.insert(function.key().to_owned());
+            } else {
+                table.forget_unknown(&function);
             }
-            prop_assert_eq!(cache.len(), model.len());
-        }
-        for k in 0u8..6 {
-            let key = k.to_string();
-            let got = cache.get(&key).map(|l| (l.status.replicas, l.fresh));
-            prop_assert_eq!(got, model.get(&key).copied(), "key {}", key);
+            let kept: BTreeSet<String> =
+                table.all().iter().map(|r| r.function().key().to_owned()).collect();
+            prop_assert_eq!(&kept, &served);
+            prop_assert!(table.all().iter().all(|r| r.in_flight() == 0));
         }
     }
 }

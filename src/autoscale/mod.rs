@@ -1,7 +1,8 @@
 //! After a function is running: scale to zero when idle, and capacity autoscaling.
 //!
 //! One background thread checks every function that has had a request, once per interval. The
-//! hot path only bumps the atomics in [`crate::scaler::activity`]; everything here reads them.
+//! hot path only bumps the atomics of each function's record ([`crate::table`]); everything
+//! here reads them.
 //! Scale calls go through the scaler's single-flight, like a cold start's, so a decision made
 //! here never interleaves with one made by a request; and the provider drains a replica before
 //! stopping it, so none is stopped with requests in flight.
@@ -20,8 +21,8 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex};
 
 use crate::provider::{FunctionStatus, ProviderError};
-use crate::scaler::activity::FunctionActivity;
 use crate::scaler::Scaler;
+use crate::table::FunctionRecord;
 use policy::{Capacity, Policy};
 
 /// How often and how cautiously the autoscaler acts.
@@ -95,13 +96,13 @@ fn run(scaler: &Scaler, config: &AutoscaleConfig, stop: &(Mutex<bool>, Condvar))
                 return;
             }
         }
-        let functions = scaler.activity().all();
-        let present: HashSet<&str> = functions.iter().map(|a| a.function.key()).collect();
+        let functions = scaler.table().all();
+        let present: HashSet<&str> = functions.iter().map(|r| r.function().key()).collect();
         watched.retain(|key, _| present.contains(key.as_str()));
-        for activity in functions {
-            let key = activity.function.key().to_owned();
+        for record in functions {
+            let key = record.function().key().to_owned();
             let entry = watched.entry(key).or_insert_with(Watched::new);
-            check(scaler, config, &activity, entry);
+            check(scaler, config, &record, entry);
         }
     }
 }
@@ -130,9 +131,9 @@ impl Watched {
         }
     }
 
-    fn policy(&mut self, activity: &FunctionActivity, status: &FunctionStatus) -> &Policy {
+    fn policy(&mut self, record: &FunctionRecord, status: &FunctionStatus) -> &Policy {
         if self.labels.as_ref() != Some(&status.labels) {
-            self.policy = Policy::from_labels(&activity.function, &status.labels);
+            self.policy = Policy::from_labels(record.function(), &status.labels);
             self.labels = Some(status.labels.clone());
         }
         &self.policy
@@ -164,14 +165,14 @@ impl Watched {
 fn check(
     scaler: &Scaler,
     config: &AutoscaleConfig,
-    activity: &FunctionActivity,
+    record: &FunctionRecord,
     watched: &mut Watched,
 ) {
-    let function = &activity.function;
+    let function = record.function();
     let status = match scaler.provider().status(function) {
         Ok(status) => status,
         Err(ProviderError::NotFound) => {
-            scaler.activity().forget(function);
+            scaler.table().forget_gone(function);
             return;
         }
         Err(e) => {
@@ -183,30 +184,26 @@ fn check(
         watched.forget();
         return;
     }
-    let policy = watched.policy(activity, &status).clone();
+    let policy = watched.policy(record, &status).clone();
     if let Some(idle) = policy.zero_after {
-        if scale_to_zero_if_idle(scaler, activity, idle) {
+        if scale_to_zero_if_idle(scaler, record, idle) {
             watched.forget();
             return;
         }
     }
     if let Some(capacity) = policy.capacity {
-        follow_capacity(scaler, config, activity, &status, capacity, watched);
+        follow_capacity(scaler, config, record, &status, capacity, watched);
     }
 }
 
 /// True if the function's replicas were stopped.
-fn scale_to_zero_if_idle(scaler: &Scaler, activity: &FunctionActivity, idle: Duration) -> bool {
-    let function = &activity.function;
+fn scale_to_zero_if_idle(scaler: &Scaler, record: &FunctionRecord, idle: Duration) -> bool {
+    let function = record.function();
     let idle_enough = |d: Duration| d >= idle;
-    if !scaler
-        .activity()
-        .idle_for(activity)
-        .is_some_and(idle_enough)
-    {
+    if !record.activity.idle_for().is_some_and(idle_enough) {
         return false;
     }
-    match scaler.scale_to_zero(activity, idle) {
+    match scaler.scale_to_zero(record, idle) {
         Ok(stopped) => {
             if stopped {
                 log::info!(
@@ -228,13 +225,13 @@ fn scale_to_zero_if_idle(scaler: &Scaler, activity: &FunctionActivity, idle: Dur
 fn follow_capacity(
     scaler: &Scaler,
     config: &AutoscaleConfig,
-    activity: &FunctionActivity,
+    record: &FunctionRecord,
     status: &FunctionStatus,
     capacity: Capacity,
     watched: &mut Watched,
 ) {
-    let function = &activity.function;
-    let in_flight = activity.in_flight();
+    let function = record.function();
+    let in_flight = record.in_flight();
     let desired = capacity.desired(in_flight, status.min_replicas, status.max_replicas);
     let stable = watched.stable(desired, config.scale_down_window);
     let target = if desired > status.replicas {
@@ -257,6 +254,7 @@ fn follow_capacity(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::call::Call;
     use crate::function::FunctionRef;
     use crate::provider::{FunctionSummary, Provider};
     use crate::scaler::ScalingConfig;
@@ -317,7 +315,12 @@ mod tests {
             calls: Mutex::new(Vec::new()),
             status_calls: AtomicU64::new(0),
         });
-        let scaler = Arc::new(Scaler::new(provider.clone(), ScalingConfig::default()));
+        let table = Arc::new(crate::table::FunctionTable::new());
+        let scaler = Arc::new(Scaler::new(
+            provider.clone(),
+            ScalingConfig::default(),
+            table,
+        ));
         let config = AutoscaleConfig {
             interval: Duration::from_millis(5),
             scale_down_window: Duration::from_millis(200),
@@ -344,7 +347,9 @@ mod tests {
             (policy::LABEL_TARGET, "2"),
             (policy::LABEL_TARGET_PROPORTION, "1"),
         ]);
-        let busy: Vec<_> = (0..7).map(|_| scaler.begin(&function())).collect();
+        let busy: Vec<_> = (0..7)
+            .map(|_| Call::begin(scaler.table(), &function()))
+            .collect();
         assert!(eventually(|| *provider.replicas.lock() == 4));
         drop(busy);
         assert!(eventually(|| *provider.replicas.lock() == 1));
@@ -364,7 +369,7 @@ mod tests {
             (policy::LABEL_SCALE_ZERO, "true"),
             (policy::LABEL_ZERO_DURATION, "30ms"),
         ]);
-        let busy = scaler.begin(&function());
+        let busy = Call::begin(scaler.table(), &function());
         let checked = provider.status_calls.load(Ordering::SeqCst);
         assert!(eventually(
             || provider.status_calls.load(Ordering::SeqCst) > checked + 20
@@ -380,11 +385,14 @@ mod tests {
     fn names_the_provider_does_not_know_are_not_kept() {
         let (_, scaler, autoscaler) = running(&[]);
         for name in ["ghost", "auto"] {
-            drop(scaler.begin(&FunctionRef::new(name, "default").unwrap()));
+            drop(Call::begin(
+                scaler.table(),
+                &FunctionRef::new(name, "default").unwrap(),
+            ));
         }
         let known = |scaler: &Scaler| -> Vec<String> {
-            let all = scaler.activity().all();
-            all.iter().map(|a| a.function.name().to_owned()).collect()
+            let all = scaler.table().all();
+            all.iter().map(|r| r.function().name().to_owned()).collect()
         };
         assert!(eventually(|| known(&scaler) == ["auto"]));
         autoscaler.stop();

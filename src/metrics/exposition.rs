@@ -5,19 +5,20 @@
 
 use std::fmt::Write;
 
-use super::histogram::{Histogram, Reading};
 use super::overview::Overview;
-use super::{Metrics, Operation};
+use super::{Operation, ProviderCalls};
+use crate::histogram::{Histogram, Reading};
+use crate::table::FunctionRecord;
 
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-pub fn render(overview: &Overview, metrics: &Metrics) -> String {
+pub fn render(overview: &Overview, calls: &ProviderCalls) -> String {
     let mut out = Text(String::with_capacity(4096));
     invocations(&mut out, overview);
     replicas(&mut out, overview);
     load(&mut out, overview);
     cold_starts(&mut out, overview);
-    provider_calls(&mut out, metrics);
+    provider_calls(&mut out, calls);
     coalescing(&mut out, overview);
     out.0
 }
@@ -30,7 +31,7 @@ fn invocations(out: &mut Text, overview: &Overview) {
         out,
         ("gateway_function_invocation_started", "counter"),
         "Calls to a function that were started.",
-        counted(overview).map(|(name, m)| (name, m.started())),
+        counted(overview).map(|(name, r)| (name, r.counters().started())),
     );
     let total = "gateway_function_invocation_total";
     out.head(total, "counter", ANSWERED);
@@ -77,7 +78,7 @@ fn load(out: &mut Text, overview: &Overview) {
         out,
         ("defrost_function_in_flight", "gauge"),
         "Calls to a function being answered now.",
-        counted(overview).map(|(name, m)| (name, m.in_flight())),
+        counted(overview).map(|(name, r)| (name, r.in_flight() as u64)),
     );
     per_function(
         out,
@@ -86,7 +87,7 @@ fn load(out: &mut Text, overview: &Overview) {
         overview
             .functions
             .iter()
-            .map(|r| (r.function.key(), r.waiting as u64)),
+            .map(|r| (r.function.key(), r.waiting() as u64)),
     );
     out.head(
         "defrost_waiting_requests",
@@ -106,12 +107,12 @@ fn cold_starts(out: &mut Text, overview: &Overview) {
         "histogram",
         "Time from the first scale call to a ready replica, for a function at zero.",
     );
-    for (name, m) in counted(overview) {
+    for (name, r) in counted(overview) {
         let labels = [("function_name", name)];
         out.histogram(
             "defrost_cold_start_seconds",
             &labels,
-            &m.cold_starts().read(),
+            &r.counters().cold_starts().read(),
         );
     }
 }
@@ -133,8 +134,8 @@ impl CodeLabels<'_> {
 
 /// The durations of every status code every function answered, with their labels.
 fn per_code(overview: &Overview) -> impl Iterator<Item = (CodeLabels<'_>, &Histogram)> {
-    counted(overview).flat_map(|(function, m)| {
-        m.by_code().map(move |(code, h)| {
+    counted(overview).flat_map(|(function, r)| {
+        r.counters().by_code().map(move |(code, h)| {
             let code = code.to_string();
             (CodeLabels { function, code }, h)
         })
@@ -154,8 +155,7 @@ fn per_function<'a>(
     }
 }
 
-fn provider_calls(out: &mut Text, metrics: &Metrics) {
-    let calls = metrics.provider_calls();
+fn provider_calls(out: &mut Text, calls: &ProviderCalls) {
     out.head(
         "defrost_provider_calls_total",
         "counter",
@@ -211,11 +211,11 @@ fn coalescing(out: &mut Text, overview: &Overview) {
 }
 
 /// Functions with counters, with their `function_name` label.
-fn counted(overview: &Overview) -> impl Iterator<Item = (&str, &super::FunctionMetrics)> {
+fn counted(overview: &Overview) -> impl Iterator<Item = (&str, &FunctionRecord)> {
     overview
         .functions
         .iter()
-        .filter_map(|r| Some((r.function.key(), r.metrics.as_deref()?)))
+        .filter_map(|r| Some((r.function.key(), r.record.as_deref()?)))
 }
 
 struct Text(String);
@@ -276,7 +276,7 @@ mod tests {
         let mut out = Text(String::new());
         out.sample("x_total", &[("a", "q\"\\\n")], 3);
         out.sample("y", &[], 1);
-        let h = super::super::histogram::Histogram::new(&[0.5]);
+        let h = Histogram::new(&[0.5]);
         h.record(std::time::Duration::from_millis(100));
         h.record(std::time::Duration::from_secs(2));
         out.histogram("z_seconds", &[("f", "g")], &h.read());

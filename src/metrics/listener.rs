@@ -11,9 +11,10 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::error::Error;
-use crate::gateway::{error_response, metrics_response};
-use crate::scaler::Scaler;
+use tiny_http::{Request, ResponseBox};
+
+/// Answers one request to the listener (the scrape, or a 404).
+pub type Page = dyn Fn(&Request) -> ResponseBox + Send + Sync;
 
 pub struct MetricsListener {
     server: Arc<tiny_http::Server>,
@@ -23,7 +24,7 @@ pub struct MetricsListener {
 }
 
 impl MetricsListener {
-    pub fn start(addr: SocketAddr, scaler: Arc<Scaler>) -> io::Result<MetricsListener> {
+    pub fn start(addr: SocketAddr, page: Arc<Page>) -> io::Result<MetricsListener> {
         let listener = crate::server::bind(addr)?;
         let addr = listener.local_addr()?;
         let server = tiny_http::Server::from_listener(listener, None).map_err(io::Error::other)?;
@@ -32,7 +33,7 @@ impl MetricsListener {
         let (serving, stop) = (Arc::clone(&server), Arc::clone(&stopping));
         let thread = std::thread::Builder::new()
             .name("defrost-metrics".into())
-            .spawn(move || serve(&serving, &scaler, &stop))?;
+            .spawn(move || serve(&serving, page.as_ref(), &stop))?;
         log::info!("serving metrics on http://{addr}/metrics");
         Ok(MetricsListener {
             server,
@@ -55,7 +56,7 @@ impl MetricsListener {
     }
 }
 
-fn serve(server: &tiny_http::Server, scaler: &Scaler, stopping: &AtomicBool) {
+fn serve(server: &tiny_http::Server, page: &Page, stopping: &AtomicBool) {
     while !stopping.load(Ordering::SeqCst) {
         let request = match server.recv_timeout(Duration::from_secs(1)) {
             Ok(Some(request)) => request,
@@ -65,14 +66,7 @@ fn serve(server: &tiny_http::Server, scaler: &Scaler, stopping: &AtomicBool) {
                 continue;
             }
         };
-        let path = request.url().split('?').next().unwrap_or("");
-        let response = if path == "/metrics" {
-            metrics_response(scaler)
-        } else {
-            error_response(&Error::NoRoute {
-                path: path.chars().take(200).collect(),
-            })
-        };
+        let response = page(&request);
         if let Err(e) = request.respond(response) {
             log::debug!("metrics response not delivered: {e}");
         }

@@ -7,9 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::histogram::{Histogram, SLOW_BOUNDS};
-use super::Metrics;
 use crate::function::FunctionRef;
+use crate::histogram::{Histogram, SLOW_BOUNDS};
 use crate::provider::openfaas::RemoteApi;
 use crate::provider::process::ProcessFunction;
 use crate::provider::{FunctionStatus, FunctionSummary, Provider, ProviderError};
@@ -49,8 +48,14 @@ pub struct ProviderCalls {
     latency: [Histogram; 4],
 }
 
+impl Default for ProviderCalls {
+    fn default() -> Self {
+        ProviderCalls::new()
+    }
+}
+
 impl ProviderCalls {
-    pub(super) fn new() -> ProviderCalls {
+    pub fn new() -> ProviderCalls {
         ProviderCalls {
             ok: std::array::from_fn(|_| AtomicU64::new(0)),
             failed: std::array::from_fn(|_| AtomicU64::new(0)),
@@ -79,15 +84,15 @@ impl ProviderCalls {
     }
 }
 
-/// A provider whose calls are measured in [`Metrics`].
+/// A provider whose calls are counted in [`ProviderCalls`].
 pub struct Measured {
     inner: Arc<dyn Provider>,
-    metrics: Arc<Metrics>,
+    calls: Arc<ProviderCalls>,
 }
 
 impl Measured {
-    pub fn new(inner: Arc<dyn Provider>, metrics: Arc<Metrics>) -> Measured {
-        Measured { inner, metrics }
+    pub fn new(inner: Arc<dyn Provider>, calls: Arc<ProviderCalls>) -> Measured {
+        Measured { inner, calls }
     }
 
     fn measure<T>(
@@ -103,7 +108,7 @@ impl Measured {
             &result,
             Err(ProviderError::Unavailable(_) | ProviderError::Failed(_))
         );
-        self.metrics.provider.record(op, took, failed);
+        self.calls.record(op, took, failed);
         if let (true, Err(e)) = (failed, &result) {
             let call = format!("{} {subject}", op.name());
             log::warn!(
@@ -183,15 +188,14 @@ mod tests {
 
     #[test]
     fn calls_are_counted_by_outcome() {
-        let metrics = Arc::new(Metrics::new());
-        let provider = Measured::new(Arc::new(Flaky), Arc::clone(&metrics));
+        let calls = Arc::new(ProviderCalls::new());
+        let provider = Measured::new(Arc::new(Flaky), Arc::clone(&calls));
         for name in ["up", "up", "gone", "down"] {
             let _ = provider.status(&FunctionRef::new(name, "default").unwrap());
         }
         provider
             .set_replicas(&FunctionRef::new("up", "default").unwrap(), 1)
             .unwrap();
-        let calls = metrics.provider_calls();
         assert_eq!(calls.counts(Operation::Status), (3, 1));
         assert_eq!(calls.latency(Operation::Status).count(), 4);
         assert_eq!(calls.counts(Operation::SetReplicas), (1, 0));

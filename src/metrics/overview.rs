@@ -7,9 +7,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::FunctionMetrics;
 use crate::function::FunctionRef;
-use crate::scaler::Scaler;
+use crate::provider::Provider;
+use crate::table::{FunctionRecord, FunctionTable};
 
 /// One function's line.
 pub struct FunctionRow {
@@ -17,10 +17,15 @@ pub struct FunctionRow {
     /// Replicas asked for and replicas ready, as the provider said; `None` when it did not.
     pub desired: Option<u64>,
     pub ready: Option<u64>,
+    /// What the gateway keeps about it; `None` for a function never called through it.
+    pub record: Option<Arc<FunctionRecord>>,
+}
+
+impl FunctionRow {
     /// Requests waiting for a replica right now.
-    pub waiting: usize,
-    /// What was counted; `None` for a function never called through this gateway.
-    pub metrics: Option<Arc<FunctionMetrics>>,
+    pub fn waiting(&self) -> usize {
+        self.record.as_ref().map_or(0, |r| r.waiting())
+    }
 }
 
 pub struct Overview {
@@ -35,20 +40,24 @@ pub struct Overview {
 }
 
 impl Overview {
-    pub fn gather(scaler: &Scaler) -> Overview {
+    /// `coalescing`: the single-flight counts of status queries and of scale calls.
+    pub fn gather(
+        table: &FunctionTable,
+        provider: &dyn Provider,
+        coalescing: ((u64, u64), (u64, u64)),
+    ) -> Overview {
         let mut rows: BTreeMap<String, FunctionRow> = BTreeMap::new();
-        let provider_error = list_replicas(scaler, &mut rows).err();
-        for metrics in scaler.metrics().functions() {
-            row(&mut rows, &metrics.function).metrics = Some(metrics.clone());
+        let provider_error = list_replicas(provider, &mut rows).err();
+        for record in table.all() {
+            let function = record.function().clone();
+            row(&mut rows, &function).record = Some(record);
         }
-        for (function, waiting) in scaler.waiting_by_function() {
-            row(&mut rows, &function).waiting = waiting;
-        }
-        let (status_calls, scale_calls) = scaler.coalescing();
+        let functions: Vec<FunctionRow> = rows.into_values().collect();
+        let (status_calls, scale_calls) = coalescing;
         Overview {
-            functions: rows.into_values().collect(),
+            waiting_total: functions.iter().map(FunctionRow::waiting).sum(),
+            functions,
             provider_error,
-            waiting_total: scaler.waiting(),
             status_calls,
             scale_calls,
         }
@@ -61,15 +70,16 @@ fn row<'a>(rows: &'a mut BTreeMap<String, FunctionRow>, f: &FunctionRef) -> &'a 
             function: f.clone(),
             desired: None,
             ready: None,
-            waiting: 0,
-            metrics: None,
+            record: None,
         })
 }
 
 /// Fills in replica counts from the provider, namespace by namespace; a namespace that fails
 /// is reported, the others still shown.
-fn list_replicas(scaler: &Scaler, rows: &mut BTreeMap<String, FunctionRow>) -> Result<(), String> {
-    let provider = scaler.provider();
+fn list_replicas(
+    provider: &dyn Provider,
+    rows: &mut BTreeMap<String, FunctionRow>,
+) -> Result<(), String> {
     let namespaces = provider
         .namespaces()
         .map_err(|e| format!("listing namespaces: {e}"))?;

@@ -16,13 +16,12 @@ use tiny_http::{Header, Request, Response, ResponseBox, StatusCode};
 use ureq::http;
 use ureq::SendBody;
 
+use crate::call::Call;
 use crate::client::{is_connect_error, ShardedAgent};
 use crate::error::Error;
 use crate::function::FunctionRef;
-use crate::provider::InFlight;
 use crate::redact;
 use crate::router::upstream_url;
-use crate::scaler::activity::Busy;
 use crate::scaler::Scaler;
 use headers::{Forwarding, Outgoing, Unsendable, X_CALL_ID, X_START_TIME};
 
@@ -56,8 +55,8 @@ pub struct Proxy {
     config: ProxyConfig,
 }
 
-/// The parts of a function call the proxy needs once routing is done.
-pub struct Call<'a> {
+/// Where a function call goes, once routing is done.
+pub struct Target<'a> {
     pub function: &'a FunctionRef,
     pub rest: &'a str,
     pub query: Option<&'a str>,
@@ -74,26 +73,31 @@ impl Proxy {
         }
     }
 
-    /// Sends the request to a ready replica of the function and returns the response to relay.
-    pub fn forward(&self, request: &mut Request, call: &Call<'_>) -> Result<ResponseBox, Error> {
+    /// Sends the request to a ready replica of the function and returns the response to relay;
+    /// the replica stays counted busy in `call` until the call ends.
+    pub fn forward(
+        &self,
+        request: &mut Request,
+        target: &Target<'_>,
+        call: &mut Call,
+    ) -> Result<ResponseBox, Error> {
         let declared = self.declared_body(request)?;
         let mut outgoing = OutgoingHead::from_request(request)?;
-        let function = call.function;
+        let function = target.function;
         outgoing.set("X-Defrost-Function-Name", function.name())?;
         outgoing.set("X-Defrost-Function-Namespace", function.namespace())?;
-        for (name, value) in call.params {
+        for (name, value) in target.params {
             outgoing.set(&format!("X-Defrost-Param-{name}"), value)?;
         }
         let mut body = ClientBody::new(request.as_reader(), self.config.max_body_bytes);
-        let busy = self.scaler.begin(function);
         let mut attempt = 0;
         loop {
-            let status = self.scaler.ready(function)?;
+            let status = self.scaler.ready(call.record())?;
             // A replica taken out of service since the status was cached is refused here; so is
             // a status without endpoints from a provider breaking its promise. Either way the
             // provider is asked again, a bounded number of times, rather than sent a request.
             let Some(in_flight) = status.least_loaded().and_then(|e| e.begin()) else {
-                self.scaler.invalidate(function);
+                self.scaler.invalidate(call.record());
                 if attempt >= self.config.connect_retries {
                     return Err(Error::Upstream {
                         function: function.clone(),
@@ -104,15 +108,12 @@ impl Proxy {
                 continue;
             };
             let endpoint = in_flight.endpoint();
-            let url = upstream_url(endpoint.base_url(), call.rest, call.query);
+            let url = upstream_url(endpoint.base_url(), target.rest, target.query);
             let sent = self.send(&url, &outgoing, declared, &mut body);
             match sent {
                 Ok(response) => {
-                    let held = Held {
-                        _replica: in_flight,
-                        _function: busy,
-                    };
-                    return Ok(relay(response, Some(held), &outgoing));
+                    call.hold_replica(in_flight);
+                    return Ok(relay(response, &outgoing));
                 }
                 Err(e)
                     if is_connect_error(&e)
@@ -120,11 +121,11 @@ impl Proxy {
                         && attempt < self.config.connect_retries =>
                 {
                     log::debug!("{function}: {} refused ({e}); retrying", redact::url(&url));
-                    self.scaler.invalidate(function);
+                    self.scaler.invalidate(call.record());
                     std::thread::sleep(backoff(self.config.retry_backoff, attempt));
                     attempt += 1;
                 }
-                Err(e) => return Err(self.failure(function, &url, e, &body, attempt + 1)),
+                Err(e) => return Err(self.failure(call, &url, e, &body, attempt + 1)),
             }
         }
     }
@@ -145,7 +146,7 @@ impl Proxy {
         }
         let mut body = ClientBody::new(request.as_reader(), self.config.max_body_bytes);
         match self.send(url, &outgoing, declared, &mut body) {
-            Ok(response) => Ok(relay(response, None, &outgoing)),
+            Ok(response) => Ok(relay(response, &outgoing)),
             Err(_) if body.too_large() => Err(Error::BodyTooLarge {
                 limit: self.config.max_body_bytes,
             }),
@@ -193,7 +194,7 @@ impl Proxy {
 
     fn failure(
         &self,
-        function: &FunctionRef,
+        call: &Call,
         url: &str,
         e: ureq::Error,
         body: &ClientBody<'_>,
@@ -208,9 +209,10 @@ impl Proxy {
             return Error::from_body_read(io::Error::new(kind, e.to_string()));
         }
         let url = redact::url(url);
+        let function = call.function();
         match e {
             e if is_connect_error(&e) => {
-                self.scaler.invalidate(function);
+                self.scaler.invalidate(call.record());
                 Error::Upstream {
                     function: function.clone(),
                     detail: format!(
@@ -325,20 +327,8 @@ fn unsendable(Unsendable(name): Unsendable) -> Error {
     Error::BadRequest(format!("header {name:?} is not valid HTTP"))
 }
 
-/// What a relayed response keeps counted as busy until its body has been relayed: the replica
-/// (so it is not stopped mid-answer) and the function (so it is not scaled to zero).
-struct Held {
-    _replica: InFlight,
-    _function: Busy,
-}
-
-/// Turns the function's response into the client's, keeping what it holds counted as busy
-/// until the body has been relayed.
-fn relay(
-    response: http::Response<ureq::Body>,
-    in_flight: Option<Held>,
-    head: &OutgoingHead,
-) -> ResponseBox {
+/// Turns the function's response into the client's.
+fn relay(response: http::Response<ureq::Body>, head: &OutgoingHead) -> ResponseBox {
     let (parts, body) = response.into_parts();
     let connection = parts
         .headers
@@ -366,7 +356,6 @@ fn relay(
     let mut reader = Relayed {
         body: body.into_reader(),
         remaining: length,
-        _in_flight: in_flight,
     };
     if length == Some(0) {
         reader.see_end();
@@ -380,7 +369,7 @@ fn relay(
     )
 }
 
-/// The function's response body, holding its in-flight counts while it streams.
+/// The function's response body, on its way to the client.
 ///
 /// The server stops reading a body of known length after its last byte, but the upstream
 /// connection only goes back to the pool once the reader has reported the end: without the
@@ -389,7 +378,6 @@ struct Relayed<R> {
     body: R,
     /// Bytes of a `Content-Length` body still to come.
     remaining: Option<usize>,
-    _in_flight: Option<Held>,
 }
 
 impl<R: Read> Relayed<R> {
@@ -537,7 +525,7 @@ mod tests {
         };
         for _ in 0..3 {
             let response = agent.get(&url).call().unwrap();
-            let relayed = relay(response, None, &head);
+            let relayed = relay(response, &head);
             let length = relayed.data_length().unwrap() as u64;
             // As the server sends it: exactly the declared length, no read past it.
             let mut body = String::new();

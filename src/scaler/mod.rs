@@ -9,23 +9,16 @@
 //! - running out of time is a 504, never a silent forward; waiters are bounded per function
 //!   and in total so that a cold function cannot take every thread of the gateway.
 
-pub mod activity;
-pub mod cache;
 pub mod singleflight;
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
-
 use crate::error::Error;
 use crate::function::FunctionRef;
-use crate::metrics::Metrics;
 use crate::provider::{FunctionStatus, Provider, ProviderError};
-use activity::{Activity, Busy, FunctionActivity};
-use cache::StatusCache;
+use crate::table::{FunctionRecord, FunctionTable};
 use singleflight::SingleFlight;
 
 /// How the scaler behaves; defaults follow the OpenFaaS gateway where it has one.
@@ -75,69 +68,61 @@ const NOTIFIED_RECHECK: Duration = Duration::from_secs(1);
 type StatusResult = Result<Arc<FunctionStatus>, ProviderError>;
 
 /// Finds or makes a ready replica for each request.
+///
+/// What it keeps per function (cached status, waiters, the cold-start clock) lives in the
+/// function's record in the [`FunctionTable`]; what it keeps itself are the single-flight
+/// groups and the bound on waiters across all functions.
 pub struct Scaler {
     provider: Arc<dyn Provider>,
     config: ScalingConfig,
-    cache: StatusCache,
+    table: Arc<FunctionTable>,
     queries: SingleFlight<String, StatusResult>,
     scales: SingleFlight<String, Result<(), ProviderError>>,
-    waiters: Waiters,
-    /// When each cold start in progress began, so that exactly one line reports its duration.
-    cold_starts: Mutex<HashMap<String, Instant>>,
-    metrics: Arc<Metrics>,
-    activity: Activity,
+    /// Requests waiting for a replica now, across all functions.
+    waiting: AtomicUsize,
 }
 
 impl Scaler {
-    pub fn new(provider: Arc<dyn Provider>, config: ScalingConfig) -> Scaler {
+    pub fn new(
+        provider: Arc<dyn Provider>,
+        config: ScalingConfig,
+        table: Arc<FunctionTable>,
+    ) -> Scaler {
         Scaler {
-            cache: StatusCache::new(config.cache_expiry),
-            waiters: Waiters::new(config.max_waiters_per_function, config.max_waiters),
             provider,
             config,
+            table,
             queries: SingleFlight::new(),
             scales: SingleFlight::new(),
-            cold_starts: Mutex::new(HashMap::new()),
-            metrics: Arc::new(Metrics::new()),
-            activity: Activity::new(),
+            waiting: AtomicUsize::new(0),
         }
-    }
-
-    /// Counts cold starts in `metrics` (which the provider's calls may also be counted in).
-    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Scaler {
-        self.metrics = metrics;
-        self
-    }
-
-    pub fn metrics(&self) -> &Arc<Metrics> {
-        &self.metrics
     }
 
     pub fn provider(&self) -> &Arc<dyn Provider> {
         &self.provider
     }
 
-    pub fn config(&self) -> &ScalingConfig {
-        &self.config
+    pub fn table(&self) -> &Arc<FunctionTable> {
+        &self.table
     }
 
     /// A status with at least one ready endpoint, waiting (and scaling from zero) if need be.
-    pub fn ready(&self, function: &FunctionRef) -> Result<Arc<FunctionStatus>, Error> {
-        if let Some(status) = self.cache.fresh_ready(function.key()) {
+    pub fn ready(&self, record: &FunctionRecord) -> Result<Arc<FunctionStatus>, Error> {
+        if let Some(status) = record.status.fresh_ready(self.config.cache_expiry) {
             return Ok(status);
         }
-        let status = self.query(function)?;
+        let status = self.query(record)?;
         if status.is_ready() {
             return Ok(status);
         }
-        let _slot = self.waiters.enter(function)?;
+        let _slot = WaitSlot::enter(self, record)?;
         crate::server::blocking();
-        self.wait_until_ready(function, status)
+        self.wait_until_ready(record, status)
     }
 
     /// Forgets that the function was ready: one of its endpoints refused a connection.
-    pub fn invalidate(&self, function: &FunctionRef) {
-        self.cache.expire(function.key());
+    pub fn invalidate(&self, record: &FunctionRecord) {
+        record.status.clear();
     }
 
     /// Sets the desired replicas through the same single-flight as scale from zero, so that a
@@ -149,18 +134,10 @@ impl Scaler {
                 self.provider.set_replicas(function, replicas)
             })
             .unwrap_or_else(|abandoned| Err(ProviderError::Failed(abandoned.to_string())));
-        self.cache.expire(function.key());
+        if let Some(record) = self.table.get(function) {
+            record.status.clear();
+        }
         result
-    }
-
-    /// Counts a request in flight for the function until the guard is dropped; waits first if
-    /// the function is being scaled to zero right now.
-    pub fn begin(&self, function: &FunctionRef) -> Busy {
-        self.activity.begin(function)
-    }
-
-    pub fn activity(&self) -> &Activity {
-        &self.activity
     }
 
     /// Stops every replica of a function idle for at least `idle`, unless a request comes in
@@ -168,28 +145,19 @@ impl Scaler {
     /// scale call is the same single-flight as a cold start's. `Ok(false)`: it was not idle.
     pub fn scale_to_zero(
         &self,
-        activity: &FunctionActivity,
+        record: &FunctionRecord,
         idle: Duration,
     ) -> Result<bool, ProviderError> {
         let mut result = Ok(());
-        let stopped = self.activity.while_idle(activity, idle, || {
-            result = self.scale(&activity.function, 0);
+        let stopped = record.activity.while_idle(idle, || {
+            result = self.scale(record.function(), 0);
         });
         result.map(|()| stopped)
     }
 
     /// Requests waiting for a replica right now, across all functions.
     pub fn waiting(&self) -> usize {
-        self.waiters.total.load(Ordering::Relaxed)
-    }
-
-    /// Requests waiting for a replica right now, per function.
-    pub fn waiting_by_function(&self) -> Vec<(FunctionRef, usize)> {
-        let per_function = self.waiters.per_function.lock();
-        per_function
-            .iter()
-            .filter_map(|(key, &n)| Some((FunctionRef::parse(key, "").ok()?, n)))
-            .collect()
+        self.waiting.load(Ordering::Relaxed)
     }
 
     /// (queries made, queries shared) and (scale calls made, scale calls shared).
@@ -198,15 +166,15 @@ impl Scaler {
     }
 
     /// One status query per function at a time; its answer refreshes the cache.
-    fn query(&self, function: &FunctionRef) -> Result<Arc<FunctionStatus>, Error> {
-        let key = function.key();
+    fn query(&self, record: &FunctionRecord) -> Result<Arc<FunctionStatus>, Error> {
+        let function = record.function();
         let result = self
             .queries
-            .run(&key.to_owned(), || {
+            .run(&function.key().to_owned(), || {
                 let status = self.provider.status(function).map(Arc::new);
                 match &status {
-                    Ok(status) => self.cache.set(key, Arc::clone(status)),
-                    Err(ProviderError::NotFound) => self.cache.remove(key),
+                    Ok(status) => record.status.set(Arc::clone(status)),
+                    Err(ProviderError::NotFound) => record.status.clear(),
                     Err(_) => {}
                 }
                 status
@@ -221,21 +189,22 @@ impl Scaler {
     /// The holding pattern: scale if nobody has, then poll until ready or out of time.
     fn wait_until_ready(
         &self,
-        function: &FunctionRef,
+        record: &FunctionRecord,
         mut status: Arc<FunctionStatus>,
     ) -> Result<Arc<FunctionStatus>, Error> {
+        let function = record.function();
         let start = Instant::now();
         let deadline = start + self.config.ready_timeout;
         let mut scale_attempts = 0;
         let mut starts = 0;
         loop {
             if status.is_ready() {
-                self.report_cold_start(function, &status);
+                report_cold_start(record, &status);
                 return Ok(status);
             }
             if status.replicas == 0 {
-                self.check_start_worth_waiting(function, &status, starts, deadline)?;
-                self.scale_from_zero(function, &status, &mut scale_attempts)?;
+                self.check_start_worth_waiting(record, &status, starts, deadline)?;
+                self.scale_from_zero(record, &status, &mut scale_attempts)?;
                 starts += 1;
             }
             let now = Instant::now();
@@ -252,7 +221,7 @@ impl Scaler {
             let pause = self.poll_pause().min(deadline - now);
             self.provider
                 .wait_for_change(function, status.generation, pause);
-            status = self.query(function)?;
+            status = self.query(record)?;
         }
     }
 
@@ -261,14 +230,15 @@ impl Scaler {
     /// back past the request's deadline gets the request answered at once, not at the deadline.
     fn check_start_worth_waiting(
         &self,
-        function: &FunctionRef,
+        record: &FunctionRecord,
         status: &FunctionStatus,
         starts: u32,
         deadline: Instant,
     ) -> Result<(), Error> {
+        let function = record.function();
         let failure = status.start_failure.as_ref();
         if starts >= MAX_STARTS_PER_WAIT {
-            self.cold_starts.lock().remove(function.key());
+            record.cold_start.lock().take();
             log::warn!("{function}: replicas exited before becoming ready ({starts} starts)");
             return Err(Error::StartFailed {
                 function: function.clone(),
@@ -278,7 +248,7 @@ impl Scaler {
         }
         match failure {
             Some(f) if Instant::now() + f.next_start_in > deadline => {
-                self.cold_starts.lock().remove(function.key());
+                record.cold_start.lock().take();
                 Err(Error::CrashLooping {
                     function: function.clone(),
                     last: f.reason.clone(),
@@ -302,27 +272,25 @@ impl Scaler {
     /// Asks for `max(1, min)` replicas, once for all waiters, retrying failed calls.
     fn scale_from_zero(
         &self,
-        function: &FunctionRef,
+        record: &FunctionRecord,
         status: &FunctionStatus,
         attempts: &mut u32,
     ) -> Result<(), Error> {
+        let function = record.function();
         if !self.config.scale_from_zero {
             return Err(Error::ScaleFromZeroDisabled(function.clone()));
         }
         let target = status.min_replicas.max(1);
         loop {
             *attempts += 1;
-            self.cold_starts
-                .lock()
-                .entry(function.key().to_owned())
-                .or_insert_with(Instant::now);
+            record.cold_start.lock().get_or_insert_with(Instant::now);
             match self.scale(function, target) {
                 Ok(()) => return Ok(()),
                 Err(ProviderError::NotFound) => {
                     return Err(Error::FunctionNotFound(function.clone()))
                 }
                 Err(last) if *attempts >= self.config.scale_retries.max(1) => {
-                    self.cold_starts.lock().remove(function.key());
+                    record.cold_start.lock().take();
                     log::error!("{function}: scale to {target} failed {attempts} times: {last}");
                     return Err(Error::ScaleFailed {
                         function: function.clone(),
@@ -337,74 +305,52 @@ impl Scaler {
             }
         }
     }
+}
 
-    fn report_cold_start(&self, function: &FunctionRef, status: &FunctionStatus) {
-        if let Some(began) = self.cold_starts.lock().remove(function.key()) {
-            let took = began.elapsed();
-            self.metrics.cold_start(function, took);
-            log::info!(
-                "cold start {function}: ready in {:.3}s ({} of {} replicas available)",
-                took.as_secs_f64(),
-                status.available_replicas,
-                status.replicas
-            );
-        }
+/// Exactly one line and one histogram entry per cold start, by whichever waiter sees it end.
+fn report_cold_start(record: &FunctionRecord, status: &FunctionStatus) {
+    if let Some(began) = record.cold_start.lock().take() {
+        let took = began.elapsed();
+        record.counters().cold_start(took);
+        log::info!(
+            "cold start {}: ready in {:.3}s ({} of {} replicas available)",
+            record.function(),
+            took.as_secs_f64(),
+            status.available_replicas,
+            status.replicas
+        );
     }
 }
 
-/// Counts of waiting requests, bounded per function and in total.
-struct Waiters {
-    per_function: Mutex<HashMap<String, usize>>,
-    total: AtomicUsize,
-    max_per_function: usize,
-    max_total: usize,
+/// A request's place among the waiters, bounded per function and in total so that a cold
+/// function cannot take every thread of the gateway.
+struct WaitSlot<'a> {
+    scaler: &'a Scaler,
+    record: &'a FunctionRecord,
 }
 
-impl Waiters {
-    fn new(max_per_function: usize, max_total: usize) -> Waiters {
-        Waiters {
-            per_function: Mutex::new(HashMap::new()),
-            total: AtomicUsize::new(0),
-            max_per_function,
-            max_total,
-        }
-    }
-
-    fn enter<'a>(&'a self, function: &'a FunctionRef) -> Result<WaitSlot<'a>, Error> {
-        let mut per_function = self.per_function.lock();
-        let here = per_function.get(function.key()).copied().unwrap_or(0);
-        let total = self.total.load(Ordering::Relaxed);
-        if here >= self.max_per_function || total >= self.max_total {
+impl<'a> WaitSlot<'a> {
+    fn enter(scaler: &'a Scaler, record: &'a FunctionRecord) -> Result<WaitSlot<'a>, Error> {
+        let here = record.waiting.fetch_add(1, Ordering::SeqCst);
+        let total = scaler.waiting.fetch_add(1, Ordering::SeqCst);
+        // Counted first, so that the slot's drop is the one way out.
+        let slot = WaitSlot { scaler, record };
+        let config = &scaler.config;
+        if here >= config.max_waiters_per_function || total >= config.max_waiters {
             return Err(Error::Overloaded {
-                function: function.clone(),
+                function: record.function().clone(),
                 waiting: here.max(total),
                 retry_after: Duration::from_secs(1),
             });
         }
-        per_function.insert(function.key().to_owned(), here + 1);
-        self.total.fetch_add(1, Ordering::Relaxed);
-        Ok(WaitSlot {
-            waiters: self,
-            function,
-        })
+        Ok(slot)
     }
-}
-
-struct WaitSlot<'a> {
-    waiters: &'a Waiters,
-    function: &'a FunctionRef,
 }
 
 impl Drop for WaitSlot<'_> {
     fn drop(&mut self) {
-        let mut per_function = self.waiters.per_function.lock();
-        if let Some(count) = per_function.get_mut(self.function.key()) {
-            *count -= 1;
-            if *count == 0 {
-                per_function.remove(self.function.key());
-            }
-        }
-        self.waiters.total.fetch_sub(1, Ordering::Relaxed);
+        self.record.waiting.fetch_sub(1, Ordering::SeqCst);
+        self.scaler.waiting.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -412,7 +358,8 @@ impl Drop for WaitSlot<'_> {
 mod tests {
     use super::*;
     use crate::provider::{Endpoint, FunctionSummary};
-    use parking_lot::Condvar;
+    use crate::table::FunctionTable;
+    use parking_lot::{Condvar, Mutex};
     use std::sync::atomic::AtomicU64;
     use std::thread;
 
@@ -509,6 +456,15 @@ mod tests {
         }
     }
 
+    fn scaler_for(provider: Arc<Memory>, config: ScalingConfig) -> Scaler {
+        Scaler::new(provider, config, Arc::new(FunctionTable::new()))
+    }
+
+    /// As a call asks: through the function's record.
+    fn ready(scaler: &Scaler, function: &FunctionRef) -> Result<Arc<FunctionStatus>, Error> {
+        scaler.ready(&scaler.table().record(function))
+    }
+
     fn known() -> FunctionRef {
         FunctionRef::new("known", "default").unwrap()
     }
@@ -524,11 +480,11 @@ mod tests {
     #[test]
     fn concurrent_cold_requests_share_one_scale_call() {
         let provider = Memory::new(Duration::from_millis(300));
-        let scaler = Arc::new(Scaler::new(provider.clone(), config()));
+        let scaler = Arc::new(scaler_for(provider.clone(), config()));
         let handles: Vec<_> = (0..100)
             .map(|_| {
                 let scaler = scaler.clone();
-                thread::spawn(move || scaler.ready(&known()).map(|s| s.available_replicas))
+                thread::spawn(move || ready(&scaler, &known()).map(|s| s.available_replicas))
             })
             .collect();
         for h in handles {
@@ -551,11 +507,11 @@ mod tests {
     #[test]
     fn warm_function_is_served_from_the_cache() {
         let provider = Memory::new(Duration::ZERO);
-        let scaler = Scaler::new(provider.clone(), config());
-        scaler.ready(&known()).unwrap();
+        let scaler = scaler_for(provider.clone(), config());
+        ready(&scaler, &known()).unwrap();
         let queries = provider.status_calls.load(Ordering::SeqCst);
         for _ in 0..50 {
-            scaler.ready(&known()).unwrap();
+            ready(&scaler, &known()).unwrap();
         }
         assert_eq!(provider.status_calls.load(Ordering::SeqCst), queries);
     }
@@ -567,19 +523,17 @@ mod tests {
             ready_timeout: Duration::from_millis(300),
             ..config()
         };
-        let scaler = Scaler::new(provider, config);
+        let scaler = scaler_for(provider, config);
         let started = Instant::now();
-        let err = scaler.ready(&known()).unwrap_err();
+        let err = ready(&scaler, &known()).unwrap_err();
         assert_eq!(err.status(), 504, "{err}");
         assert!(started.elapsed() < Duration::from_secs(10));
     }
 
     #[test]
     fn unknown_function_is_a_404() {
-        let scaler = Scaler::new(Memory::new(Duration::ZERO), config());
-        let err = scaler
-            .ready(&FunctionRef::new("nope", "default").unwrap())
-            .unwrap_err();
+        let scaler = scaler_for(Memory::new(Duration::ZERO), config());
+        let err = ready(&scaler, &FunctionRef::new("nope", "default").unwrap()).unwrap_err();
         assert_eq!(err.status(), 404);
     }
 
@@ -587,20 +541,20 @@ mod tests {
     fn scale_calls_are_retried_then_reported() {
         let provider = Memory::new(Duration::ZERO);
         provider.fail_scales.store(2, Ordering::SeqCst);
-        let scaler = Scaler::new(provider.clone(), config());
-        assert!(scaler.ready(&known()).is_ok());
+        let scaler = scaler_for(provider.clone(), config());
+        assert!(ready(&scaler, &known()).is_ok());
         assert_eq!(provider.scale_calls.load(Ordering::SeqCst), 3);
 
         let provider = Memory::new(Duration::ZERO);
         provider.fail_scales.store(100, Ordering::SeqCst);
-        let scaler = Scaler::new(
+        let scaler = scaler_for(
             provider.clone(),
             ScalingConfig {
                 scale_retries: 4,
                 ..config()
             },
         );
-        let err = scaler.ready(&known()).unwrap_err();
+        let err = ready(&scaler, &known()).unwrap_err();
         assert_eq!(err.status(), 502, "{err}");
         assert_eq!(provider.scale_calls.load(Ordering::SeqCst), 4);
     }
@@ -612,11 +566,11 @@ mod tests {
             max_waiters_per_function: 3,
             ..config()
         };
-        let scaler = Arc::new(Scaler::new(provider, config));
+        let scaler = Arc::new(scaler_for(provider, config));
         let handles: Vec<_> = (0..10)
             .map(|_| {
                 let scaler = scaler.clone();
-                thread::spawn(move || scaler.ready(&known()).map(|_| ()).map_err(|e| e.status()))
+                thread::spawn(move || ready(&scaler, &known()).map(|_| ()).map_err(|e| e.status()))
             })
             .collect();
         let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
@@ -631,7 +585,7 @@ mod tests {
             scale_from_zero: false,
             ..config()
         };
-        let scaler = Scaler::new(Memory::new(Duration::ZERO), config);
-        assert_eq!(scaler.ready(&known()).unwrap_err().status(), 503);
+        let scaler = scaler_for(Memory::new(Duration::ZERO), config);
+        assert_eq!(ready(&scaler, &known()).unwrap_err().status(), 503);
     }
 }
