@@ -7,6 +7,7 @@
 //! replica, whatever happens is relayed as is: a body is never sent twice.
 
 pub mod headers;
+pub mod trust;
 
 use std::io::{self, Read};
 use std::sync::Arc;
@@ -25,6 +26,7 @@ use crate::router::upstream_url;
 use crate::scaler::activity::Busy;
 use crate::scaler::Scaler;
 use headers::{Forwarding, Outgoing, Unsendable, X_CALL_ID, X_START_TIME};
+use trust::IpRange;
 
 /// How the proxy treats upstream calls.
 #[derive(Debug, Clone)]
@@ -37,6 +39,8 @@ pub struct ProxyConfig {
     pub upstream_timeout: Duration,
     /// Largest request body accepted, declared or streamed.
     pub max_body_bytes: u64,
+    /// Peers whose `X-Forwarded-Proto` and `X-Forwarded-Host` are believed.
+    pub trusted_proxies: Vec<IpRange>,
 }
 
 impl Default for ProxyConfig {
@@ -46,6 +50,7 @@ impl Default for ProxyConfig {
             retry_backoff: Duration::from_millis(10),
             upstream_timeout: Duration::from_secs(60),
             max_body_bytes: 8 << 30,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -77,7 +82,7 @@ impl Proxy {
     /// Sends the request to a ready replica of the function and returns the response to relay.
     pub fn forward(&self, request: &mut Request, call: &Call<'_>) -> Result<ResponseBox, Error> {
         let declared = self.declared_body(request)?;
-        let mut outgoing = OutgoingHead::from_request(request)?;
+        let mut outgoing = OutgoingHead::from_request(request, &self.config.trusted_proxies)?;
         let function = call.function;
         outgoing.set("X-Defrost-Function-Name", function.name())?;
         outgoing.set("X-Defrost-Function-Namespace", function.namespace())?;
@@ -133,7 +138,7 @@ impl Proxy {
         authorization: Option<&str>,
     ) -> Result<ResponseBox, Error> {
         let declared = self.declared_body(request)?;
-        let mut outgoing = OutgoingHead::from_request(request)?;
+        let mut outgoing = OutgoingHead::from_request(request, &self.config.trusted_proxies)?;
         outgoing.head.headers.remove(http::header::AUTHORIZATION);
         if let Some(auth) = authorization {
             outgoing.set("Authorization", auth)?;
@@ -284,17 +289,19 @@ struct OutgoingHead {
 }
 
 impl OutgoingHead {
-    fn from_request(request: &Request) -> Result<OutgoingHead, Error> {
+    fn from_request(request: &Request, trusted: &[IpRange]) -> Result<OutgoingHead, Error> {
         let method = http::Method::from_bytes(request.method().as_str().as_bytes())
             .map_err(|_| Error::BadRequest(format!("method {} is not valid", request.method())))?;
         let received = request
             .headers()
             .iter()
             .map(|h| (h.field.as_str().as_str(), h.value.as_str()));
+        let client = request.remote_addr().copied();
         let fwd = Forwarding {
-            client: request.remote_addr().copied(),
+            client,
             host: headers::request_header(request, "Host"),
             proto: "http",
+            trusted: trust::is_trusted(trusted, client.map(|a| a.ip())),
         };
         let head = headers::outgoing(received, &fwd).map_err(unsendable)?;
         Ok(OutgoingHead { method, head })
