@@ -14,7 +14,7 @@ pub mod cache;
 pub mod singleflight;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -72,6 +72,10 @@ const MAX_STARTS_PER_WAIT: u32 = 3;
 /// only a safeguard, so it can be rare.
 const NOTIFIED_RECHECK: Duration = Duration::from_secs(1);
 
+/// Longest a waiter goes without looking at the status and at whether the gateway is
+/// stopping, whatever the poll interval: a wait must end soon after it is abandoned.
+const MAX_PAUSE: Duration = Duration::from_secs(2);
+
 type StatusResult = Result<Arc<FunctionStatus>, ProviderError>;
 
 /// Finds or makes a ready replica for each request.
@@ -86,6 +90,8 @@ pub struct Scaler {
     cold_starts: Mutex<HashMap<String, Instant>>,
     metrics: Arc<Metrics>,
     activity: Activity,
+    /// Set when the gateway stops: requests still waiting for a replica give up.
+    abandoned: AtomicBool,
 }
 
 impl Scaler {
@@ -100,6 +106,7 @@ impl Scaler {
             cold_starts: Mutex::new(HashMap::new()),
             metrics: Arc::new(Metrics::new()),
             activity: Activity::new(),
+            abandoned: AtomicBool::new(false),
         }
     }
 
@@ -133,6 +140,20 @@ impl Scaler {
         let _slot = self.waiters.enter(function)?;
         crate::server::blocking();
         self.wait_until_ready(function, status)
+    }
+
+    /// Makes every request waiting for a replica give up with 503 within [`MAX_PAUSE`], and
+    /// any that would start waiting from now on: the gateway is stopping, and a wait bounded
+    /// only by a long `ready_timeout` must not hold it up.
+    pub fn abandon_waits(&self) {
+        self.abandoned.store(true, Ordering::SeqCst);
+    }
+
+    fn check_abandoned(&self) -> Result<(), Error> {
+        if self.abandoned.load(Ordering::SeqCst) {
+            return Err(Error::ShuttingDown);
+        }
+        Ok(())
     }
 
     /// Forgets that the function was ready: one of its endpoints refused a connection.
@@ -225,7 +246,7 @@ impl Scaler {
         mut status: Arc<FunctionStatus>,
     ) -> Result<Arc<FunctionStatus>, Error> {
         let start = Instant::now();
-        let deadline = start + self.config.ready_timeout;
+        let deadline = crate::deadline::from(start, self.config.ready_timeout);
         let mut scale_attempts = 0;
         let mut starts = 0;
         loop {
@@ -233,6 +254,7 @@ impl Scaler {
                 self.report_cold_start(function, &status);
                 return Ok(status);
             }
+            self.check_abandoned()?;
             if status.replicas == 0 {
                 // Back at zero after we started it: its replicas die before they are ready.
                 // Say so now rather than restarting it until the ready timeout.
@@ -260,7 +282,7 @@ impl Scaler {
                     waited: start.elapsed(),
                 });
             }
-            let pause = self.poll_pause().min(deadline - now);
+            let pause = self.poll_pause().min(deadline - now).min(MAX_PAUSE);
             self.provider
                 .wait_for_change(function, status.generation, pause);
             status = self.query(function)?;
@@ -310,9 +332,22 @@ impl Scaler {
                 }
                 Err(e) => {
                     log::warn!("{function}: scale to {target} failed (attempt {attempts}): {e}");
-                    std::thread::sleep(self.config.scale_retry_interval);
+                    self.sleep(self.config.scale_retry_interval)?;
                 }
             }
+        }
+    }
+
+    /// Sleeps `d` in slices of at most [`MAX_PAUSE`], ending early when waits are abandoned.
+    fn sleep(&self, d: Duration) -> Result<(), Error> {
+        let deadline = crate::deadline::after(d);
+        loop {
+            self.check_abandoned()?;
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(());
+            }
+            std::thread::sleep(left.min(MAX_PAUSE));
         }
     }
 
