@@ -106,7 +106,7 @@ impl Proxy {
             let in_flight = endpoint.begin();
             let url = upstream_url(endpoint.base_url(), call.rest, call.query);
             let sent = self.send(&url, &outgoing, declared, &mut body);
-            match sent {
+            match sent.and_then(refuse_misframed) {
                 Ok(response) => {
                     let held = Held {
                         _replica: in_flight,
@@ -144,7 +144,10 @@ impl Proxy {
             outgoing.set("Authorization", auth)?;
         }
         let mut body = ClientBody::new(request.as_reader(), self.config.max_body_bytes);
-        match self.send(url, &outgoing, declared, &mut body) {
+        match self
+            .send(url, &outgoing, declared, &mut body)
+            .and_then(refuse_misframed)
+        {
             Ok(response) => Ok(relay(response, None, &outgoing)),
             Err(_) if body.too_large() => Err(Error::BodyTooLarge {
                 limit: self.config.max_body_bytes,
@@ -183,6 +186,10 @@ impl Proxy {
                 headers.insert(http::header::TRANSFER_ENCODING, chunked);
             }
             Body::None => (),
+        }
+        if answer_may_be_bodiless(&head.method, &headers) {
+            let close = http::HeaderValue::from_static("close");
+            headers.insert(http::header::CONNECTION, close);
         }
         let agent = self.agents.get();
         match body {
@@ -223,12 +230,72 @@ impl Proxy {
                 function: function.clone(),
                 after: self.config.upstream_timeout,
             },
+            e if is_too_many_headers(&e) => Error::Upstream {
+                function: function.clone(),
+                detail: format!(
+                    "{url} answered with more than {MAX_RESPONSE_HEADERS} headers, more than \
+                     the gateway relays"
+                ),
+            },
+            ureq::Error::Other(e) if e.is::<Misframed>() => Error::Upstream {
+                function: function.clone(),
+                detail: format!("{url} answered {e}"),
+            },
             e => Error::Upstream {
                 function: function.clone(),
                 detail: format!("call to {url} failed: {e}"),
             },
         }
     }
+}
+
+/// The most headers the upstream client reads in a response head (ureq's fixed limit).
+const MAX_RESPONSE_HEADERS: usize = 128;
+
+/// Whether ureq gave up on a response head for having more than [`MAX_RESPONSE_HEADERS`].
+/// ureq does not export its protocol error type, so the variant is recognised by name.
+fn is_too_many_headers(e: &ureq::Error) -> bool {
+    matches!(e, ureq::Error::Protocol(p) if format!("{p:?}") == "HttpParseTooManyHeaders")
+}
+
+/// A response the function framed two ways at once.
+#[derive(Debug)]
+struct Misframed;
+
+impl std::fmt::Display for Misframed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("with both Content-Length and Transfer-Encoding")
+    }
+}
+
+impl std::error::Error for Misframed {}
+
+/// Refuses a response with both `Content-Length` and `Transfer-Encoding`. RFC 9112 §6.3 lets
+/// `Transfer-Encoding` win, but two parties reading one message two ways is how responses are
+/// split, and the request side refuses the same ambiguity; so this is a 502, not a guess.
+/// Its body is dropped unread, and ureq does not pool a connection whose body was not read to
+/// the end: whatever the function meant to follow it cannot reach the next call.
+fn refuse_misframed(
+    response: http::Response<ureq::Body>,
+) -> Result<http::Response<ureq::Body>, ureq::Error> {
+    let headers = response.headers();
+    if headers.contains_key(http::header::CONTENT_LENGTH)
+        && headers.contains_key(http::header::TRANSFER_ENCODING)
+    {
+        return Err(ureq::Error::Other(Box::new(Misframed)));
+    }
+    Ok(response)
+}
+
+/// Whether the answer may be one that has no body by definition (any answer to a HEAD, a 304
+/// to a conditional GET) while its head declares one. ureq returns the connection of such an
+/// answer to its pool at once; if the function sends a body anyway, a moment later, those bytes
+/// would be read as the head of the next call's answer. Such calls ask the function to close
+/// the connection instead: a new connection for each of them is the price.
+fn answer_may_be_bodiless(method: &http::Method, headers: &http::HeaderMap) -> bool {
+    *method == http::Method::HEAD
+        || headers.contains_key(http::header::IF_NONE_MATCH)
+        || headers.contains_key(http::header::IF_MODIFIED_SINCE)
 }
 
 /// Longest pause between two connection attempts, whatever the configured back-off.
