@@ -82,6 +82,7 @@ fn header_rewriting(c: &mut Criterion) {
         client: Some("127.0.0.1:50000".parse().expect("literal address")),
         host: Some("gw.example:8080"),
         proto: "http",
+        trusted: false,
     };
     c.bench_function("header rewriting", |b| {
         b.iter(|| headers::outgoing(received.iter().copied(), &fwd).is_ok())

@@ -19,6 +19,7 @@ use crate::autoscale::policy::zero_labels;
 use crate::autoscale::AutoscaleConfig;
 use crate::function::{FunctionRef, DEFAULT_NAMESPACE};
 use crate::provider::process::{ProcessFunction, Readiness};
+use crate::proxy::trust::IpRange;
 use crate::proxy::ProxyConfig;
 use crate::scaler::ScalingConfig;
 use crate::server::PoolConfig;
@@ -105,6 +106,9 @@ pub struct GatewaySection {
     pub analytics_url: Option<String>,
     /// How often a batch is posted.
     pub analytics_interval: Dur,
+    /// Proxies in front of the gateway (addresses or CIDR ranges) whose `X-Forwarded-Proto`
+    /// and `X-Forwarded-Host` are passed on; anyone else's are replaced.
+    pub trusted_proxies: Vec<IpRange>,
 }
 
 impl Default for GatewaySection {
@@ -148,6 +152,7 @@ impl Default for GatewaySection {
             metrics_listen: None,
             analytics_url: None,
             analytics_interval: Dur(Duration::from_secs(10)),
+            trusted_proxies: proxy.trusted_proxies.clone(),
         }
     }
 }
@@ -172,6 +177,7 @@ impl GatewaySection {
             retry_backoff: self.retry_backoff.0,
             upstream_timeout: self.upstream_timeout.0,
             max_body_bytes: self.max_body_bytes,
+            trusted_proxies: self.trusted_proxies.clone(),
         }
     }
 
@@ -686,6 +692,22 @@ labels = { "com.openfaas.scale.zero" = "true" }
             (Some(3), Some("poll_interval"))
         );
         assert!(err.message.contains("not a duration"), "{err}");
+    }
+
+    #[test]
+    fn trusted_proxies_are_read_and_a_bad_one_is_named() {
+        let text = "[gateway]\ntrusted_proxies = [\"127.0.0.1\", \"10.0.0.0/8\", \"::1\"]\n";
+        let proxies = parse(text).unwrap().config.gateway.proxy().trusted_proxies;
+        assert_eq!(proxies.len(), 3);
+        assert!(proxies[1].contains("10.9.8.7".parse().unwrap()));
+        let text = "[gateway]\nlisten = \"127.0.0.1:8080\"\ntrusted_proxies = [\"10.0.0.0/8\", \"10.0.0.0/33\"]\n";
+        let err = parse(text).err().unwrap();
+        assert_eq!(
+            (err.line, err.key.as_deref()),
+            (Some(3), Some("trusted_proxies"))
+        );
+        assert!(err.message.contains("\"10.0.0.0/33\""), "{err}");
+        assert!(parse("").unwrap().config.gateway.trusted_proxies.is_empty());
     }
 
     #[test]

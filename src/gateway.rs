@@ -87,7 +87,7 @@ impl Handler {
 
     /// Answers one request. Never panics on what the client sent; never leaves it unanswered.
     pub fn handle(&self, mut request: Request) {
-        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        let _counted = Counted::new(&self.in_flight);
         let started = Instant::now();
         let mut invocation = None;
         let refused = self
@@ -121,7 +121,6 @@ impl Handler {
         if let Some(call) = invocation {
             call.finish(status);
         }
-        self.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 
     /// A call to a name the provider does not know is not kept in the metrics: clients must
@@ -280,6 +279,23 @@ impl Handler {
     }
 }
 
+/// One request counted in flight until dropped, so that a handler that panics still lets
+/// shutdown know it is gone instead of making it wait the whole grace period.
+struct Counted<'a>(&'a AtomicUsize);
+
+impl<'a> Counted<'a> {
+    fn new(count: &'a AtomicUsize) -> Counted<'a> {
+        count.fetch_add(1, Ordering::SeqCst);
+        Counted(count)
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 impl Handler {
     /// What the metrics listener answers: the scrape on `/metrics`, 404 elsewhere.
     pub fn metrics_listener_page(&self, request: &Request) -> ResponseBox {
@@ -390,5 +406,22 @@ pub fn add_header(response: &mut ResponseBox, name: &str, value: &str) {
     match Header::from_bytes(name.as_bytes(), value.as_bytes()) {
         Ok(h) => response.add_header(h),
         Err(()) => log::warn!("dropped response header {name}: value is not ASCII"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_is_uncounted_even_when_its_handler_panics() {
+        let count = AtomicUsize::new(0);
+        let panicked = std::panic::catch_unwind(|| {
+            let _counted = Counted::new(&count);
+            assert_eq!(count.load(Ordering::SeqCst), 1);
+            panic!("handler bug");
+        });
+        assert!(panicked.is_err());
+        assert_eq!(count.load(Ordering::SeqCst), 0);
     }
 }

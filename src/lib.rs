@@ -55,6 +55,7 @@ pub mod call;
 pub mod check;
 pub mod client;
 pub mod config;
+pub mod deadline;
 pub mod error;
 pub mod function;
 pub mod gateway;
@@ -308,7 +309,7 @@ impl Gateway {
         self.autoscaler.stop();
         self.pool.stop_accepting();
         self.handler.start_draining();
-        let deadline = Instant::now() + self.shutdown_grace;
+        let deadline = deadline::after(self.shutdown_grace);
         while self.handler.in_flight() > 0 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -316,6 +317,8 @@ impl Gateway {
         if left > 0 {
             log::warn!("shutting down with {left} requests still in flight after the grace period");
         }
+        // The workers are joined next: none may still be waiting for a replica.
+        self.handler.scaler().abandon_waits();
         self.pool.stop();
         if let Some(listener) = self.metrics_listener {
             listener.stop();

@@ -116,3 +116,36 @@ fn an_impossible_function_is_refused_with_its_line() {
     let expected = format!("{}:{line}: key `max_replicas`", config.display());
     assert!(checked.stderr.contains(&expected), "{}", checked.stderr);
 }
+
+#[test]
+fn a_bad_trusted_proxy_is_refused_by_name() {
+    let dir = TempDir::new("check");
+    let config = write(
+        &dir,
+        "defrost.toml",
+        "[gateway]\nlisten = \"127.0.0.1:8080\"\ntrusted_proxies = [\"127.0.0.1\", \"10.0.0.0/33\"]\n",
+    );
+    let checked = check(&config);
+    assert!(!checked.success, "{}", checked.stdout);
+    let expected = format!("{}:3: key `trusted_proxies`", config.display());
+    assert!(checked.stderr.contains(&expected), "{}", checked.stderr);
+    assert!(
+        checked.stderr.contains("\"10.0.0.0/33\""),
+        "{}",
+        checked.stderr
+    );
+
+    let good = write(
+        &dir,
+        "good.toml",
+        "[gateway]\ntrusted_proxies = [\"127.0.0.1\", \"10.0.0.0/8\", \"::1\"]\n",
+    );
+    let checked = check(&good);
+    assert!(checked.success, "{}", checked.stderr);
+    let line = "trusted_proxies = [\"127.0.0.1\", \"10.0.0.0/8\", \"::1\"]";
+    assert!(
+        checked.stdout.lines().any(|l| l == line),
+        "{line} missing:\n{}",
+        checked.stdout
+    );
+}

@@ -21,6 +21,8 @@ use ureq::unversioned::resolver::{ResolvedSocketAddrs, Resolver};
 use ureq::unversioned::transport::NextTimeout;
 use ureq::Agent;
 
+use crate::deadline;
+
 mod transport;
 pub use transport::PeekingTcpConnector;
 
@@ -36,8 +38,15 @@ pub struct Timeouts {
     pub send: Duration,
 }
 
-/// Builds an agent with the gateway's policy.
+/// Builds an agent with the gateway's policy. Timeouts are bounded first: ureq adds them to
+/// instants unchecked, and a configured "never" would panic the calling worker.
 pub fn agent(timeouts: Timeouts, max_idle_per_host: usize) -> Agent {
+    let Timeouts {
+        connect,
+        response,
+        send,
+    } = timeouts;
+    let [connect, response, send] = [connect, response, send].map(deadline::bounded);
     let config = Config::builder()
         .http_status_as_error(false)
         .max_redirects(0)
@@ -50,10 +59,10 @@ pub fn agent(timeouts: Timeouts, max_idle_per_host: usize) -> Agent {
         .max_idle_connections(max_idle_per_host.saturating_mul(8).max(64))
         .max_idle_connections_per_host(max_idle_per_host.max(1))
         .max_idle_age(Duration::from_secs(90))
-        .timeout_connect(Some(timeouts.connect))
-        .timeout_per_write(Some(timeouts.send))
-        .timeout_recv_response(Some(timeouts.response))
-        .timeout_per_read(Some(timeouts.response))
+        .timeout_connect(Some(connect))
+        .timeout_per_write(Some(send))
+        .timeout_recv_response(Some(response))
+        .timeout_per_read(Some(response))
         .build();
     Agent::with_parts(config, PeekingTcpConnector, LiteralFirstResolver)
 }

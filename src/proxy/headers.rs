@@ -1,8 +1,15 @@
 //! Header rewriting between client and function, both ways.
 //!
-//! Hop-by-hop headers describe one connection and must not cross the gateway; everything else
-//! passes through untouched. The forwarding headers tell the function who really called it,
-//! appended to what earlier proxies said rather than replacing it.
+//! Hop-by-hop headers describe one connection and must not cross the gateway; neither do the
+//! headers the gateway speaks for itself (`X-Defrost-*`: a client must not forge a trigger's
+//! path parameters). Everything else passes through untouched.
+//!
+//! The forwarding headers tell the function who really called it. The lists (`X-Forwarded-For`,
+//! `Forwarded`) are appended to, whoever the peer is: their last entry is always the gateway's
+//! own observation, as with nginx's `$proxy_add_x_forwarded_for`, and earlier entries are only
+//! as good as the peer that sent them. The single-valued `X-Forwarded-Proto` and
+//! `X-Forwarded-Host` cannot say who wrote them, so they are kept only from a trusted proxy and
+//! otherwise replaced by what the gateway saw.
 //!
 //! The request side is built straight into the `HeaderMap` the upstream client sends, with the
 //! gateway's own names as constants and its values formatted by hand: this runs on every call,
@@ -65,6 +72,23 @@ pub struct Forwarding<'a> {
     pub client: Option<SocketAddr>,
     pub host: Option<&'a str>,
     pub proto: &'a str,
+    /// The peer is a trusted proxy: its `X-Forwarded-Proto` and `X-Forwarded-Host` stand.
+    pub trusted: bool,
+}
+
+/// Prefix of the headers the gateway sets for the function (`X-Defrost-Function-Name`,
+/// `X-Defrost-Param-{name}`, ...); the client's are never passed on.
+const GATEWAY_PREFIX: &str = "x-defrost-";
+
+/// Whether a client header claims something only the gateway (or a trusted proxy, for the
+/// forwarding headers) may say.
+fn is_claim(name: &str, trusted: bool) -> bool {
+    let own = name
+        .get(..GATEWAY_PREFIX.len())
+        .is_some_and(|p| p.eq_ignore_ascii_case(GATEWAY_PREFIX));
+    own || (!trusted
+        && (name.eq_ignore_ascii_case(FORWARDED_HOST.as_str())
+            || name.eq_ignore_ascii_case(FORWARDED_PROTO.as_str())))
 }
 
 /// A client header that cannot be sent on: its name or value is not valid HTTP.
@@ -88,8 +112,8 @@ pub fn parse(name: &str, value: &str) -> Result<(HeaderName, HeaderValue), Unsen
         .ok_or_else(|| Unsendable(name.to_owned()))
 }
 
-/// Builds the function's request head from the client's headers: hop-by-hop ones dropped,
-/// forwarding headers added, call id kept or made, start time stamped.
+/// Builds the function's request head from the client's headers: hop-by-hop ones and forged
+/// claims dropped, forwarding headers added, call id kept or made, start time stamped.
 pub fn outgoing<'h>(
     received: impl Iterator<Item = (&'h str, &'h str)> + Clone,
     fwd: &Forwarding<'_>,
@@ -99,7 +123,9 @@ pub fn outgoing<'h>(
         .find(|(n, _)| n.eq_ignore_ascii_case("connection"))
         .map(|(_, v)| v);
     let mut headers = HeaderMap::with_capacity(16);
-    for (name, value) in received.filter(|(n, _)| !is_hop_by_hop(n, connection)) {
+    let passed =
+        received.filter(|(n, _)| !is_hop_by_hop(n, connection) && !is_claim(n, fwd.trusted));
+    for (name, value) in passed {
         let (name, value) = parse(name, value)?;
         headers.append(name, value);
     }
@@ -117,7 +143,8 @@ pub fn outgoing<'h>(
 }
 
 /// Adds the forwarding headers: `X-Forwarded-For` and `Forwarded` extend what earlier proxies
-/// said, `X-Forwarded-Host` and `X-Forwarded-Proto` are only set when none came.
+/// said, `X-Forwarded-Host` and `X-Forwarded-Proto` are only set when none came (from an
+/// untrusted peer, none ever comes: [`is_claim`] dropped them).
 fn add_forwarding(headers: &mut HeaderMap, fwd: &Forwarding<'_>) {
     let mut ip = String::new();
     if let Some(addr) = fwd.client {
@@ -284,7 +311,41 @@ mod tests {
             client: Some(client.parse().unwrap()),
             host: Some("gw.example:8080"),
             proto: "http",
+            trusted: false,
         }
+    }
+
+    const CLAIMS: [(&str, &str); 4] = [
+        ("X-Forwarded-Proto", "https"),
+        ("x-forwarded-host", "forged.example"),
+        ("X-Defrost-Param-id", "forged"),
+        ("x-defrost-function-name", "forged"),
+    ];
+
+    #[test]
+    fn an_untrusted_peer_cannot_claim_scheme_host_or_gateway_headers() {
+        let out = outgoing(CLAIMS.into_iter(), &fwd("127.0.0.1:1")).unwrap();
+        assert_eq!(out.headers["x-forwarded-proto"], "http");
+        assert_eq!(out.headers["x-forwarded-host"], "gw.example:8080");
+        assert!(!out
+            .headers
+            .keys()
+            .any(|n| n.as_str().starts_with("x-defrost-")));
+    }
+
+    #[test]
+    fn a_trusted_proxy_keeps_scheme_and_host_but_not_gateway_headers() {
+        let trusted = Forwarding {
+            trusted: true,
+            ..fwd("127.0.0.1:1")
+        };
+        let out = outgoing(CLAIMS.into_iter(), &trusted).unwrap();
+        assert_eq!(out.headers["x-forwarded-proto"], "https");
+        assert_eq!(out.headers["x-forwarded-host"], "forged.example");
+        assert!(!out
+            .headers
+            .keys()
+            .any(|n| n.as_str().starts_with("x-defrost-")));
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! replica, whatever happens is relayed as is: a body is never sent twice.
 
 pub mod headers;
+pub mod trust;
 
 use std::io::{self, Read};
 use std::sync::Arc;
@@ -24,6 +25,7 @@ use crate::redact;
 use crate::router::upstream_url;
 use crate::scaler::Scaler;
 use headers::{Forwarding, Outgoing, Unsendable, X_CALL_ID, X_START_TIME};
+use trust::IpRange;
 
 /// How the proxy treats upstream calls.
 #[derive(Debug, Clone)]
@@ -36,6 +38,8 @@ pub struct ProxyConfig {
     pub upstream_timeout: Duration,
     /// Largest request body accepted, declared or streamed.
     pub max_body_bytes: u64,
+    /// Peers whose `X-Forwarded-Proto` and `X-Forwarded-Host` are believed.
+    pub trusted_proxies: Vec<IpRange>,
 }
 
 impl Default for ProxyConfig {
@@ -45,6 +49,7 @@ impl Default for ProxyConfig {
             retry_backoff: Duration::from_millis(10),
             upstream_timeout: Duration::from_secs(60),
             max_body_bytes: 8 << 30,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -82,7 +87,7 @@ impl Proxy {
         call: &mut Call,
     ) -> Result<ResponseBox, Error> {
         let declared = self.declared_body(request)?;
-        let mut outgoing = OutgoingHead::from_request(request)?;
+        let mut outgoing = OutgoingHead::from_request(request, &self.config.trusted_proxies)?;
         let function = target.function;
         outgoing.set("X-Defrost-Function-Name", function.name())?;
         outgoing.set("X-Defrost-Function-Namespace", function.namespace())?;
@@ -110,7 +115,7 @@ impl Proxy {
             let endpoint = in_flight.endpoint();
             let url = upstream_url(endpoint.base_url(), target.rest, target.query);
             let sent = self.send(&url, &outgoing, declared, &mut body);
-            match sent {
+            match sent.and_then(refuse_misframed) {
                 Ok(response) => {
                     call.hold_replica(in_flight);
                     return Ok(relay(response, &outgoing));
@@ -139,13 +144,16 @@ impl Proxy {
         authorization: Option<&str>,
     ) -> Result<ResponseBox, Error> {
         let declared = self.declared_body(request)?;
-        let mut outgoing = OutgoingHead::from_request(request)?;
+        let mut outgoing = OutgoingHead::from_request(request, &self.config.trusted_proxies)?;
         outgoing.head.headers.remove(http::header::AUTHORIZATION);
         if let Some(auth) = authorization {
             outgoing.set("Authorization", auth)?;
         }
         let mut body = ClientBody::new(request.as_reader(), self.config.max_body_bytes);
-        match self.send(url, &outgoing, declared, &mut body) {
+        match self
+            .send(url, &outgoing, declared, &mut body)
+            .and_then(refuse_misframed)
+        {
             Ok(response) => Ok(relay(response, &outgoing)),
             Err(_) if body.too_large() => Err(Error::BodyTooLarge {
                 limit: self.config.max_body_bytes,
@@ -184,6 +192,10 @@ impl Proxy {
                 headers.insert(http::header::TRANSFER_ENCODING, chunked);
             }
             Body::None => (),
+        }
+        if answer_may_be_bodiless(&head.method, &headers) {
+            let close = http::HeaderValue::from_static("close");
+            headers.insert(http::header::CONNECTION, close);
         }
         let agent = self.agents.get();
         match body {
@@ -225,12 +237,72 @@ impl Proxy {
                 function: function.clone(),
                 after: self.config.upstream_timeout,
             },
+            e if is_too_many_headers(&e) => Error::Upstream {
+                function: function.clone(),
+                detail: format!(
+                    "{url} answered with more than {MAX_RESPONSE_HEADERS} headers, more than \
+                     the gateway relays"
+                ),
+            },
+            ureq::Error::Other(e) if e.is::<Misframed>() => Error::Upstream {
+                function: function.clone(),
+                detail: format!("{url} answered {e}"),
+            },
             e => Error::Upstream {
                 function: function.clone(),
                 detail: format!("call to {url} failed: {e}"),
             },
         }
     }
+}
+
+/// The most headers the upstream client reads in a response head (ureq's fixed limit).
+const MAX_RESPONSE_HEADERS: usize = 128;
+
+/// Whether ureq gave up on a response head for having more than [`MAX_RESPONSE_HEADERS`].
+/// ureq does not export its protocol error type, so the variant is recognised by name.
+fn is_too_many_headers(e: &ureq::Error) -> bool {
+    matches!(e, ureq::Error::Protocol(p) if format!("{p:?}") == "HttpParseTooManyHeaders")
+}
+
+/// A response the function framed two ways at once.
+#[derive(Debug)]
+struct Misframed;
+
+impl std::fmt::Display for Misframed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("with both Content-Length and Transfer-Encoding")
+    }
+}
+
+impl std::error::Error for Misframed {}
+
+/// Refuses a response with both `Content-Length` and `Transfer-Encoding`. RFC 9112 §6.3 lets
+/// `Transfer-Encoding` win, but two parties reading one message two ways is how responses are
+/// split, and the request side refuses the same ambiguity; so this is a 502, not a guess.
+/// Its body is dropped unread, and ureq does not pool a connection whose body was not read to
+/// the end: whatever the function meant to follow it cannot reach the next call.
+fn refuse_misframed(
+    response: http::Response<ureq::Body>,
+) -> Result<http::Response<ureq::Body>, ureq::Error> {
+    let headers = response.headers();
+    if headers.contains_key(http::header::CONTENT_LENGTH)
+        && headers.contains_key(http::header::TRANSFER_ENCODING)
+    {
+        return Err(ureq::Error::Other(Box::new(Misframed)));
+    }
+    Ok(response)
+}
+
+/// Whether the answer may be one that has no body by definition (any answer to a HEAD, a 304
+/// to a conditional GET) while its head declares one. ureq returns the connection of such an
+/// answer to its pool at once; if the function sends a body anyway, a moment later, those bytes
+/// would be read as the head of the next call's answer. Such calls ask the function to close
+/// the connection instead: a new connection for each of them is the price.
+fn answer_may_be_bodiless(method: &http::Method, headers: &http::HeaderMap) -> bool {
+    *method == http::Method::HEAD
+        || headers.contains_key(http::header::IF_NONE_MATCH)
+        || headers.contains_key(http::header::IF_MODIFIED_SINCE)
 }
 
 /// Longest pause between two connection attempts, whatever the configured back-off.
@@ -291,17 +363,19 @@ struct OutgoingHead {
 }
 
 impl OutgoingHead {
-    fn from_request(request: &Request) -> Result<OutgoingHead, Error> {
+    fn from_request(request: &Request, trusted: &[IpRange]) -> Result<OutgoingHead, Error> {
         let method = http::Method::from_bytes(request.method().as_str().as_bytes())
             .map_err(|_| Error::BadRequest(format!("method {} is not valid", request.method())))?;
         let received = request
             .headers()
             .iter()
             .map(|h| (h.field.as_str().as_str(), h.value.as_str()));
+        let client = request.remote_addr().copied();
         let fwd = Forwarding {
-            client: request.remote_addr().copied(),
+            client,
             host: headers::request_header(request, "Host"),
             proto: "http",
+            trusted: trust::is_trusted(trusted, client.map(|a| a.ip())),
         };
         let head = headers::outgoing(received, &fwd).map_err(unsendable)?;
         Ok(OutgoingHead { method, head })

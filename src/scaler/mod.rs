@@ -11,7 +11,7 @@
 
 pub mod singleflight;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -65,6 +65,10 @@ const MAX_STARTS_PER_WAIT: u32 = 3;
 /// only a safeguard, so it can be rare.
 const NOTIFIED_RECHECK: Duration = Duration::from_secs(1);
 
+/// Longest a waiter goes without looking at the status and at whether the gateway is
+/// stopping, whatever the poll interval: a wait must end soon after it is abandoned.
+const MAX_PAUSE: Duration = Duration::from_secs(2);
+
 type StatusResult = Result<Arc<FunctionStatus>, ProviderError>;
 
 /// Finds or makes a ready replica for each request.
@@ -80,6 +84,8 @@ pub struct Scaler {
     scales: SingleFlight<String, Result<(), ProviderError>>,
     /// Requests waiting for a replica now, across all functions.
     waiting: AtomicUsize,
+    /// Set when the gateway stops: requests still waiting for a replica give up.
+    abandoned: AtomicBool,
 }
 
 impl Scaler {
@@ -95,6 +101,7 @@ impl Scaler {
             queries: SingleFlight::new(),
             scales: SingleFlight::new(),
             waiting: AtomicUsize::new(0),
+            abandoned: AtomicBool::new(false),
         }
     }
 
@@ -118,6 +125,20 @@ impl Scaler {
         let _slot = WaitSlot::enter(self, record)?;
         crate::server::blocking();
         self.wait_until_ready(record, status)
+    }
+
+    /// Makes every request waiting for a replica give up with 503 within [`MAX_PAUSE`], and
+    /// any that would start waiting from now on: the gateway is stopping, and a wait bounded
+    /// only by a long `ready_timeout` must not hold it up.
+    pub fn abandon_waits(&self) {
+        self.abandoned.store(true, Ordering::SeqCst);
+    }
+
+    fn check_abandoned(&self) -> Result<(), Error> {
+        if self.abandoned.load(Ordering::SeqCst) {
+            return Err(Error::ShuttingDown);
+        }
+        Ok(())
     }
 
     /// Forgets that the function was ready: one of its endpoints refused a connection.
@@ -194,7 +215,7 @@ impl Scaler {
     ) -> Result<Arc<FunctionStatus>, Error> {
         let function = record.function();
         let start = Instant::now();
-        let deadline = start + self.config.ready_timeout;
+        let deadline = crate::deadline::from(start, self.config.ready_timeout);
         let mut scale_attempts = 0;
         let mut starts = 0;
         loop {
@@ -202,6 +223,7 @@ impl Scaler {
                 report_cold_start(record, &status);
                 return Ok(status);
             }
+            self.check_abandoned()?;
             if status.replicas == 0 {
                 self.check_start_worth_waiting(record, &status, starts, deadline)?;
                 self.scale_from_zero(record, &status, &mut scale_attempts)?;
@@ -218,7 +240,7 @@ impl Scaler {
                     waited: start.elapsed(),
                 });
             }
-            let pause = self.poll_pause().min(deadline - now);
+            let pause = self.poll_pause().min(deadline - now).min(MAX_PAUSE);
             self.provider
                 .wait_for_change(function, status.generation, pause);
             status = self.query(record)?;
@@ -300,9 +322,22 @@ impl Scaler {
                 }
                 Err(e) => {
                     log::warn!("{function}: scale to {target} failed (attempt {attempts}): {e}");
-                    std::thread::sleep(self.config.scale_retry_interval);
+                    self.sleep(self.config.scale_retry_interval)?;
                 }
             }
+        }
+    }
+
+    /// Sleeps `d` in slices of at most [`MAX_PAUSE`], ending early when waits are abandoned.
+    fn sleep(&self, d: Duration) -> Result<(), Error> {
+        let deadline = crate::deadline::after(d);
+        loop {
+            self.check_abandoned()?;
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(());
+            }
+            std::thread::sleep(left.min(MAX_PAUSE));
         }
     }
 }

@@ -8,6 +8,10 @@ GET  /healthz        ready check (after READY_DELAY_MS, if set)
 *    /status/N       answers with status N
 *    /garbage        answers bytes that are not HTTP, then closes
 *    /truncate/N     declares N bytes, sends half of them, then closes
+*    /framing/both   a chunked body that also declares a (wrong) Content-Length
+*    /framing/headers/N  200 with N extra headers
+*    /framing/head-body  a body even when the method is HEAD, a moment after the head
+*    /framing/304    304 declaring a chunked body, and its last chunk a moment later
 *    anything else   200, JSON of method, path (with query), headers, body length, body sha256
 If STARTS_FILE is set, appends one line per process start to it.
 If REQUESTS_FILE is set, appends one line per request (other than /healthz) as it arrives.
@@ -60,6 +64,8 @@ class Echo(BaseHTTPRequestHandler):
             self.wfile.write(b"x" * (n // 2))
             self.close_connection = True
             return
+        if self.path.startswith("/framing/"):
+            return self.misframe(self.path.split("/")[2:])
         if self.path.startswith("/sleep/"):
             time.sleep(float(self.path.split("/")[2]))
         digest, size = hashlib.sha256(), 0
@@ -92,6 +98,29 @@ class Echo(BaseHTTPRequestHandler):
                 return
             remaining -= len(chunk)
             yield chunk
+
+    def misframe(self, what):
+        """Answers written by hand, framed the ways a broken server frames them."""
+        if what[0] == "both":
+            head = "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"
+            self.wfile.write(head.encode() + b"5\r\nhello\r\n0\r\n\r\n")
+        elif what[0] == "headers":
+            extra = "".join("X-Many-%d: %d\r\n" % (i, i) for i in range(int(what[1])))
+            head = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n%s\r\n" % extra
+            self.wfile.write(head.encode() + b"ok")
+        elif what[0] == "head-body":
+            self.late(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", b"stray")
+        elif what[0] == "304":
+            head = b"HTTP/1.1 304 Not Modified\r\nETag: \"v1\"\r\nTransfer-Encoding: chunked\r\n\r\n"
+            self.late(head, b"0\r\n\r\n")
+        self.wfile.flush()
+
+    def late(self, head, stray):
+        """The head, then bytes it did not declare once the gateway may have moved on."""
+        self.wfile.write(head)
+        self.wfile.flush()
+        time.sleep(0.2)
+        self.wfile.write(stray)
 
     def stream_bytes(self, n):
         self.send_response(200)

@@ -11,8 +11,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use crate::deadline::after as deadline_after;
 use crate::function::FunctionRef;
 use crate::provider::{FunctionStatus, FunctionSummary, Provider, ProviderError};
 
@@ -311,12 +312,4 @@ fn build_slots(
         slots.insert(function, slot);
     }
     Ok(slots)
-}
-
-/// `now + d`, saturating instead of panicking on absurd durations from config.
-fn deadline_after(d: Duration) -> Instant {
-    let now = Instant::now();
-    now.checked_add(d)
-        .or_else(|| now.checked_add(Duration::from_secs(365 * 24 * 3600)))
-        .unwrap_or(now)
 }

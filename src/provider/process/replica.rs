@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use super::readiness::{self, Outcome};
 use super::slot::Slot;
-use super::{deadline_after, ProcessFunction};
+use super::ProcessFunction;
+use crate::deadline::after as deadline_after;
 use crate::provider::Endpoint;
 
 /// The threads here block, probe or copy lines; none needs the default 2 MiB.

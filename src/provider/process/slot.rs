@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
-use super::{deadline_after, replica, ProcessFunction};
+use super::{replica, ProcessFunction};
+use crate::deadline::after as deadline_after;
 use crate::provider::{Endpoint, FunctionStatus, ProviderError, StartFailure};
 
 /// A replica that has run this long before it ends was not crash-looping: its failure starts

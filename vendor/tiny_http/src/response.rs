@@ -444,7 +444,10 @@ where
         let http11 = *http_version >= (1, 1);
         let no_body_status = matches!(status, 100..=199 | 204 | 304);
 
-        let mut framing = if upgrade.is_some() || status < 200 || status == 204 {
+        // A 304 may carry the Content-Length a 200 would have had, but no body of unknown
+        // length to announce: `Transfer-Encoding: chunked` on it only misleads a client.
+        let unknown_304 = status == 304 && self.data_length.is_none();
+        let mut framing = if upgrade.is_some() || status < 200 || status == 204 || unknown_304 {
             Framing::NoBody
         } else {
             match self.data_length {

@@ -459,6 +459,29 @@ fn known_length_response_is_not_chunked() {
 }
 
 #[test]
+fn a_304_of_unknown_length_announces_no_body() {
+    fn not_modified(rq: Request) {
+        let _ = if rq.url() == "/304" {
+            rq.respond(Response::new(304.into(), vec![], io::empty(), None, None))
+        } else {
+            rq.respond(Response::from_string("hello"))
+        };
+    }
+    let (_server, addr) = start(Limits::default(), not_modified);
+    let mut stream = connect(addr);
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    stream
+        .write_all(b"GET /304 HTTP/1.1\r\nHost: x\r\n\r\nGET /after HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let first = read_response(&mut reader).unwrap();
+    assert_eq!(first.status, 304);
+    assert_eq!(first.header("Transfer-Encoding"), None, "{first:?}");
+    assert_eq!(first.header("Content-Length"), None, "{first:?}");
+    let second = read_response(&mut reader).unwrap();
+    assert_eq!((second.status, second.body), (200, b"hello".to_vec()));
+}
+
+#[test]
 fn body_read_times_out() {
     fn read_body(mut rq: Request) {
         let started = Instant::now();
