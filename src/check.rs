@@ -18,8 +18,10 @@ use crate::setup;
 /// the file, and the line and key where they are known).
 pub fn check(path: &Path) -> Result<String, String> {
     let loaded = Loaded::read(path).map_err(|e| e.to_string())?;
-    let (_, provider) = setup::from_file(&loaded)?;
-    provider.shutdown();
+    let (settings, backend) = setup::from_file(&loaded)?;
+    backend.provider().shutdown();
+    // Built here as the gateway builds them when it starts, so that a bad pattern is refused.
+    crate::triggers::Triggers::build(&settings.triggers).map_err(|e| e.to_string())?;
     let functions = match kind(&loaded) {
         ProviderKind::Process => loaded.process_functions().map_err(|e| e.to_string())?,
         ProviderKind::Openfaas => Vec::new(),

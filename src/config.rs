@@ -18,7 +18,9 @@ use toml::Spanned;
 use crate::autoscale::policy::zero_labels;
 use crate::autoscale::AutoscaleConfig;
 use crate::function::{FunctionRef, DEFAULT_NAMESPACE};
-use crate::provider::process::{ProcessFunction, Readiness};
+use crate::provider::process::{
+    check_functions, ProcessFunction, ProcessOptions, Readiness, SpecError,
+};
 use crate::proxy::trust::IpRange;
 use crate::proxy::ProxyConfig;
 use crate::scaler::ScalingConfig;
@@ -139,7 +141,7 @@ impl Default for GatewaySection {
             autoscale_interval: Dur(autoscale.interval),
             scale_down_window: Dur(autoscale.scale_down_window),
             shutdown_grace: Dur(Duration::from_secs(30)),
-            stop_grace: Dur(Duration::from_secs(10)),
+            stop_grace: Dur(ProcessOptions::default().stop_grace),
             startup_timeout: Dur(Duration::from_secs(60)),
             max_header_bytes: 16 * 1024,
             max_url_bytes: 8 * 1024,
@@ -387,27 +389,43 @@ impl Loaded {
         std::path::absolute(dir).unwrap_or_else(|_| dir.to_owned())
     }
 
-    /// Checks the `[[function]]` entries and turns them into what the process provider runs.
+    /// Turns the `[[function]]` entries into what the process provider runs, checked by the
+    /// provider's own rules; an error points at the line of the setting at fault.
     pub fn process_functions(&self) -> Result<Vec<ProcessFunction>, ConfigError> {
         let gateway = &self.config.gateway;
-        let mut seen = BTreeMap::new();
         let mut out = Vec::with_capacity(self.config.functions.len());
         for spec in &self.config.functions {
             let function = self.function_ref(spec, &gateway.default_namespace)?;
-            if let Some(first) = seen.insert(function.key().to_owned(), spec.name.span()) {
-                let (first_line, _) = locate(&self.text, &first);
-                return Err(self.error_at(
-                    spec.name.span(),
-                    "name",
-                    format!(
-                        "function {function} is declared twice (first at line {})",
-                        first_line.unwrap_or(0)
-                    ),
-                ));
-            }
-            out.push(self.process_function(spec, function)?);
+            out.push(self.process_function(spec, function));
         }
+        check_functions(&out).map_err(|e| self.spec_error(&out, e))?;
         Ok(out)
+    }
+
+    /// Where in the file the provider's complaint is: the setting's line in the entry it names
+    /// (the later one, for a function declared twice).
+    fn spec_error(&self, built: &[ProcessFunction], e: SpecError) -> ConfigError {
+        let Some(spec) = built
+            .iter()
+            .zip(&self.config.functions)
+            .rev()
+            .find(|(f, _)| f.function == e.function)
+            .map(|(_, spec)| spec)
+        else {
+            return self.error_at(0..0, e.field, e.to_string());
+        };
+        let span = match e.field {
+            "command" => Some(spec.command.span()),
+            "readiness_path" => spec.readiness_path.as_ref().map(Spanned::span),
+            "max_replicas" => spec.max_replicas.as_ref().map(Spanned::span),
+            _ => None,
+        }
+        .unwrap_or_else(|| spec.name.span());
+        self.error_at(
+            span,
+            e.field,
+            format!("function {}: {}", e.function, e.message),
+        )
     }
 
     fn function_ref(
@@ -426,31 +444,12 @@ impl Loaded {
         })
     }
 
-    fn process_function(
-        &self,
-        spec: &FunctionSection,
-        function: FunctionRef,
-    ) -> Result<ProcessFunction, ConfigError> {
-        if spec
-            .command
-            .get_ref()
-            .first()
-            .is_none_or(|program| program.is_empty())
-        {
-            return Err(self.error_at(
-                spec.command.span(),
-                "command",
-                "must name a program to run".into(),
-            ));
-        }
+    fn process_function(&self, spec: &FunctionSection, function: FunctionRef) -> ProcessFunction {
         let readiness = match &spec.readiness_path {
             None => Readiness::Tcp,
-            Some(p) if p.get_ref().starts_with('/') => Readiness::Http {
+            Some(p) => Readiness::Http {
                 path: p.get_ref().clone(),
             },
-            Some(p) => {
-                return Err(self.error_at(p.span(), "readiness_path", "must start with '/'".into()))
-            }
         };
         let (label_min, label_max) = crate::provider::scale_bounds(&function, &spec.labels);
         let min = spec
@@ -461,21 +460,12 @@ impl Loaded {
             .max_replicas
             .as_ref()
             .map_or(label_max.max(min), |m| *m.get_ref());
-        if let Some(m) = &spec.max_replicas {
-            if max == 0 || max < min {
-                return Err(self.error_at(
-                    m.span(),
-                    "max_replicas",
-                    format!("must be at least 1 and at least min_replicas ({min})"),
-                ));
-            }
-        }
         let workdir = match &spec.workdir {
             Some(dir) if dir.is_absolute() => dir.clone(),
             Some(dir) => self.base_dir().join(dir),
             None => self.base_dir(),
         };
-        Ok(ProcessFunction {
+        ProcessFunction {
             function,
             command: spec.command.get_ref().clone(),
             env: spec.env.clone(),
@@ -495,7 +485,7 @@ impl Loaded {
             startup_timeout: spec
                 .startup_timeout
                 .map_or(self.config.gateway.startup_timeout.0, |d| d.0),
-        })
+        }
     }
 }
 

@@ -13,6 +13,7 @@ use crate::error::Error;
 use crate::function::FunctionRef;
 use crate::metrics::{exposition, overview::Overview, ProviderCalls};
 use crate::provider::api::{self, ApiRequest};
+use crate::provider::openfaas::RemoteApi;
 use crate::provider::ProviderError;
 use crate::proxy::headers::request_header;
 use crate::proxy::{Proxy, Target};
@@ -35,6 +36,9 @@ pub struct Handler {
     /// Whether `/metrics` is answered here (not when it has a listener of its own).
     metrics_route: bool,
     provider_calls: Arc<ProviderCalls>,
+    /// Where `/system/*` and `/healthz` are forwarded when the provider is remote; `None`: they
+    /// are answered here, from the provider.
+    remote_api: Option<RemoteApi>,
 }
 
 impl Handler {
@@ -56,11 +60,18 @@ impl Handler {
             draining: AtomicBool::new(false),
             metrics_route: true,
             provider_calls,
+            remote_api: None,
         }
     }
 
     pub fn triggers(&self) -> &TriggerSet {
         &self.triggers
+    }
+
+    /// Forwards `/system/*` (except scale calls) and `/healthz` to a remote provider's API.
+    pub fn with_remote_api(mut self, api: Option<RemoteApi>) -> Handler {
+        self.remote_api = api;
+        self
     }
 
     /// Leaves `/metrics` to a listener of its own.
@@ -177,10 +188,11 @@ impl Handler {
 impl Handler {
     /// Liveness: the gateway's own, and its remote provider's when there is one.
     fn healthz(&self, request: &mut Request) -> Result<ResponseBox, Error> {
-        match self.scaler.provider().remote_api() {
+        match &self.remote_api {
             Some(api) => {
                 let url = format!("{}/healthz", api.base_url);
-                self.proxy.pass_through(request, &url, api.authorization)
+                self.proxy
+                    .pass_through(request, &url, api.authorization.as_deref())
             }
             None => Ok(text(200, "OK\n")),
         }
@@ -198,14 +210,16 @@ impl Handler {
         self.authorize(request)?;
         let provider = self.scaler.provider();
         if let (Some(api), false) = (
-            provider.remote_api(),
+            &self.remote_api,
             path.starts_with("/system/scale-function/"),
         ) {
             let url = match query {
                 Some(q) => format!("{}{path}?{q}", api.base_url),
                 None => format!("{}{path}", api.base_url),
             };
-            return self.proxy.pass_through(request, &url, api.authorization);
+            return self
+                .proxy
+                .pass_through(request, &url, api.authorization.as_deref());
         }
         let body = read_small_body(request)?;
         let scale = |f: &FunctionRef, n: u64| self.scaler.scale(f, n);

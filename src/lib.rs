@@ -83,6 +83,9 @@ pub use error::Error;
 pub use function::FunctionRef;
 pub use provider::{Endpoint, FunctionStatus, Provider, ProviderError};
 
+use provider::openfaas::{OpenFaasProvider, RemoteApi};
+use provider::process::ProcessProvider;
+
 use autoscale::{AutoscaleConfig, Autoscaler};
 use config::GatewaySection;
 use gateway::Handler;
@@ -180,9 +183,49 @@ impl Settings {
     }
 }
 
+/// What runs the functions, and what the gateway does with it beyond asking it for replicas.
+///
+/// The provider trait knows no implementation; what only one of them offers is chosen here,
+/// where the gateway is built.
+pub enum Backend {
+    /// Any provider; `/system/*` is answered by the gateway from it.
+    Provider(Arc<dyn Provider>),
+    /// The embedded process provider; [`Gateway::reload`] swaps its `[[function]]` entries.
+    Process(Arc<ProcessProvider>),
+    /// A remote OpenFaaS provider; `/system/*` and `/healthz` are forwarded to its API.
+    OpenFaas(Arc<OpenFaasProvider>),
+}
+
+impl Backend {
+    /// The provider, whichever it is.
+    pub fn provider(&self) -> Arc<dyn Provider> {
+        match self {
+            Backend::Provider(p) => Arc::clone(p),
+            Backend::Process(p) => Arc::clone(p) as Arc<dyn Provider>,
+            Backend::OpenFaas(p) => Arc::clone(p) as Arc<dyn Provider>,
+        }
+    }
+
+    fn remote_api(&self) -> Option<RemoteApi> {
+        match self {
+            Backend::OpenFaas(p) => Some(p.remote_api()),
+            _ => None,
+        }
+    }
+
+    fn reloadable(&self) -> Option<Arc<ProcessProvider>> {
+        match self {
+            Backend::Process(p) => Some(Arc::clone(p)),
+            _ => None,
+        }
+    }
+}
+
 /// A running gateway: listening, with its workers started.
 pub struct Gateway {
     handler: Arc<Handler>,
+    /// The embedded provider, whose functions a reload replaces.
+    functions: Option<Arc<ProcessProvider>>,
     metrics_listener: Option<metrics::listener::MetricsListener>,
     /// Posts call counts in the background; stops with the gateway.
     analytics: Option<analytics::Analytics>,
@@ -195,6 +238,12 @@ pub struct Gateway {
 impl Gateway {
     /// Binds `settings.listen` and starts serving with `provider`.
     pub fn start(settings: Settings, provider: Arc<dyn Provider>) -> io::Result<Gateway> {
+        Gateway::start_with(settings, Backend::Provider(provider))
+    }
+
+    /// Binds `settings.listen` and starts serving with `backend`.
+    pub fn start_with(settings: Settings, backend: Backend) -> io::Result<Gateway> {
+        let provider = backend.provider();
         let listener = server::bind(settings.listen)?;
         let addr = listener.local_addr()?;
         let server =
@@ -242,6 +291,7 @@ impl Gateway {
         if settings.metrics_listen.is_some() {
             handler = handler.without_metrics_route();
         }
+        let handler = handler.with_remote_api(backend.remote_api());
         let handler = Arc::new(handler);
         let metrics_listener = match settings.metrics_listen {
             Some(addr) => {
@@ -264,6 +314,7 @@ impl Gateway {
         log::info!("defrost listening on http://{addr}");
         Ok(Gateway {
             handler,
+            functions: backend.reloadable(),
             metrics_listener,
             analytics,
             pool,
@@ -281,7 +332,9 @@ impl Gateway {
         let table = triggers::Triggers::build(&specs).map_err(|e| e.to_string())?;
         let functions = loaded.process_functions().map_err(|e| e.to_string())?;
         let count = (table.len(), functions.len());
-        self.scaler().provider().reload_functions(functions)?;
+        if let Some(provider) = &self.functions {
+            provider.reconfigure(functions).map_err(|e| e.to_string())?;
+        }
         self.handler.triggers().replace(table);
         log::info!("reloaded {} triggers and {} functions", count.0, count.1);
         Ok(())

@@ -91,13 +91,14 @@ fn run() -> Result<(), String> {
         print!("{}", defrost::check::check(&config)?);
         return Ok(());
     }
-    let (mut settings, provider) = defrost::setup::from_sources(args.config.as_deref())?;
+    let (mut settings, backend) = defrost::setup::from_sources(args.config.as_deref())?;
     if let Some(listen) = args.listen {
         settings.listen = listen
             .parse()
             .map_err(|e| format!("--listen {listen:?}: {e}"))?;
     }
-    let gateway = defrost::Gateway::start(settings, provider.clone()).map_err(|e| {
+    let provider = backend.provider();
+    let gateway = defrost::Gateway::start_with(settings, backend).map_err(|e| {
         provider.shutdown();
         format!("cannot start: {e}")
     })?;

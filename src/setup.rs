@@ -10,11 +10,10 @@ use crate::auth::Credentials;
 use crate::config::{parse_duration, GatewaySection, Loaded, ProviderKind, ProviderSection};
 use crate::provider::openfaas::{OpenFaasOptions, OpenFaasProvider};
 use crate::provider::process::{ProcessOptions, ProcessProvider};
-use crate::provider::Provider;
-use crate::Settings;
+use crate::{Backend, Settings};
 
 /// Reads `config` when given; otherwise the OpenFaaS environment variables.
-pub fn from_sources(config: Option<&Path>) -> Result<(Settings, Arc<dyn Provider>), String> {
+pub fn from_sources(config: Option<&Path>) -> Result<(Settings, Backend), String> {
     match config {
         Some(path) => from_file(&Loaded::read(path).map_err(|e| e.to_string())?),
         None => from_env(&|name| std::env::var(name).ok()),
@@ -22,13 +21,12 @@ pub fn from_sources(config: Option<&Path>) -> Result<(Settings, Arc<dyn Provider
 }
 
 /// Settings and provider described by a loaded config file.
-pub fn from_file(loaded: &Loaded) -> Result<(Settings, Arc<dyn Provider>), String> {
+pub fn from_file(loaded: &Loaded) -> Result<(Settings, Backend), String> {
     let gateway = &loaded.config.gateway;
     let mut settings = Settings::from(gateway);
     settings.auth = gateway_credentials(gateway)?;
     settings.triggers = loaded.trigger_specs().map_err(|e| e.to_string())?;
-    crate::triggers::Triggers::build(&settings.triggers).map_err(|e| e.to_string())?;
-    let provider: Arc<dyn Provider> = match &loaded.config.provider {
+    let backend = match &loaded.config.provider {
         None => process_provider(loaded)?,
         Some(section) if section.kind == ProviderKind::Process => process_provider(loaded)?,
         Some(section) => {
@@ -38,18 +36,19 @@ pub fn from_file(loaded: &Loaded) -> Result<(Settings, Arc<dyn Provider>), Strin
                     loaded.path.display()
                 ));
             }
-            Arc::new(openfaas_provider(loaded, section, gateway)?)
+            Backend::OpenFaas(Arc::new(openfaas_provider(loaded, section, gateway)?))
         }
     };
-    Ok((settings, provider))
+    Ok((settings, backend))
 }
 
-fn process_provider(loaded: &Loaded) -> Result<Arc<dyn Provider>, String> {
+fn process_provider(loaded: &Loaded) -> Result<Backend, String> {
     let functions = loaded.process_functions().map_err(|e| e.to_string())?;
     let options = ProcessOptions {
         stop_grace: loaded.config.gateway.stop_grace.0,
     };
-    Ok(Arc::new(ProcessProvider::new(functions, options)?))
+    let provider = ProcessProvider::new(functions, options).map_err(|e| e.to_string())?;
+    Ok(Backend::Process(Arc::new(provider)))
 }
 
 fn openfaas_provider(
@@ -87,9 +86,7 @@ fn gateway_credentials(gateway: &GatewaySection) -> Result<Option<Credentials>, 
 /// The OpenFaaS gateway's configuration, read from its environment variables with their
 /// meaning and defaults (8s timeouts, scale from zero only when `scale_from_zero=true`,
 /// secrets in `/run/secrets/`), listening on port 8080.
-pub fn from_env(
-    var: &dyn Fn(&str) -> Option<String>,
-) -> Result<(Settings, Arc<dyn Provider>), String> {
+pub fn from_env(var: &dyn Fn(&str) -> Option<String>) -> Result<(Settings, Backend), String> {
     let duration = |name: &str, default: Duration| match var(name).filter(|v| !v.is_empty()) {
         None => Ok(default),
         Some(v) => parse_duration(&v).map_err(|e| format!("{name}: {e}")),
@@ -123,25 +120,23 @@ pub fn from_env(
     settings.client_read_timeout = read_timeout;
     settings.client_write_timeout = write_timeout;
     settings.auth = gateway_credentials(&gateway)?;
-    let provider: Arc<dyn Provider> = match var("functions_provider_url").filter(|u| !u.is_empty())
-    {
-        Some(url) => Arc::new(OpenFaasProvider::new(OpenFaasOptions {
+    let backend = match var("functions_provider_url").filter(|u| !u.is_empty()) {
+        Some(url) => Backend::OpenFaas(Arc::new(OpenFaasProvider::new(OpenFaasOptions {
             base_url: url,
             credentials: settings.auth.clone(),
             timeout: settings.proxy.upstream_timeout,
             max_idle_per_host: gateway.max_idle_per_host,
-        })?),
+        })?)),
         None => {
             log::warn!("no config file and no functions_provider_url: serving no functions");
-            Arc::new(ProcessProvider::new(
-                Vec::new(),
-                ProcessOptions {
-                    stop_grace: gateway.stop_grace.0,
-                },
-            )?)
+            let options = ProcessOptions {
+                stop_grace: gateway.stop_grace.0,
+            };
+            let provider = ProcessProvider::new(Vec::new(), options).map_err(|e| e.to_string())?;
+            Backend::Process(Arc::new(provider))
         }
     };
-    Ok((settings, provider))
+    Ok((settings, backend))
 }
 
 #[cfg(test)]
@@ -159,7 +154,7 @@ mod tests {
 
     #[test]
     fn openfaas_environment_defaults() {
-        let (settings, provider) = from_env(&env(&[(
+        let (settings, backend) = from_env(&env(&[(
             "functions_provider_url",
             "http://127.0.0.1:8081/",
         )]))
@@ -168,13 +163,10 @@ mod tests {
         assert_eq!(settings.proxy.upstream_timeout, Duration::from_secs(8));
         assert!(!settings.scaling.scale_from_zero);
         assert_eq!(settings.default_namespace, "openfaas-fn");
-        assert_eq!(
-            provider
-                .remote_api()
-                .map(|a| a.base_url.to_owned())
-                .as_deref(),
-            Some("http://127.0.0.1:8081")
-        );
+        let Backend::OpenFaas(provider) = backend else {
+            panic!("not the OpenFaaS provider");
+        };
+        assert_eq!(provider.remote_api().base_url, "http://127.0.0.1:8081");
     }
 
     #[test]

@@ -9,8 +9,6 @@ use std::time::{Duration, Instant};
 
 use crate::function::FunctionRef;
 use crate::histogram::{Histogram, SLOW_BOUNDS};
-use crate::provider::openfaas::RemoteApi;
-use crate::provider::process::ProcessFunction;
 use crate::provider::{FunctionStatus, FunctionSummary, Provider, ProviderError};
 
 /// The provider calls that are measured.
@@ -150,14 +148,6 @@ impl Provider for Measured {
 
     fn shutdown(&self) {
         self.inner.shutdown()
-    }
-
-    fn reload_functions(&self, functions: Vec<ProcessFunction>) -> Result<(), String> {
-        self.inner.reload_functions(functions)
-    }
-
-    fn remote_api(&self) -> Option<RemoteApi<'_>> {
-        self.inner.remote_api()
     }
 }
 

@@ -237,20 +237,6 @@ pub trait Provider: Send + Sync + 'static {
 
     /// Stops everything the provider started; called once when the gateway shuts down.
     fn shutdown(&self) {}
-
-    /// Takes the functions of a reloaded config file. A provider whose functions are not
-    /// declared in defrost's config (a remote one) has nothing to do.
-    fn reload_functions(&self, functions: Vec<process::ProcessFunction>) -> Result<(), String> {
-        let _ = functions;
-        Ok(())
-    }
-
-    /// Where the provider serves the faas-provider HTTP API, if it is remote: the gateway then
-    /// forwards `/system/*` calls there. `None` (the default): the gateway answers them itself
-    /// from this trait.
-    fn remote_api(&self) -> Option<openfaas::RemoteApi<'_>> {
-        None
-    }
 }
 
 /// Reads `com.openfaas.scale.min`/`max`, falling back (with a warning) on values that are not

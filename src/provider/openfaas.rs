@@ -235,19 +235,24 @@ impl Provider for OpenFaasProvider {
     fn namespaces(&self) -> Result<Vec<String>, ProviderError> {
         self.get_json("/system/namespaces")
     }
+}
 
-    fn remote_api(&self) -> Option<RemoteApi<'_>> {
-        Some(RemoteApi {
-            base_url: &self.base,
-            authorization: self.authorization(),
-        })
+impl OpenFaasProvider {
+    /// Where the provider serves the faas-provider HTTP API, and the credentials it wants: a
+    /// gateway in front of it forwards `/system/*` calls there.
+    pub fn remote_api(&self) -> RemoteApi {
+        RemoteApi {
+            base_url: self.base.clone(),
+            authorization: self.authorization().map(str::to_owned),
+        }
     }
 }
 
 /// A provider API reachable over HTTP, to which the gateway forwards `/system/*` calls.
-pub struct RemoteApi<'a> {
-    pub base_url: &'a str,
-    pub authorization: Option<&'a str>,
+#[derive(Debug, Clone)]
+pub struct RemoteApi {
+    pub base_url: String,
+    pub authorization: Option<String>,
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 //! the child's process group, so helpers the function forks go with it.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -56,37 +57,67 @@ pub struct ProcessFunction {
     pub startup_timeout: Duration,
 }
 
+/// Why a function cannot be run, and which of its settings is at fault.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpecError {
+    pub function: FunctionRef,
+    /// The setting, as the config file names it (`command`, `max_replicas`, ...).
+    pub field: &'static str,
+    pub message: String,
+}
+
+impl fmt::Display for SpecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}: {}", self.function, self.field, self.message)
+    }
+}
+
+impl std::error::Error for SpecError {}
+
 impl ProcessFunction {
     /// Refuses what could only fail later, at the first request, far from the config line.
-    fn check(&self) -> Result<(), String> {
-        let f = &self.function;
-        match self.command.first() {
-            None => return Err(format!("{f}: command is empty")),
-            Some(program) if program.is_empty() => {
-                return Err(format!("{f}: command names no program"))
-            }
-            Some(_) => {}
+    /// The one check of a function's settings: the config file's loader maps its errors back to
+    /// the line of the setting at fault, an embedder gets them from [`ProcessProvider::new`].
+    pub fn check(&self) -> Result<(), SpecError> {
+        let fail = |field, message: String| {
+            Err(SpecError {
+                function: self.function.clone(),
+                field,
+                message,
+            })
+        };
+        if self
+            .command
+            .first()
+            .is_none_or(|program| program.is_empty())
+        {
+            return fail("command", "must name a program to run".into());
         }
         if !self.workdir.is_absolute() {
-            return Err(format!(
-                "{f}: workdir {} is not absolute",
-                self.workdir.display()
-            ));
+            return fail(
+                "workdir",
+                format!("{} is not absolute", self.workdir.display()),
+            );
         }
-        if self.max_replicas == 0 {
-            return Err(format!("{f}: max_replicas is 0, so it could never run"));
-        }
-        if self.min_replicas > self.max_replicas {
-            return Err(format!(
-                "{f}: min_replicas {} is above max_replicas {}",
-                self.min_replicas, self.max_replicas
-            ));
+        if self.max_replicas == 0 || self.min_replicas > self.max_replicas {
+            return fail(
+                "max_replicas",
+                format!(
+                    "must be at least 1 and at least min_replicas ({})",
+                    self.min_replicas
+                ),
+            );
         }
         if let Readiness::Http { path } = &self.readiness {
-            check_probe_path(f, path)?;
+            if let Err(message) = check_probe_path(path) {
+                return fail("readiness_path", message);
+            }
         }
         if self.env.contains_key("PORT") {
-            log::warn!("{f}: env sets PORT; it is replaced by the port each replica is given");
+            log::warn!(
+                "{}: env sets PORT; it is replaced by the port each replica is given",
+                self.function
+            );
         }
         Ok(())
     }
@@ -107,14 +138,31 @@ impl ProcessFunction {
     }
 }
 
+/// Every check a set of functions must pass before the provider runs them: each one's own, and
+/// no function twice.
+pub fn check_functions(functions: &[ProcessFunction]) -> Result<(), SpecError> {
+    let mut seen = BTreeSet::new();
+    for spec in functions {
+        spec.check()?;
+        if !seen.insert(spec.function.key()) {
+            return Err(SpecError {
+                function: spec.function.clone(),
+                field: "name",
+                message: "is declared twice".into(),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// The path goes into a raw request line, so it must not be able to end it.
-fn check_probe_path(f: &FunctionRef, path: &str) -> Result<(), String> {
+fn check_probe_path(path: &str) -> Result<(), String> {
     if !path.starts_with('/') {
-        return Err(format!("{f}: readiness path {path:?} must start with '/'"));
+        return Err("must start with '/'".into());
     }
     if path.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(format!(
-            "{f}: readiness path {path:?} contains whitespace or control characters"
+            "{path:?} contains whitespace or control characters"
         ));
     }
     Ok(())
@@ -130,7 +178,7 @@ pub struct ProcessOptions {
 impl Default for ProcessOptions {
     fn default() -> Self {
         ProcessOptions {
-            stop_grace: Duration::from_secs(5),
+            stop_grace: Duration::from_secs(10),
         }
     }
 }
@@ -148,7 +196,7 @@ impl ProcessProvider {
     pub fn new(
         functions: Vec<ProcessFunction>,
         options: ProcessOptions,
-    ) -> Result<ProcessProvider, String> {
+    ) -> Result<ProcessProvider, SpecError> {
         let slots = build_slots(functions, &BTreeMap::new(), options.stop_grace)?;
         Ok(ProcessProvider {
             slots: RwLock::new(slots),
@@ -160,7 +208,7 @@ impl ProcessProvider {
     /// Replaces the set of functions. Unchanged functions keep their replicas; added ones start
     /// at zero; removed or changed ones are drained (no new requests, in-flight ones finish up
     /// to the stop grace) and stopped in the background. Nothing changes if any entry is bad.
-    pub fn reconfigure(&self, functions: Vec<ProcessFunction>) -> Result<(), String> {
+    pub fn reconfigure(&self, functions: Vec<ProcessFunction>) -> Result<(), SpecError> {
         let mut slots = self.slots.write();
         let next = build_slots(functions, &slots, self.stop_grace)?;
         let gone: Vec<Arc<Slot>> = slots
@@ -256,10 +304,6 @@ impl Provider for ProcessProvider {
         Ok(set.into_iter().map(str::to_owned).collect())
     }
 
-    fn reload_functions(&self, functions: Vec<ProcessFunction>) -> Result<(), String> {
-        self.reconfigure(functions)
-    }
-
     /// SIGTERM to every replica at once, SIGKILL to those still there after the grace period.
     fn shutdown(&self) {
         let slots = self.all_slots();
@@ -297,14 +341,11 @@ fn build_slots(
     functions: Vec<ProcessFunction>,
     current: &BTreeMap<FunctionRef, Arc<Slot>>,
     stop_grace: Duration,
-) -> Result<BTreeMap<FunctionRef, Arc<Slot>>, String> {
+) -> Result<BTreeMap<FunctionRef, Arc<Slot>>, SpecError> {
+    check_functions(&functions)?;
     let mut slots = BTreeMap::new();
     for spec in functions {
-        spec.check()?;
         let function = spec.function.clone();
-        if slots.contains_key(&function) {
-            return Err(format!("{function} is configured twice"));
-        }
         let slot = match current.get(&function) {
             Some(old) if old.spec == spec => Arc::clone(old),
             _ => Arc::new(Slot::new(spec, stop_grace)),

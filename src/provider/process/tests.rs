@@ -390,15 +390,16 @@ fn unknown_function_is_not_found() {
 fn new_refuses_bad_config() {
     let grace = ProcessOptions::default();
     let dup = ProcessProvider::new(vec![sleeper("a"), sleeper("a")], grace);
-    assert!(dup.err().unwrap().contains("twice"));
-    let cases: Vec<(ProcessFunction, &str)> = vec![
-        (function("a", &[]), "empty"),
-        (function("a", &[""]), "no program"),
+    assert_eq!(dup.err().map(|e| e.field), Some("name"));
+    let cases: Vec<(ProcessFunction, &str, &str)> = vec![
+        (function("a", &[]), "command", "program"),
+        (function("a", &[""]), "command", "program"),
         (
             ProcessFunction {
                 workdir: "rel".into(),
                 ..sleeper("a")
             },
+            "workdir",
             "absolute",
         ),
         (
@@ -407,14 +408,16 @@ fn new_refuses_bad_config() {
                 min_replicas: 0,
                 ..sleeper("a")
             },
-            "never run",
+            "max_replicas",
+            "at least 1",
         ),
         (
             ProcessFunction {
                 min_replicas: 4,
                 ..sleeper("a")
             },
-            "above",
+            "max_replicas",
+            "min_replicas (4)",
         ),
         (
             ProcessFunction {
@@ -423,6 +426,7 @@ fn new_refuses_bad_config() {
                 },
                 ..sleeper("a")
             },
+            "readiness_path",
             "'/'",
         ),
         (
@@ -432,12 +436,14 @@ fn new_refuses_bad_config() {
                 },
                 ..sleeper("a")
             },
+            "readiness_path",
             "whitespace",
         ),
     ];
-    for (spec, why) in cases {
+    for (spec, field, why) in cases {
         let err = ProcessProvider::new(vec![spec], grace).err().unwrap();
-        assert!(err.contains(why), "{err:?} does not say {why:?}");
+        assert_eq!(err.field, field, "{err}");
+        assert!(err.message.contains(why), "{err} does not say {why:?}");
     }
 }
 
