@@ -56,6 +56,7 @@ pub mod check;
 pub mod client;
 pub mod config;
 pub mod deadline;
+pub mod duration;
 pub mod error;
 pub mod function;
 pub mod gateway;

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::auth::Credentials;
-use crate::config::{parse_duration, GatewaySection, Loaded, ProviderKind, ProviderSection};
+use crate::config::{GatewaySection, Loaded, ProviderKind, ProviderSection};
+use crate::duration::parse_duration;
 use crate::provider::openfaas::{OpenFaasOptions, OpenFaasProvider};
 use crate::provider::process::{ProcessOptions, ProcessProvider};
 use crate::{Backend, Settings};

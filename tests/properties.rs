@@ -10,7 +10,8 @@ use std::sync::{Arc, Barrier, Mutex};
 use std::time::Duration;
 
 use defrost::call::Call;
-use defrost::config::{parse_duration, Loaded};
+use defrost::config::Loaded;
+use defrost::duration::parse_duration;
 use defrost::provider::wire;
 use defrost::router::{route, Route};
 use defrost::scaler::singleflight::SingleFlight;

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::config::parse_duration;
+use crate::duration::parse_duration;
 use crate::function::FunctionRef;
 
 /// `true`: the function's replicas are stopped after `zero-duration` without a request.

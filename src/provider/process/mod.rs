@@ -223,7 +223,7 @@ impl ProcessProvider {
                 "{}: removed or changed by a reload; draining it",
                 slot.spec.function
             );
-            if let Err(e) = slot.scale(0) {
+            if let Err(e) = replica::scale(&slot, 0) {
                 log::warn!("{}: cannot drain: {e}", slot.spec.function);
             }
             self.retired.lock().push(slot);
@@ -269,7 +269,7 @@ impl Provider for ProcessProvider {
     }
 
     fn set_replicas(&self, function: &FunctionRef, replicas: u64) -> Result<(), ProviderError> {
-        self.slot(function)?.scale(replicas)
+        replica::scale(&self.slot(function)?, replicas)
     }
 
     fn wait_for_change(&self, function: &FunctionRef, since: u64, timeout: Duration) {

@@ -10,10 +10,10 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use super::readiness::{self, Outcome};
-use super::slot::Slot;
+use super::slot::{signal_group, Slot};
 use super::ProcessFunction;
 use crate::deadline::after as deadline_after;
-use crate::provider::Endpoint;
+use crate::provider::{Endpoint, ProviderError};
 
 /// The threads here block, probe or copy lines; none needs the default 2 MiB.
 const STACK_SIZE: usize = 256 * 1024;
@@ -21,6 +21,19 @@ const STACK_SIZE: usize = 256 * 1024;
 const MAX_LINE: u64 = 16 * 1024;
 /// How often a drain checks the in-flight count (it has no way to be told).
 const DRAIN_POLL: Duration = Duration::from_millis(2);
+
+/// Sets the function's desired replicas: the slot decides which replicas to start and which to
+/// stop, and each gets a thread of its own here.
+pub(super) fn scale(slot: &Arc<Slot>, replicas: u64) -> Result<(), ProviderError> {
+    let (starts, stops) = slot.plan_scale(replicas)?;
+    for id in starts {
+        launch(slot, id);
+    }
+    for id in stops {
+        stop_later(slot, id);
+    }
+    Ok(())
+}
 
 /// Starts the replica's owning thread. If even that fails, the replica is gone at once.
 pub(super) fn launch(slot: &Arc<Slot>, id: u64) {
@@ -204,14 +217,6 @@ fn wait_for_exit(pid: libc::pid_t) {
         if rc == 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
             return;
         }
-    }
-}
-
-/// Signals the whole process group led by `pid`. Callers guarantee `pid` is not yet reaped.
-pub(super) fn signal_group(pid: libc::pid_t, signal: libc::c_int) {
-    // SAFETY: kill has no memory-safety preconditions.
-    unsafe {
-        libc::kill(-pid, signal);
     }
 }
 

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
-use super::{replica, ProcessFunction};
+use super::ProcessFunction;
 use crate::deadline::after as deadline_after;
 use crate::provider::{Endpoint, FunctionStatus, ProviderError, StartFailure};
 
@@ -231,7 +231,7 @@ impl State {
             .find(|r| r.id == id)
             .and_then(|r| r.pid)
         {
-            replica::signal_group(pid, signal);
+            signal_group(pid, signal);
         }
     }
 }
@@ -292,7 +292,9 @@ impl Slot {
         }
     }
 
-    pub(super) fn scale(self: &Arc<Self>, replicas: u64) -> Result<(), ProviderError> {
+    /// Sets the desired replicas; returns the replicas to start and those to stop, which the
+    /// caller gives threads of their own (see `replica::scale`).
+    pub(super) fn plan_scale(&self, replicas: u64) -> Result<(Vec<u64>, Vec<u64>), ProviderError> {
         self.counters.scale_calls.fetch_add(1, Ordering::Relaxed);
         let to = replicas.min(self.spec.max_replicas);
         let (from, starts, stops) = {
@@ -321,13 +323,7 @@ impl Slot {
         self.counters
             .started
             .fetch_add(starts.len() as u64, Ordering::Relaxed);
-        for id in starts {
-            replica::launch(self, id);
-        }
-        for id in stops {
-            replica::stop_later(self, id);
-        }
-        Ok(())
+        Ok((starts, stops))
     }
 
     pub(super) fn wait_for_change(&self, seen: u64, timeout: Duration) {
@@ -376,14 +372,14 @@ impl Slot {
     pub(super) fn record_pid(&self, id: u64, pid: libc::pid_t) -> Option<Arc<AtomicBool>> {
         let mut state = self.state.lock();
         let Some(replica) = state.find_mut(id) else {
-            replica::signal_group(pid, libc::SIGKILL);
+            signal_group(pid, libc::SIGKILL);
             return None;
         };
         replica.pid = Some(pid);
         if replica.is_active() {
             return Some(Arc::clone(&replica.halt));
         }
-        replica::signal_group(pid, libc::SIGKILL);
+        signal_group(pid, libc::SIGKILL);
         None
     }
 
@@ -555,7 +551,7 @@ impl Slot {
                     "{} did not stop in time; killing it",
                     self.replica_name(r.id)
                 );
-                replica::signal_group(pid, libc::SIGKILL);
+                signal_group(pid, libc::SIGKILL);
             }
         }
     }
@@ -573,6 +569,14 @@ impl Slot {
     #[cfg(test)]
     pub(super) fn replica_count(&self) -> usize {
         self.state.lock().replicas.len()
+    }
+}
+
+/// Signals the whole process group led by `pid`. Callers guarantee `pid` is not yet reaped.
+pub(super) fn signal_group(pid: libc::pid_t, signal: libc::c_int) {
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe {
+        libc::kill(-pid, signal);
     }
 }
 
