@@ -92,12 +92,12 @@ struct Node {
     literals: HashMap<String, Node>,
     param: Option<(String, Box<Node>)>,
     /// Routes ending here with a trailing catch-all: (param name, routes).
-    rest: Option<(String, Vec<Route>)>,
+    rest: Option<(String, Vec<Entry>)>,
     /// Routes ending exactly here.
-    routes: Vec<Route>,
+    routes: Vec<Entry>,
 }
 
-struct Route {
+struct Entry {
     methods: Vec<String>,
     host: Option<String>,
     split: Split,
@@ -257,7 +257,7 @@ impl Triggers {
             .iter()
             .map(|m| m.to_ascii_uppercase())
             .collect();
-        let route = Route {
+        let route = Entry {
             methods,
             host: spec.host.as_ref().map(|h| h.to_ascii_lowercase()),
             split: Split::new(&spec.targets, &spec.origin)?,
@@ -327,7 +327,7 @@ impl Triggers {
     }
 }
 
-type Found<'t> = (&'t Route, Option<(&'t str, String)>);
+type Found<'t> = (&'t Entry, Option<(&'t str, String)>);
 
 /// Depth-first, most specific first: literal, then param, then catch-all.
 fn walk<'t>(
@@ -363,12 +363,12 @@ fn walk<'t>(
 /// Among routes with the same pattern: a host-specific one before a host-less one; the method
 /// must be allowed.
 fn choose<'t>(
-    routes: &'t [Route],
+    routes: &'t [Entry],
     method: &str,
     host: Option<&str>,
     allowed: &mut Vec<String>,
-) -> Option<&'t Route> {
-    let host_fits = |r: &&Route| r.host.is_none() || r.host.as_deref() == host;
+) -> Option<&'t Entry> {
+    let host_fits = |r: &&Entry| r.host.is_none() || r.host.as_deref() == host;
     let candidates = || routes.iter().filter(host_fits);
     let by_host = candidates()
         .filter(|r| r.host.is_some())
@@ -386,7 +386,7 @@ fn choose<'t>(
 
 /// Two routes on the same pattern conflict when they share a host (or both have none) and a
 /// method (an empty list shares every method).
-fn check_conflicts(existing: &[Route], new: &Route) -> Result<(), TriggerError> {
+fn check_conflicts(existing: &[Entry], new: &Entry) -> Result<(), TriggerError> {
     for old in existing {
         let same_host = old.host == new.host;
         let shared_method = old.methods.is_empty()

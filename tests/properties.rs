@@ -89,8 +89,8 @@ proptest! {
 
     #[test]
     fn provider_json_never_panics_the_parser(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
-        let _ = serde_json::from_slice::<wire::FunctionStatus>(&bytes);
-        let _ = serde_json::from_slice::<Vec<wire::FunctionStatus>>(&bytes);
+        let _ = serde_json::from_slice::<wire::FunctionJson>(&bytes);
+        let _ = serde_json::from_slice::<Vec<wire::FunctionJson>>(&bytes);
         let _ = serde_json::from_slice::<wire::ScaleServiceRequest>(&bytes);
     }
 
@@ -102,16 +102,16 @@ proptest! {
         available in any::<u64>(),
         labels in proptest::collection::btree_map("\\PC{0,8}", "\\PC{0,8}", 0..4),
     ) {
-        let status = wire::FunctionStatus {
+        let status = wire::FunctionJson {
             name,
             namespace,
             replicas,
             available_replicas: available,
             labels: Some(labels),
-            ..wire::FunctionStatus::default()
+            ..wire::FunctionJson::default()
         };
         let bytes = serde_json::to_vec(&status).unwrap();
-        let back: wire::FunctionStatus = serde_json::from_slice(&bytes).unwrap();
+        let back: wire::FunctionJson = serde_json::from_slice(&bytes).unwrap();
         prop_assert_eq!(back, status);
     }
 }

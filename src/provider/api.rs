@@ -99,7 +99,7 @@ fn list(provider: &dyn Provider, namespace: &str) -> ApiReply {
         Ok(functions) => ApiReply::json(
             &functions
                 .iter()
-                .map(wire::FunctionStatus::from)
+                .map(wire::FunctionJson::from)
                 .collect::<Vec<_>>(),
         ),
         Err(e) => ApiReply::provider_error("functions", &e),
@@ -118,7 +118,7 @@ fn function_status(provider: &dyn Provider, name: &str, namespace: &str) -> ApiR
                 function,
                 status,
             };
-            ApiReply::json(&wire::FunctionStatus::from(&summary))
+            ApiReply::json(&wire::FunctionJson::from(&summary))
         }
         Err(e) => ApiReply::provider_error(&format!("function {function}"), &e),
     }

@@ -160,7 +160,7 @@ impl Provider for OpenFaasProvider {
             function.name(),
             function.namespace()
         );
-        let wire: wire::FunctionStatus = self.get_json(&path)?;
+        let wire: wire::FunctionJson = self.get_json(&path)?;
         let labels = wire.labels.unwrap_or_default();
         let (min_replicas, max_replicas) = scale_bounds(function, &labels);
         let endpoints = if wire.available_replicas > 0 {
@@ -203,7 +203,7 @@ impl Provider for OpenFaasProvider {
 
     fn list(&self, namespace: &str) -> Result<Vec<FunctionSummary>, ProviderError> {
         let path = format!("/system/functions?namespace={namespace}");
-        let list: Vec<wire::FunctionStatus> = self.get_json(&path)?;
+        let list: Vec<wire::FunctionJson> = self.get_json(&path)?;
         Ok(list
             .into_iter()
             .filter_map(|w| {

@@ -18,11 +18,11 @@ fn is_zero_f64(n: &f64) -> bool {
     *n == 0.0
 }
 
-/// `types.FunctionStatus`. `replicas` and `availableReplicas` are omitted when 0, so absent
+/// The JSON of `types.FunctionStatus`. `replicas` and `availableReplicas` are omitted when 0, so absent
 /// means 0 when reading.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
-pub struct FunctionStatus {
+pub struct FunctionJson {
     #[serde(default)]
     pub name: String,
     #[serde(default)]
@@ -41,9 +41,9 @@ pub struct FunctionStatus {
     pub available_replicas: u64,
 }
 
-impl From<&FunctionSummary> for FunctionStatus {
-    fn from(s: &FunctionSummary) -> FunctionStatus {
-        FunctionStatus {
+impl From<&FunctionSummary> for FunctionJson {
+    fn from(s: &FunctionSummary) -> FunctionJson {
+        FunctionJson {
             name: s.function.name().to_owned(),
             image: s.image.clone(),
             namespace: s.function.namespace().to_owned(),
@@ -90,7 +90,7 @@ mod tests {
 
     #[test]
     fn zero_replicas_are_omitted_and_read_back_as_zero() {
-        let status = FunctionStatus {
+        let status = FunctionJson {
             name: "f".into(),
             namespace: "ns".into(),
             ..Default::default()
@@ -100,9 +100,9 @@ mod tests {
             json,
             r#"{"name":"f","image":""," namespace":"ns"}"#.replace("\" ", "\"")
         );
-        let back: FunctionStatus = serde_json::from_str(r#"{"name":"f","image":"i"}"#).unwrap();
+        let back: FunctionJson = serde_json::from_str(r#"{"name":"f","image":"i"}"#).unwrap();
         assert_eq!((back.replicas, back.available_replicas), (0, 0));
-        let read: FunctionStatus = serde_json::from_str(
+        let read: FunctionJson = serde_json::from_str(
             r#"{"name":"f","replicas":2,"availableReplicas":1,"labels":{"a":"b"}}"#,
         )
         .unwrap();

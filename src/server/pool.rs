@@ -80,7 +80,7 @@ impl Default for PoolConfig {
     }
 }
 
-type Handler = dyn Fn(Request) + Send + Sync;
+type OnRequest = dyn Fn(Request) + Send + Sync;
 
 /// Workers pulling requests off one tiny_http server.
 pub struct Pool {
@@ -90,7 +90,7 @@ pub struct Pool {
 
 struct Shared {
     server: Arc<Server>,
-    handler: Arc<Handler>,
+    handler: Arc<OnRequest>,
     config: PoolConfig,
     live: AtomicUsize,
     idle: AtomicUsize,
@@ -135,7 +135,7 @@ impl Alarm {
 
 impl Pool {
     /// Starts `config.core` workers on `server`, and the monitor that adds more.
-    pub fn start(server: Arc<Server>, handler: Arc<Handler>, config: PoolConfig) -> Pool {
+    pub fn start(server: Arc<Server>, handler: Arc<OnRequest>, config: PoolConfig) -> Pool {
         let shared = Arc::new(Shared {
             server,
             handler,
@@ -168,11 +168,6 @@ impl Pool {
     /// Workers alive now.
     pub fn workers(&self) -> usize {
         self.shared.live.load(Ordering::Relaxed)
-    }
-
-    /// Workers busy with a request now.
-    pub fn busy(&self) -> usize {
-        self.shared.busy()
     }
 
     /// Closes the listening socket; requests on connections already open are still taken.
@@ -370,7 +365,7 @@ mod tests {
     use std::net::TcpStream;
     use std::time::Instant;
 
-    fn pool_with(config: PoolConfig, handler: Arc<Handler>) -> (Pool, std::net::SocketAddr) {
+    fn pool_with(config: PoolConfig, handler: Arc<OnRequest>) -> (Pool, std::net::SocketAddr) {
         let server = Server::http("127.0.0.1:0").expect("bind on loopback");
         let addr = server
             .server_addr()
@@ -408,7 +403,7 @@ mod tests {
     /// by a worker the monitor added.
     #[test]
     fn blocked_workers_do_not_starve_others() {
-        let handler: Arc<Handler> = Arc::new(|request: Request| {
+        let handler: Arc<OnRequest> = Arc::new(|request: Request| {
             if request.url() == "/block" {
                 thread::sleep(Duration::from_secs(2));
             }
@@ -437,7 +432,7 @@ mod tests {
     /// Fast requests do not grow the pool beyond its core, however many arrive together.
     #[test]
     fn fast_requests_keep_the_core() {
-        let handler: Arc<Handler> = Arc::new(|request: Request| {
+        let handler: Arc<OnRequest> = Arc::new(|request: Request| {
             let _ = request.respond(tiny_http::Response::from_string("ok"));
         });
         // A stall this long cannot come from these handlers, even on a loaded machine.
