@@ -212,3 +212,98 @@ fn a_body_that_never_finishes_is_cut_off() {
     }
     assert_eq!(get(&gw.url("/function/echo")).status, 200);
 }
+
+/// A gateway whose echo function records every request it receives in `$DIR/requests`.
+fn recording_gateway(gateway_settings: &str) -> Defrost {
+    Defrost::start(&format!(
+        "[gateway]\n{gateway_settings}\n{}",
+        echo_function("echo", "REQUESTS_FILE = \"$DIR/requests\"", "")
+    ))
+}
+
+/// The paths the recording echo function has received, in arrival order.
+fn received(gw: &Defrost) -> Vec<String> {
+    std::fs::read_to_string(gw.dir.path().join("requests"))
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn an_upgrade_request_with_a_truncated_body_is_refused_and_never_run() {
+    let mut gw = recording_gateway("read_timeout = \"5s\"");
+    assert_eq!(get(&gw.url("/function/echo/warm")).status, 200);
+    let pid = gw.child.id();
+
+    // Declares 100 bytes, sends 10, then stops sending for good.
+    let mut stream = TcpStream::connect(gw.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream
+        .write_all(
+            b"POST /function/echo/x HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\n\
+              Upgrade: foo\r\nContent-Length: 100\r\n\r\n0123456789",
+        )
+        .unwrap();
+    stream.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer:?}");
+
+    // Nothing left running for it: the gateway is idle, not spinning on a dead socket.
+    let before = cpu_ticks(pid);
+    thread::sleep(Duration::from_secs(1));
+    let used = cpu_ticks(pid) - before;
+    assert!(used < 50, "the gateway used {used} ticks of CPU while idle");
+
+    assert_eq!(get(&gw.url("/function/echo/after")).status, 200);
+    assert_eq!(received(&gw), ["/warm", "/after"], "the truncated call ran");
+    let asked = Instant::now();
+    assert!(gw.terminate().is_some(), "SIGTERM did not stop the gateway");
+    assert!(
+        asked.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        asked.elapsed()
+    );
+}
+
+#[test]
+fn a_chunked_upgrade_request_body_reaches_the_function_decoded() {
+    let gw = echo_gateway("");
+    let answer = raw(
+        gw.addr,
+        b"POST /function/echo/x HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: foo\r\n\
+          Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+        Duration::from_secs(10),
+    );
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+    let head = answer.split("\r\n\r\n").next().unwrap_or("");
+    assert!(
+        head.to_ascii_lowercase().contains("connection: close"),
+        "{head}"
+    );
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or("");
+    let echoed: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(echoed["body_bytes"], 11, "{echoed}");
+    assert_eq!(
+        echoed["body_sha256"], "b94d27b9934d3e08a52e52d7da7dabfac484efe37a5380ee9088f7ace2efcde9",
+        "not the decoded \"hello world\": {echoed}"
+    );
+}
+
+#[test]
+fn a_bodyless_upgrade_request_is_answered_and_its_connection_closed() {
+    let gw = echo_gateway("");
+    let answer = raw(
+        gw.addr,
+        b"GET /function/echo/ws HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        Duration::from_secs(10),
+    );
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+    assert!(
+        answer.to_ascii_lowercase().contains("connection: close"),
+        "{answer}"
+    );
+}

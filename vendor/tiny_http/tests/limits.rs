@@ -944,3 +944,92 @@ fn emfile_child() {
         .expect("server no longer serves after accept errors");
     assert_eq!(resp.body, b"hello");
 }
+
+/// Upgrades a bodyless upgrade request and echoes the stream; answers any other request with
+/// the body it read.
+fn upgrade_or_echo(mut rq: Request) {
+    let has = |name: &'static str| rq.headers().iter().any(|h| h.field.equiv(name));
+    if has("Upgrade") && !has("Content-Length") && !has("Transfer-Encoding") {
+        thread::spawn(move || {
+            let mut stream = rq.upgrade("echo", Response::empty(101));
+            let mut buf = [0u8; 64];
+            while let Ok(n) = stream.read(&mut buf) {
+                if n == 0 || stream.write_all(&buf[..n]).is_err() || stream.flush().is_err() {
+                    break;
+                }
+            }
+        });
+        return;
+    }
+    let mut body = Vec::new();
+    match rq.as_reader().read_to_end(&mut body) {
+        Ok(_) => {
+            let _ = rq.respond(Response::from_data(body));
+        }
+        Err(_) => {
+            let _ = rq.respond(Response::empty(400));
+        }
+    }
+}
+
+#[test]
+fn an_upgrade_request_with_a_body_is_an_ordinary_request() {
+    let (_server, addr) = start(Limits::default(), upgrade_or_echo);
+    let mut s = connect(addr);
+    s.write_all(
+        b"POST /u HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: echo\r\n\
+          Content-Length: 5\r\n\r\nhelloAND-MORE-THAT-IS-NOT-THE-BODY",
+    )
+    .unwrap();
+    let mut r = BufReader::new(s);
+    let resp = read_response(&mut r).unwrap();
+    assert_eq!(resp.status, 200);
+    assert_eq!(
+        resp.body, b"hello",
+        "the body is exactly the declared length"
+    );
+    assert_eq!(resp.header("Connection"), Some("close"));
+    assert!(read_until_closed(&mut r).1);
+
+    // chunked: decoded, not the raw framing
+    let mut s = connect(addr);
+    s.write_all(
+        b"POST /u HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: echo\r\n\
+          Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
+    )
+    .unwrap();
+    let resp = read_response(&mut BufReader::new(s)).unwrap();
+    assert_eq!(resp.body, b"abcde");
+}
+
+#[test]
+fn a_truncated_body_is_answered_400_even_on_an_upgrade_request() {
+    let (_server, addr) = start(Limits::default(), upgrade_or_echo);
+    for upgrade in ["", "Connection: upgrade\r\nUpgrade: echo\r\n"] {
+        let mut s = connect(addr);
+        write!(
+            s,
+            "POST /t HTTP/1.1\r\nHost: x\r\n{upgrade}Content-Length: 100\r\n\r\n0123456789"
+        )
+        .unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        let resp = read_response(&mut BufReader::new(s)).unwrap();
+        assert_eq!(resp.status, 400, "{upgrade:?}");
+    }
+}
+
+#[test]
+fn a_bodyless_upgrade_request_hands_over_the_stream() {
+    let (_server, addr) = start(Limits::default(), upgrade_or_echo);
+    let mut s = connect(addr);
+    s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n")
+        .unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let resp = read_response(&mut r).unwrap();
+    assert_eq!(resp.status, 101);
+    assert_eq!(resp.header("Upgrade"), Some("echo"));
+    s.write_all(b"ping").unwrap();
+    let mut echoed = [0u8; 4];
+    r.read_exact(&mut echoed).unwrap();
+    assert_eq!(&echoed, b"ping");
+}
