@@ -307,3 +307,68 @@ fn a_bodyless_upgrade_request_is_answered_and_its_connection_closed() {
         "{answer}"
     );
 }
+
+/// The path the echo function says it was called with.
+fn echoed_path(response: &RawResponse) -> String {
+    let echoed: serde_json::Value = serde_json::from_slice(&response.body)
+        .unwrap_or_else(|e| panic!("{e}: {:?}", String::from_utf8_lossy(&response.body)));
+    echoed["path"].as_str().unwrap_or_default().to_owned()
+}
+
+#[test]
+fn pipelined_requests_are_run_one_after_another_and_answered_in_order() {
+    let gw = recording_gateway("");
+    assert_eq!(get(&gw.url("/function/echo/warm")).status, 200);
+    let mut conn = RawConn::open(gw.addr, Duration::from_secs(20));
+    conn.send(
+        b"GET /function/echo/sleep/1 HTTP/1.1\r\nHost: t\r\n\r\n\
+          POST /function/echo/quick-post HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello\
+          GET /function/echo/quick-get HTTP/1.1\r\nHost: t\r\n\r\n",
+    )
+    .unwrap();
+    // Well within the slow call: the quick ones must not have been started beside it.
+    thread::sleep(Duration::from_millis(600));
+    let early = received(&gw);
+    assert!(
+        !early.iter().any(|p| p.starts_with("/quick")),
+        "started while the first was running: {early:?}"
+    );
+    let order: Vec<String> = (0..3)
+        .map(|_| echoed_path(&conn.response().unwrap()))
+        .collect();
+    assert_eq!(order, ["/sleep/1", "/quick-post", "/quick-get"]);
+    assert_eq!(
+        received(&gw),
+        ["/warm", "/sleep/1", "/quick-post", "/quick-get"]
+    );
+}
+
+#[test]
+fn one_pipelining_connection_has_one_call_in_flight_at_a_time() {
+    const CALLS: usize = 50;
+    let gw = Defrost::start(&echo_function(
+        "echo",
+        "CONCURRENCY_FILE = \"$DIR/most\"",
+        "",
+    ));
+    assert_eq!(get(&gw.url("/function/echo/warm")).status, 200);
+    let mut conn = RawConn::open(gw.addr, Duration::from_secs(30));
+    let mut pipeline = Vec::new();
+    for i in 0..CALLS {
+        pipeline.extend_from_slice(
+            format!("GET /function/echo/sleep/0.02/{i} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes(),
+        );
+    }
+    conn.send(&pipeline).unwrap();
+    let paths: Vec<String> = (0..CALLS)
+        .map(|_| echoed_path(&conn.response().unwrap()))
+        .collect();
+    let expected: Vec<String> = (0..CALLS).map(|i| format!("/sleep/0.02/{i}")).collect();
+    assert_eq!(paths, expected, "answered out of order");
+    let most = std::fs::read_to_string(gw.dir.path().join("most")).unwrap_or_default();
+    assert_eq!(
+        most.trim(),
+        "1",
+        "calls in progress at once at the function"
+    );
+}

@@ -11,17 +11,32 @@ GET  /healthz        ready check (after READY_DELAY_MS, if set)
 *    anything else   200, JSON of method, path (with query), headers, body length, body sha256
 If STARTS_FILE is set, appends one line per process start to it.
 If REQUESTS_FILE is set, appends one line per request (other than /healthz) as it arrives.
+If CONCURRENCY_FILE is set, keeps in it the most requests (other than /healthz) it has had in
+progress at once; a request stops counting just before its answer is sent.
 """
 import hashlib
 import json
 import os
 import socket
 import sys
+import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 STARTED = time.monotonic()
 READY_DELAY = float(os.environ.get("READY_DELAY_MS", "0")) / 1000.0
+IN_PROGRESS = {"now": 0, "most": 0}
+IN_PROGRESS_LOCK = threading.Lock()
+
+
+def count_in_progress(change):
+    """Adds change to the requests in progress, recording a new most in CONCURRENCY_FILE."""
+    with IN_PROGRESS_LOCK:
+        IN_PROGRESS["now"] += change
+        if IN_PROGRESS["now"] > IN_PROGRESS["most"]:
+            IN_PROGRESS["most"] = IN_PROGRESS["now"]
+            with open(os.environ["CONCURRENCY_FILE"], "w") as f:
+                f.write("%d\n" % IN_PROGRESS["most"])
 
 
 class Echo(BaseHTTPRequestHandler):
@@ -37,6 +52,9 @@ class Echo(BaseHTTPRequestHandler):
         if self.path != "/healthz" and os.environ.get("REQUESTS_FILE"):
             with open(os.environ["REQUESTS_FILE"], "a") as f:
                 f.write("%s\n" % self.path)
+        self.counted = self.path != "/healthz" and bool(os.environ.get("CONCURRENCY_FILE"))
+        if self.counted:
+            count_in_progress(1)
         if self.path == "/healthz":
             if time.monotonic() - STARTED < READY_DELAY:
                 return self.reply(503, b"warming up\n", "text/plain")
@@ -104,6 +122,9 @@ class Echo(BaseHTTPRequestHandler):
             n -= len(piece)
 
     def reply(self, status, body, content_type, extra=None):
+        if getattr(self, "counted", False):
+            self.counted = False
+            count_in_progress(-1)
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))

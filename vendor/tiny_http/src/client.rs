@@ -302,6 +302,9 @@ impl ClientConnection {
         {
             return Quick::Slow;
         }
+        // a response still being written: the next request waits for it on a thread that
+        // may block (see `next_request`)
+        let answering = self.shared.outstanding() > 0;
         let Some(reader) = self.reader.as_mut() else {
             return Quick::Slow;
         };
@@ -314,7 +317,7 @@ impl ClientConnection {
                 Err(_) => return Quick::Closed,
             }
         }
-        if !head_complete(reader.buffer()) {
+        if answering || !head_complete(reader.buffer()) {
             return Quick::Slow;
         }
         self.may_block = false;
@@ -415,6 +418,8 @@ impl ClientConnection {
     /// Blocks until the header has been read.
     fn next_request(&mut self) -> Result<Request, End> {
         let mut reader = self.take_reader()?;
+        // one request at a time: the previous response is written before the next is read
+        self.shared.wait_responses();
         if self.no_more_requests || self.shared.must_close() {
             return Err(End::Linger(reader));
         }

@@ -21,20 +21,14 @@ use crate::{HTTPVersion, Header, Method, Response, StatusCode};
 ///
 /// # Pipelining
 ///
-/// If a client sends multiple requests in a row (without waiting for the response), then you will
-/// get multiple `Request` objects simultaneously. This is called *requests pipelining*.
-/// Tiny-http automatically reorders the responses so that you don't need to worry about the order
-/// in which you call `respond` or `into_writer`.
+/// If a client sends multiple requests in a row (without waiting for the response), they are
+/// handed out one at a time: the next request of a connection is only read once the response
+/// to the previous one has been written (its writer dropped). A connection therefore never
+/// has more than one request in progress, and its responses go out in order. (tiny_http 0.12
+/// handed pipelined requests out together, to be handled in parallel.)
 ///
-/// This mechanic is disabled if:
-///
-///  - The body of a request is large enough (handling requires pipelining requires storing the
-///    body of the request in a buffer ; if the body is too big, tiny-http will avoid doing that)
-///  - A request sends a `Expect: 100-continue` header (which means that the client waits to
-///    know whether its body will be processed before sending it)
-///  - A request sends a `Connection: close` header or `Connection: upgrade` header (used for
-///    websockets), which indicates that this is the last request that will be received on this
-///    connection
+/// The connection is closed after a request that sends `Connection: close`, or
+/// `Connection: upgrade` (used for websockets).
 ///
 /// # Automatic cleanup
 ///

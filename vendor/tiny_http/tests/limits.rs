@@ -1033,3 +1033,40 @@ fn a_bodyless_upgrade_request_hands_over_the_stream() {
     r.read_exact(&mut echoed).unwrap();
     assert_eq!(&echoed, b"ping");
 }
+
+#[test]
+fn pipelined_requests_are_handed_out_one_at_a_time() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static NOW: AtomicUsize = AtomicUsize::new(0);
+    static MOST: AtomicUsize = AtomicUsize::new(0);
+    fn slow(rq: Request) {
+        let now = NOW.fetch_add(1, Ordering::SeqCst) + 1;
+        MOST.fetch_max(now, Ordering::SeqCst);
+        // answered on another thread, as a server with a pool of workers would
+        thread::spawn(move || {
+            thread::sleep(Duration::from_millis(50));
+            NOW.fetch_sub(1, Ordering::SeqCst);
+            let url = rq.url().to_owned();
+            let _ = rq.respond(Response::from_string(url));
+        });
+    }
+    let (_server, addr) = start(Limits::default(), slow);
+    let mut s = connect(addr);
+    let mut pipeline = String::new();
+    for i in 0..5 {
+        pipeline.push_str(&format!(
+            "POST /{i} HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nab"
+        ));
+    }
+    s.write_all(pipeline.as_bytes()).unwrap();
+    let mut r = BufReader::new(s);
+    for i in 0..5 {
+        let resp = read_response(&mut r).unwrap();
+        assert_eq!(resp.body, format!("/{i}").as_bytes());
+    }
+    assert_eq!(
+        MOST.load(Ordering::SeqCst),
+        1,
+        "requests handed out at once"
+    );
+}

@@ -8,7 +8,7 @@ use std::convert::TryFrom;
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::connection::Connection;
@@ -71,6 +71,11 @@ pub(crate) struct ConnShared {
     outstanding: AtomicUsize,
     /// When the last response writer was dropped (start of the keep-alive idle period).
     last_done: Mutex<Instant>,
+    /// Threads waiting in [`ConnShared::wait_responses`]; with none, a finished response
+    /// wakes nobody (no syscall).
+    waiters: AtomicUsize,
+    /// Signalled (under `last_done`) when the last outstanding response is done.
+    all_done: Condvar,
     _slot: ConnSlot,
 }
 
@@ -82,6 +87,8 @@ impl ConnShared {
             close: AtomicBool::new(false),
             outstanding: AtomicUsize::new(0),
             last_done: Mutex::new(Instant::now()),
+            waiters: AtomicUsize::new(0),
+            all_done: Condvar::new(),
             _slot: slot,
         }
     }
@@ -99,8 +106,30 @@ impl ConnShared {
     }
 
     pub(crate) fn response_done(&self) {
-        *lock(&self.last_done) = Instant::now();
-        self.outstanding.fetch_sub(1, Ordering::AcqRel);
+        {
+            let mut last = lock(&self.last_done);
+            *last = Instant::now();
+            self.outstanding.fetch_sub(1, Ordering::AcqRel);
+        }
+        if self.waiters.load(Ordering::SeqCst) > 0 {
+            self.all_done.notify_all();
+        }
+    }
+
+    /// Blocks until every response handed out so far has been written (its writer dropped).
+    /// The next request of a connection is only read then: a client that pipelines gets its
+    /// requests run one after another, in order, never several at once.
+    pub(crate) fn wait_responses(&self) {
+        if self.outstanding() == 0 {
+            return;
+        }
+        self.waiters.fetch_add(1, Ordering::SeqCst);
+        let mut last = lock(&self.last_done);
+        while self.outstanding() > 0 {
+            last = self.all_done.wait(last).unwrap_or_else(|e| e.into_inner());
+        }
+        drop(last);
+        self.waiters.fetch_sub(1, Ordering::SeqCst);
     }
 
     pub(crate) fn outstanding(&self) -> usize {
