@@ -372,3 +372,91 @@ fn one_pipelining_connection_has_one_call_in_flight_at_a_time() {
         "calls in progress at once at the function"
     );
 }
+
+/// Opens a keep-alive connection and makes one call on it, leaving it idle.
+fn idle_after_one_call(gw: &Defrost, path: &str) -> RawConn {
+    let mut conn = RawConn::open(gw.addr, Duration::from_secs(20));
+    conn.send(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+        .unwrap();
+    let answer = conn.response().unwrap();
+    assert_eq!(
+        answer.status,
+        200,
+        "{:?}",
+        String::from_utf8_lossy(&answer.body)
+    );
+    conn
+}
+
+/// True if the server closed the connection; waits a moment at most.
+fn was_closed(conn: &mut RawConn) -> bool {
+    conn.reader
+        .get_ref()
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    conn.closed_by_server()
+}
+
+#[test]
+fn idle_keep_alive_connections_make_room_for_new_clients() {
+    const LIMIT: usize = 32;
+    let gw = echo_gateway(&format!("max_connections = {LIMIT}"));
+    let warm = raw(
+        gw.addr,
+        b"GET /function/echo/warm HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(20),
+    );
+    assert!(warm.starts_with("HTTP/1.1 200"), "{warm}");
+    thread::sleep(Duration::from_millis(300));
+    let mut idle: Vec<RawConn> = (0..LIMIT)
+        .map(|_| idle_after_one_call(&gw, "/function/echo/idle"))
+        .collect();
+
+    // Every slot is held by an idle client: new clients are served all the same.
+    let newcomers: Vec<RawConn> = (0..10)
+        .map(|_| idle_after_one_call(&gw, "/function/echo/new"))
+        .collect();
+
+    idle.retain_mut(|conn| !was_closed(conn));
+    assert_eq!(
+        idle.len(),
+        LIMIT - 10,
+        "idle connections closed to make room"
+    );
+    for conn in &mut idle {
+        conn.reader
+            .get_ref()
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        conn.send(b"GET /function/echo/again HTTP/1.1\r\nHost: t\r\n\r\n")
+            .unwrap();
+        assert_eq!(
+            conn.response().unwrap().status,
+            200,
+            "a kept connection broke"
+        );
+    }
+    drop(newcomers);
+}
+
+#[test]
+fn a_connection_with_a_call_in_progress_is_never_reclaimed() {
+    let gw = echo_gateway("max_connections = 4");
+    assert_eq!(get(&gw.url("/function/echo/warm")).status, 200);
+    thread::sleep(Duration::from_millis(300));
+    // The oldest connection, but busy: its call takes a while.
+    let mut busy = RawConn::open(gw.addr, Duration::from_secs(20));
+    busy.send(b"GET /function/echo/sleep/2 HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    thread::sleep(Duration::from_millis(300));
+    let mut held: Vec<RawConn> = (0..3)
+        .map(|_| idle_after_one_call(&gw, "/function/echo/idle"))
+        .collect();
+    // More newcomers than idle connections: the idle ones, then the newcomers themselves once
+    // idle, make room; the busy one never does.
+    for _ in 0..5 {
+        held.push(idle_after_one_call(&gw, "/function/echo/new"));
+    }
+    let answer = busy.response().expect("the busy connection was closed");
+    assert_eq!(answer.status, 200);
+}

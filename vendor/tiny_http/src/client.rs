@@ -289,6 +289,21 @@ impl ClientConnection {
         matches!(reader.fill_buf(), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
 
+    /// When the connection, parked in the idle set, became idle, if it may be closed to make
+    /// room for a new one: it has been answered at least once, has no request in progress,
+    /// nothing buffered and nothing arrived. A connection that has not sent its first request
+    /// yet is not taken: its client may be about to.
+    #[cfg(target_os = "linux")]
+    pub(crate) fn idle_since(&mut self) -> Option<Instant> {
+        if self.requests == 0 || self.shared.outstanding() > 0 || !self.waits_idle(false) {
+            return None;
+        }
+        if crate::util::conn::has_arrived(&self.shared.sock) {
+            return None;
+        }
+        Some(self.shared.last_done())
+    }
+
     /// Reads the next request if its head has fully arrived, without ever blocking; for a
     /// thread that serves many connections.
     pub(crate) fn quick(&mut self) -> Quick {

@@ -1070,3 +1070,36 @@ fn pipelined_requests_are_handed_out_one_at_a_time() {
         "requests handed out at once"
     );
 }
+
+#[test]
+fn the_longest_idle_connection_gives_way_at_the_limit() {
+    let limits = Limits {
+        max_connections: 2,
+        ..Limits::default()
+    };
+    let (_server, addr) = start(limits, hello);
+    let ask = |r: &mut BufReader<TcpStream>| {
+        r.get_mut()
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        read_response(r).unwrap()
+    };
+    let mut oldest = BufReader::new(connect(addr));
+    assert_eq!(ask(&mut oldest).status, 200);
+    thread::sleep(Duration::from_millis(20));
+    let mut younger = BufReader::new(connect(addr));
+    assert_eq!(ask(&mut younger).status, 200);
+
+    let mut newcomer = BufReader::new(connect(addr));
+    assert_eq!(ask(&mut newcomer).status, 200);
+    let (rest, closed) = read_until_closed(&mut oldest);
+    assert!(
+        closed && rest.is_empty(),
+        "the oldest idle connection was not closed quietly"
+    );
+    assert_eq!(
+        ask(&mut younger).status,
+        200,
+        "the younger one was closed too"
+    );
+}

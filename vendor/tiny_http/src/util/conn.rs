@@ -184,7 +184,7 @@ impl Read for ReadHalf {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let timeout = match self.mode {
             #[cfg(unix)]
-            ReadMode::NonBlocking => return recv_nonblocking(&self.sock, buf),
+            ReadMode::NonBlocking => return recv_nonblocking(&self.sock, buf, 0),
             #[cfg(not(unix))]
             ReadMode::NonBlocking => None,
             ReadMode::Timeout(t) => t,
@@ -211,10 +211,22 @@ impl Read for ReadHalf {
     }
 }
 
-/// One `recv` that does not wait, whatever the socket's own blocking mode and timeout.
+/// True when something has arrived on the socket (data, or the client's end of stream) that
+/// nobody has read yet; nothing is taken off the socket.
+#[cfg(unix)]
+pub(crate) fn has_arrived(sock: &Connection) -> bool {
+    let mut byte = [0u8; 1];
+    !matches!(
+        recv_nonblocking(sock, &mut byte, libc::MSG_PEEK),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock
+    )
+}
+
+/// One `recv` that does not wait, whatever the socket's own blocking mode and timeout, with
+/// these `flags` besides.
 #[cfg(unix)]
 #[allow(unsafe_code)]
-fn recv_nonblocking(sock: &Connection, buf: &mut [u8]) -> io::Result<usize> {
+fn recv_nonblocking(sock: &Connection, buf: &mut [u8], flags: libc::c_int) -> io::Result<usize> {
     use std::os::unix::io::AsRawFd;
     loop {
         // SAFETY: the descriptor stays open while `sock` is borrowed, and `buf` is valid for
@@ -224,7 +236,7 @@ fn recv_nonblocking(sock: &Connection, buf: &mut [u8]) -> io::Result<usize> {
                 sock.as_raw_fd(),
                 buf.as_mut_ptr().cast(),
                 buf.len(),
-                libc::MSG_DONTWAIT,
+                libc::MSG_DONTWAIT | flags,
             )
         };
         if n >= 0 {
