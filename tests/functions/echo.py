@@ -8,6 +8,7 @@ GET  /healthz        ready check (after READY_DELAY_MS, if set)
 *    /status/N       answers with status N
 *    /garbage        answers bytes that are not HTTP, then closes
 *    /truncate/N     declares N bytes, sends half of them, then closes
+*    /header-utf8    answers headers whose values hold bytes beyond ASCII (see NON_ASCII_HEADERS)
 *    anything else   200, JSON of method, path (with query), headers, body length, body sha256
 If STARTS_FILE is set, appends one line per process start to it.
 If REQUESTS_FILE is set, appends one line per request (other than /healthz) as it arrives.
@@ -25,6 +26,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 STARTED = time.monotonic()
 READY_DELAY = float(os.environ.get("READY_DELAY_MS", "0")) / 1000.0
+# Header values as bytes on the wire: UTF-8 in a filename, and a lone Latin-1 byte, between
+# plain ones (order matters). http.server sends header text as Latin-1, byte for byte.
+NON_ASCII_HEADERS = [
+    ("X-Before", b"1"),
+    ("Content-Disposition", 'attachment; filename="na\u00efve.txt"'.encode("utf-8")),
+    ("X-Latin1", b"caf\xe9"),
+    ("X-After", b"2"),
+]
 IN_PROGRESS = {"now": 0, "most": 0}
 IN_PROGRESS_LOCK = threading.Lock()
 
@@ -69,6 +78,9 @@ class Echo(BaseHTTPRequestHandler):
             self.wfile.write(b"this is not HTTP at all\r\n\r\n")
             self.close_connection = True
             return
+        if self.path.startswith("/header-utf8"):
+            extra = {name: value.decode("latin-1") for name, value in NON_ASCII_HEADERS}
+            return self.reply(200, b"ok\n", "text/plain", extra)
         if self.path.startswith("/truncate/"):
             n = int(self.path.split("/")[2])
             self.send_response(200)

@@ -118,7 +118,7 @@ use util::Popped;
 pub use common::{HTTPVersion, Header, HeaderField, Method, StatusCode};
 pub use connection::{ConfigListenAddr, ListenAddr, Listener};
 pub use request::{ReadWrite, Request};
-pub use response::{Response, ResponseBox};
+pub use response::{InvalidHeader, Response, ResponseBox};
 pub use test::TestRequest;
 
 mod client;

@@ -1103,3 +1103,38 @@ fn the_longest_idle_connection_gives_way_at_the_limit() {
         "the younger one was closed too"
     );
 }
+
+#[test]
+fn header_bytes_beyond_ascii_are_sent_exactly_and_in_order() {
+    fn answer(rq: Request) {
+        let mut response = Response::from_string("ok");
+        response.add_header_bytes(b"X-A", b"1").unwrap();
+        response
+            .add_header_bytes(b"Content-Disposition", "filename=\"na\u{ef}ve\"".as_bytes())
+            .unwrap();
+        response.add_header_bytes(b"X-B", b"caf\xe9").unwrap();
+        // what would split the head is refused
+        assert!(response
+            .add_header_bytes(b"X-Bad", b"a\r\nX-Injected: 1")
+            .is_err());
+        assert!(response.add_header_bytes(b"X-Bad", b"a\0b").is_err());
+        assert!(response.add_header_bytes(b"Bad Name", b"x").is_err());
+        // headers that cannot be changed stay so, ASCII or not
+        response.add_header_bytes(b"Connection", b"\xff").unwrap();
+        let _ = rq.respond(response);
+    }
+    let (_server, addr) = start(Limits::default(), answer);
+    let mut s = connect(addr);
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let (raw, _) = read_until_closed(&mut s);
+    let wanted: &[u8] =
+        b"X-A: 1\r\nContent-Disposition: filename=\"na\xc3\xafve\"\r\nX-B: caf\xe9\r\n";
+    assert!(
+        raw.windows(wanted.len()).any(|w| w == wanted),
+        "{:?}",
+        String::from_utf8_lossy(&raw)
+    );
+    assert!(!raw.windows(11).any(|w| w == b"X-Injected:"));
+    assert!(!raw.windows(6).any(|w| w == b"\xff\r\n"));
+}
