@@ -212,3 +212,251 @@ fn a_body_that_never_finishes_is_cut_off() {
     }
     assert_eq!(get(&gw.url("/function/echo")).status, 200);
 }
+
+/// A gateway whose echo function records every request it receives in `$DIR/requests`.
+fn recording_gateway(gateway_settings: &str) -> Defrost {
+    Defrost::start(&format!(
+        "[gateway]\n{gateway_settings}\n{}",
+        echo_function("echo", "REQUESTS_FILE = \"$DIR/requests\"", "")
+    ))
+}
+
+/// The paths the recording echo function has received, in arrival order.
+fn received(gw: &Defrost) -> Vec<String> {
+    std::fs::read_to_string(gw.dir.path().join("requests"))
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn an_upgrade_request_with_a_truncated_body_is_refused_and_never_run() {
+    let mut gw = recording_gateway("read_timeout = \"5s\"");
+    assert_eq!(get(&gw.url("/function/echo/warm")).status, 200);
+    let pid = gw.child.id();
+
+    // Declares 100 bytes, sends 10, then stops sending for good.
+    let mut stream = TcpStream::connect(gw.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream
+        .write_all(
+            b"POST /function/echo/x HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\n\
+              Upgrade: foo\r\nContent-Length: 100\r\n\r\n0123456789",
+        )
+        .unwrap();
+    stream.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer:?}");
+
+    // Nothing left running for it: the gateway is idle, not spinning on a dead socket.
+    let before = cpu_ticks(pid);
+    thread::sleep(Duration::from_secs(1));
+    let used = cpu_ticks(pid) - before;
+    assert!(used < 50, "the gateway used {used} ticks of CPU while idle");
+
+    assert_eq!(get(&gw.url("/function/echo/after")).status, 200);
+    assert_eq!(received(&gw), ["/warm", "/after"], "the truncated call ran");
+    let asked = Instant::now();
+    assert!(gw.terminate().is_some(), "SIGTERM did not stop the gateway");
+    assert!(
+        asked.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        asked.elapsed()
+    );
+}
+
+#[test]
+fn a_chunked_upgrade_request_body_reaches_the_function_decoded() {
+    let gw = echo_gateway("");
+    let answer = raw(
+        gw.addr,
+        b"POST /function/echo/x HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: foo\r\n\
+          Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+        Duration::from_secs(10),
+    );
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+    let head = answer.split("\r\n\r\n").next().unwrap_or("");
+    assert!(
+        head.to_ascii_lowercase().contains("connection: close"),
+        "{head}"
+    );
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or("");
+    let echoed: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(echoed["body_bytes"], 11, "{echoed}");
+    assert_eq!(
+        echoed["body_sha256"], "b94d27b9934d3e08a52e52d7da7dabfac484efe37a5380ee9088f7ace2efcde9",
+        "not the decoded \"hello world\": {echoed}"
+    );
+}
+
+#[test]
+fn a_bodyless_upgrade_request_is_answered_and_its_connection_closed() {
+    let gw = echo_gateway("");
+    let answer = raw(
+        gw.addr,
+        b"GET /function/echo/ws HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        Duration::from_secs(10),
+    );
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+    assert!(
+        answer.to_ascii_lowercase().contains("connection: close"),
+        "{answer}"
+    );
+}
+
+/// The path the echo function says it was called with.
+fn echoed_path(response: &RawResponse) -> String {
+    let echoed: serde_json::Value = serde_json::from_slice(&response.body)
+        .unwrap_or_else(|e| panic!("{e}: {:?}", String::from_utf8_lossy(&response.body)));
+    echoed["path"].as_str().unwrap_or_default().to_owned()
+}
+
+#[test]
+fn pipelined_requests_are_run_one_after_another_and_answered_in_order() {
+    let gw = recording_gateway("");
+    assert_eq!(get(&gw.url("/function/echo/warm")).status, 200);
+    let mut conn = RawConn::open(gw.addr, Duration::from_secs(20));
+    conn.send(
+        b"GET /function/echo/sleep/1 HTTP/1.1\r\nHost: t\r\n\r\n\
+          POST /function/echo/quick-post HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello\
+          GET /function/echo/quick-get HTTP/1.1\r\nHost: t\r\n\r\n",
+    )
+    .unwrap();
+    // Well within the slow call: the quick ones must not have been started beside it.
+    thread::sleep(Duration::from_millis(600));
+    let early = received(&gw);
+    assert!(
+        !early.iter().any(|p| p.starts_with("/quick")),
+        "started while the first was running: {early:?}"
+    );
+    let order: Vec<String> = (0..3)
+        .map(|_| echoed_path(&conn.response().unwrap()))
+        .collect();
+    assert_eq!(order, ["/sleep/1", "/quick-post", "/quick-get"]);
+    assert_eq!(
+        received(&gw),
+        ["/warm", "/sleep/1", "/quick-post", "/quick-get"]
+    );
+}
+
+#[test]
+fn one_pipelining_connection_has_one_call_in_flight_at_a_time() {
+    const CALLS: usize = 50;
+    let gw = Defrost::start(&echo_function(
+        "echo",
+        "CONCURRENCY_FILE = \"$DIR/most\"",
+        "",
+    ));
+    assert_eq!(get(&gw.url("/function/echo/warm")).status, 200);
+    let mut conn = RawConn::open(gw.addr, Duration::from_secs(30));
+    let mut pipeline = Vec::new();
+    for i in 0..CALLS {
+        pipeline.extend_from_slice(
+            format!("GET /function/echo/sleep/0.02/{i} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes(),
+        );
+    }
+    conn.send(&pipeline).unwrap();
+    let paths: Vec<String> = (0..CALLS)
+        .map(|_| echoed_path(&conn.response().unwrap()))
+        .collect();
+    let expected: Vec<String> = (0..CALLS).map(|i| format!("/sleep/0.02/{i}")).collect();
+    assert_eq!(paths, expected, "answered out of order");
+    let most = std::fs::read_to_string(gw.dir.path().join("most")).unwrap_or_default();
+    assert_eq!(
+        most.trim(),
+        "1",
+        "calls in progress at once at the function"
+    );
+}
+
+/// Opens a keep-alive connection and makes one call on it, leaving it idle.
+fn idle_after_one_call(gw: &Defrost, path: &str) -> RawConn {
+    let mut conn = RawConn::open(gw.addr, Duration::from_secs(20));
+    conn.send(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+        .unwrap();
+    let answer = conn.response().unwrap();
+    assert_eq!(
+        answer.status,
+        200,
+        "{:?}",
+        String::from_utf8_lossy(&answer.body)
+    );
+    conn
+}
+
+/// True if the server closed the connection; waits a moment at most.
+fn was_closed(conn: &mut RawConn) -> bool {
+    conn.reader
+        .get_ref()
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    conn.closed_by_server()
+}
+
+#[test]
+fn idle_keep_alive_connections_make_room_for_new_clients() {
+    const LIMIT: usize = 32;
+    let gw = echo_gateway(&format!("max_connections = {LIMIT}"));
+    let warm = raw(
+        gw.addr,
+        b"GET /function/echo/warm HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(20),
+    );
+    assert!(warm.starts_with("HTTP/1.1 200"), "{warm}");
+    thread::sleep(Duration::from_millis(300));
+    let mut idle: Vec<RawConn> = (0..LIMIT)
+        .map(|_| idle_after_one_call(&gw, "/function/echo/idle"))
+        .collect();
+
+    // Every slot is held by an idle client: new clients are served all the same.
+    let newcomers: Vec<RawConn> = (0..10)
+        .map(|_| idle_after_one_call(&gw, "/function/echo/new"))
+        .collect();
+
+    idle.retain_mut(|conn| !was_closed(conn));
+    assert_eq!(
+        idle.len(),
+        LIMIT - 10,
+        "idle connections closed to make room"
+    );
+    for conn in &mut idle {
+        conn.reader
+            .get_ref()
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        conn.send(b"GET /function/echo/again HTTP/1.1\r\nHost: t\r\n\r\n")
+            .unwrap();
+        assert_eq!(
+            conn.response().unwrap().status,
+            200,
+            "a kept connection broke"
+        );
+    }
+    drop(newcomers);
+}
+
+#[test]
+fn a_connection_with_a_call_in_progress_is_never_reclaimed() {
+    let gw = echo_gateway("max_connections = 4");
+    assert_eq!(get(&gw.url("/function/echo/warm")).status, 200);
+    thread::sleep(Duration::from_millis(300));
+    // The oldest connection, but busy: its call takes a while.
+    let mut busy = RawConn::open(gw.addr, Duration::from_secs(20));
+    busy.send(b"GET /function/echo/sleep/2 HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    thread::sleep(Duration::from_millis(300));
+    let mut held: Vec<RawConn> = (0..3)
+        .map(|_| idle_after_one_call(&gw, "/function/echo/idle"))
+        .collect();
+    // More newcomers than idle connections: the idle ones, then the newcomers themselves once
+    // idle, make room; the busy one never does.
+    for _ in 0..5 {
+        held.push(idle_after_one_call(&gw, "/function/echo/new"));
+    }
+    let answer = busy.response().expect("the busy connection was closed");
+    assert_eq!(answer.status, 200);
+}

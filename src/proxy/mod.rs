@@ -13,7 +13,7 @@ use std::io::{self, Read};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tiny_http::{Header, Request, Response, ResponseBox, StatusCode};
+use tiny_http::{Request, Response, ResponseBox, StatusCode};
 use ureq::http;
 use ureq::SendBody;
 
@@ -413,20 +413,6 @@ fn relay(response: http::Response<ureq::Body>, head: &OutgoingHead) -> ResponseB
         .get("content-length")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<usize>().ok());
-    let mut out: Vec<Header> = parts
-        .headers
-        .iter()
-        .filter(|(name, _)| {
-            !headers::is_hop_by_hop(name.as_str(), connection)
-                && !name.as_str().eq_ignore_ascii_case(X_CALL_ID)
-                && !name.as_str().eq_ignore_ascii_case(X_START_TIME)
-        })
-        .filter_map(|(name, value)| {
-            Header::from_bytes(name.as_str().as_bytes(), value.as_bytes()).ok()
-        })
-        .collect();
-    out.extend(Header::from_bytes(X_CALL_ID, head.head.call_id.as_bytes()).ok());
-    out.extend(Header::from_bytes(X_START_TIME, head.head.start_time.as_bytes()).ok());
     let mut reader = Relayed {
         body: body.into_reader(),
         remaining: length,
@@ -434,13 +420,36 @@ fn relay(response: http::Response<ureq::Body>, head: &OutgoingHead) -> ResponseB
     if length == Some(0) {
         reader.see_end();
     }
-    Response::new(
+    let mut response = Response::new(
         StatusCode(parts.status.as_u16()),
-        out,
+        Vec::new(),
         Box::new(reader) as Box<dyn Read + Send>,
         length,
         None,
-    )
+    );
+    let relayed = parts.headers.iter().filter(|(name, _)| {
+        !headers::is_hop_by_hop(name.as_str(), connection)
+            && !name.as_str().eq_ignore_ascii_case(X_CALL_ID)
+            && !name.as_str().eq_ignore_ascii_case(X_START_TIME)
+    });
+    let ours = [
+        (X_CALL_ID, &head.head.call_id),
+        (X_START_TIME, &head.head.start_time),
+    ];
+    let all = relayed
+        .map(|(name, value)| (name.as_str(), value))
+        .chain(ours);
+    for (name, value) in all {
+        // Values are bytes as the function sent them (UTF-8 in a file name is common): passed
+        // on exactly. The upstream client has already refused CR, LF and NUL in them.
+        if response
+            .add_header_bytes(name.as_bytes(), value.as_bytes())
+            .is_err()
+        {
+            log::debug!("dropped response header {name}: not valid in a response");
+        }
+    }
+    response
 }
 
 /// The function's response body, on its way to the client.

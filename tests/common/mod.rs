@@ -384,3 +384,122 @@ pub fn threads_of(pid: u32) -> usize {
 pub fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
 }
+
+/// CPU time the process has used so far (user + system), in clock ticks, from /proc.
+pub fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    // utime and stime are fields 14 and 15 of stat(5), the 12th and 13th after the name
+    let field = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    field(11) + field(12)
+}
+
+/// One response read off a raw connection, its head kept as the bytes that came.
+#[derive(Debug)]
+pub struct RawResponse {
+    pub status: u16,
+    /// `(name, value)` in the order they came, values as raw bytes.
+    pub headers: Vec<(String, Vec<u8>)>,
+    pub body: Vec<u8>,
+}
+
+impl RawResponse {
+    /// The first value of a header, as text (lossy).
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+    }
+
+    /// True if the response says the server closes the connection after it.
+    pub fn closes(&self) -> bool {
+        self.header("Connection")
+            .is_some_and(|v| v.eq_ignore_ascii_case("close"))
+    }
+}
+
+/// A client connection speaking raw HTTP/1.1, for keep-alive and pipelining.
+pub struct RawConn {
+    pub reader: BufReader<TcpStream>,
+}
+
+impl RawConn {
+    pub fn open(addr: SocketAddr, limit: Duration) -> RawConn {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(limit)).unwrap();
+        stream.set_write_timeout(Some(limit)).unwrap();
+        RawConn {
+            reader: BufReader::new(stream),
+        }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.reader.get_mut().write_all(bytes)
+    }
+
+    /// Reads one response with a `Content-Length` (or empty) body. `Err` with
+    /// `UnexpectedEof` when the connection was closed before a response began.
+    pub fn response(&mut self) -> std::io::Result<RawResponse> {
+        use std::io::{Error, ErrorKind};
+        let mut line = Vec::new();
+        self.reader.read_until(b'\n', &mut line)?;
+        if line.is_empty() {
+            return Err(Error::new(ErrorKind::UnexpectedEof, "closed, no response"));
+        }
+        let status = String::from_utf8_lossy(&line)
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| Error::new(ErrorKind::InvalidData, "bad status line"))?;
+        let mut headers = Vec::new();
+        loop {
+            line.clear();
+            self.reader.read_until(b'\n', &mut line)?;
+            let text = line.strip_suffix(b"\r\n").unwrap_or(&line);
+            if text.is_empty() {
+                break;
+            }
+            let colon = text
+                .iter()
+                .position(|&b| b == b':')
+                .ok_or_else(|| Error::new(ErrorKind::InvalidData, "bad header line"))?;
+            let name = String::from_utf8_lossy(&text[..colon]).into_owned();
+            let value = text[colon + 1..].trim_ascii().to_vec();
+            headers.push((name, value));
+        }
+        let mut response = RawResponse {
+            status,
+            headers,
+            body: Vec::new(),
+        };
+        let length: usize = response
+            .header("Content-Length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        response.body.resize(length, 0);
+        self.reader.read_exact(&mut response.body)?;
+        Ok(response)
+    }
+
+    /// True once the server has closed the connection: a read gives end-of-file (or a reset)
+    /// within the connection's read timeout, with nothing else before it.
+    pub fn closed_by_server(&mut self) -> bool {
+        let mut byte = [0u8; 1];
+        match self.reader.read(&mut byte) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+        }
+    }
+}

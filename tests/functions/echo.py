@@ -12,9 +12,12 @@ GET  /healthz        ready check (after READY_DELAY_MS, if set)
 *    /framing/headers/N  200 with N extra headers
 *    /framing/head-body  a body even when the method is HEAD, a moment after the head
 *    /framing/304    304 declaring a chunked body, and its last chunk a moment later
+*    /header-utf8    answers headers whose values hold bytes beyond ASCII (see NON_ASCII_HEADERS)
 *    anything else   200, JSON of method, path (with query), headers, body length, body sha256
 If STARTS_FILE is set, appends one line per process start to it.
 If REQUESTS_FILE is set, appends one line per request (other than /healthz) as it arrives.
+If CONCURRENCY_FILE is set, keeps in it the most requests (other than /healthz) it has had in
+progress at once; a request stops counting just before its answer is sent.
 If EXIT_AFTER_MS is set, exits with status 4 that long after starting (a crash loop).
 """
 import hashlib
@@ -22,11 +25,32 @@ import json
 import os
 import socket
 import sys
+import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 STARTED = time.monotonic()
 READY_DELAY = float(os.environ.get("READY_DELAY_MS", "0")) / 1000.0
+# Header values as bytes on the wire: UTF-8 in a filename, and a lone Latin-1 byte, between
+# plain ones (order matters). http.server sends header text as Latin-1, byte for byte.
+NON_ASCII_HEADERS = [
+    ("X-Before", b"1"),
+    ("Content-Disposition", 'attachment; filename="na\u00efve.txt"'.encode("utf-8")),
+    ("X-Latin1", b"caf\xe9"),
+    ("X-After", b"2"),
+]
+IN_PROGRESS = {"now": 0, "most": 0}
+IN_PROGRESS_LOCK = threading.Lock()
+
+
+def count_in_progress(change):
+    """Adds change to the requests in progress, recording a new most in CONCURRENCY_FILE."""
+    with IN_PROGRESS_LOCK:
+        IN_PROGRESS["now"] += change
+        if IN_PROGRESS["now"] > IN_PROGRESS["most"]:
+            IN_PROGRESS["most"] = IN_PROGRESS["now"]
+            with open(os.environ["CONCURRENCY_FILE"], "w") as f:
+                f.write("%d\n" % IN_PROGRESS["most"])
 
 
 class Echo(BaseHTTPRequestHandler):
@@ -42,6 +66,9 @@ class Echo(BaseHTTPRequestHandler):
         if self.path != "/healthz" and os.environ.get("REQUESTS_FILE"):
             with open(os.environ["REQUESTS_FILE"], "a") as f:
                 f.write("%s\n" % self.path)
+        self.counted = self.path != "/healthz" and bool(os.environ.get("CONCURRENCY_FILE"))
+        if self.counted:
+            count_in_progress(1)
         if self.path == "/healthz":
             if time.monotonic() - STARTED < READY_DELAY:
                 return self.reply(503, b"warming up\n", "text/plain")
@@ -56,6 +83,9 @@ class Echo(BaseHTTPRequestHandler):
             self.wfile.write(b"this is not HTTP at all\r\n\r\n")
             self.close_connection = True
             return
+        if self.path.startswith("/header-utf8"):
+            extra = {name: value.decode("latin-1") for name, value in NON_ASCII_HEADERS}
+            return self.reply(200, b"ok\n", "text/plain", extra)
         if self.path.startswith("/truncate/"):
             n = int(self.path.split("/")[2])
             self.send_response(200)
@@ -134,6 +164,9 @@ class Echo(BaseHTTPRequestHandler):
             n -= len(piece)
 
     def reply(self, status, body, content_type, extra=None):
+        if getattr(self, "counted", False):
+            self.counted = False
+            count_in_progress(-1)
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))

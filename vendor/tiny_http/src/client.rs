@@ -82,6 +82,9 @@ pub struct ClientConnection {
     // an ending found on a thread that must not block, for the connection thread to carry out
     pending_end: Option<End>,
 
+    // a request head read on a thread that must not block, whose body is still arriving
+    parsed: Option<Head>,
+
     // identifies the connection while it waits in the idle set, and whether it was ever there
     token: u64,
     watched: bool,
@@ -123,6 +126,9 @@ enum End {
     Linger(ConnReader),
     /// Answer with this status code, then close.
     Respond(u16, ConnReader),
+    /// Not an ending: a head was read on a thread that must not block and its small body
+    /// has not fully arrived; a connection thread carries on from the parsed head.
+    Defer,
 }
 
 /// Failure to read a request head.
@@ -231,6 +237,7 @@ impl ClientConnection {
             line: Vec::new(),
             may_block: true,
             pending_end: None,
+            parsed: None,
             token: NEXT_TOKEN.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             watched: false,
         }
@@ -264,6 +271,7 @@ impl ClientConnection {
         if self.finished()
             || self.no_more_requests
             || self.pending_end.is_some()
+            || self.parsed.is_some()
             || self.shared.must_close()
         {
             return false;
@@ -281,15 +289,37 @@ impl ClientConnection {
         matches!(reader.fill_buf(), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
 
+    /// When the connection, parked in the idle set, became idle, if it may be closed to make
+    /// room for a new one: it has been answered at least once, has no request in progress,
+    /// nothing buffered and nothing arrived. A connection that has not sent its first request
+    /// yet is not taken: its client may be about to.
+    #[cfg(target_os = "linux")]
+    pub(crate) fn idle_since(&mut self) -> Option<Instant> {
+        if self.requests == 0 || self.shared.outstanding() > 0 || !self.waits_idle(false) {
+            return None;
+        }
+        if crate::util::conn::has_arrived(&self.shared.sock) {
+            return None;
+        }
+        Some(self.shared.last_done())
+    }
+
     /// Reads the next request if its head has fully arrived, without ever blocking; for a
     /// thread that serves many connections.
     pub(crate) fn quick(&mut self) -> Quick {
         if self.finished() {
             return Quick::Closed;
         }
-        if self.no_more_requests || self.shared.must_close() || self.pending_end.is_some() {
+        if self.no_more_requests
+            || self.shared.must_close()
+            || self.pending_end.is_some()
+            || self.parsed.is_some()
+        {
             return Quick::Slow;
         }
+        // a response still being written: the next request waits for it on a thread that
+        // may block (see `next_request`)
+        let answering = self.shared.outstanding() > 0;
         let Some(reader) = self.reader.as_mut() else {
             return Quick::Slow;
         };
@@ -302,7 +332,7 @@ impl ClientConnection {
                 Err(_) => return Quick::Closed,
             }
         }
-        if !head_complete(reader.buffer()) {
+        if answering || !head_complete(reader.buffer()) {
             return Quick::Slow;
         }
         self.may_block = false;
@@ -311,6 +341,7 @@ impl ClientConnection {
         match next {
             Ok(rq) => Quick::Request(rq),
             Err(End::Quiet) => Quick::Closed,
+            Err(End::Defer) => Quick::Slow,
             Err(end) => {
                 self.pending_end = Some(end);
                 Quick::Slow
@@ -402,110 +433,70 @@ impl ClientConnection {
     /// Blocks until the header has been read.
     fn next_request(&mut self) -> Result<Request, End> {
         let mut reader = self.take_reader()?;
+        // one request at a time: the previous response is written before the next is read
+        self.shared.wait_responses();
         if self.no_more_requests || self.shared.must_close() {
             return Err(End::Linger(reader));
         }
 
-        let head = match self.read_head(&mut reader) {
-            Ok(head) => head,
-            Err(HeadError::Quiet) => return Err(End::Quiet),
-            Err(HeadError::Respond(status)) => return Err(End::Respond(status, reader)),
+        let head = match self.parsed.take() {
+            Some(head) => head,
+            None => match self.read_head(&mut reader) {
+                Ok(head) => head,
+                Err(HeadError::Quiet) => return Err(End::Quiet),
+                Err(HeadError::Respond(status)) => return Err(End::Respond(status, reader)),
+            },
         };
-        let Head {
-            method,
-            path,
-            version,
-            headers,
-        } = head;
 
         // body reads have their own timeout
         reader
             .get_mut()
             .set_mode(ReadMode::Timeout(non_zero(self.limits.read_timeout)));
 
-        // framing of the body
-        let find = |name: &'static str| find_headers(&headers, name);
-        let codings: Vec<&str> = find("Transfer-Encoding")
-            .flat_map(|h| h.value.as_str().split(','))
-            .map(str::trim)
-            .filter(|c| !c.is_empty())
-            .collect();
-        let chunked = match codings.as_slice() {
-            [] if find("Transfer-Encoding").next().is_none() => false,
-            [c] if c.eq_ignore_ascii_case("chunked") => {
-                if find("Content-Length").next().is_some() {
-                    // ambiguous framing (request smuggling)
-                    return Err(End::Respond(400, reader));
-                }
-                true
-            }
-            // other transfer codings are not supported
-            [.., last] if last.eq_ignore_ascii_case("chunked") => {
-                return Err(End::Respond(501, reader))
-            }
-            // the body length cannot be determined
-            _ => return Err(End::Respond(400, reader)),
+        let framing = match Framing::of(&head) {
+            Ok(framing) => framing,
+            Err(status) => return Err(End::Respond(status, reader)),
         };
-        let mut content_length: Option<u64> = None;
-        for h in find("Content-Length") {
-            match (parse_content_length(h.value.as_str()), content_length) {
-                (Some(v), None) => content_length = Some(v),
-                (Some(v), Some(prev)) if v == prev => (),
-                _ => return Err(End::Respond(400, reader)),
-            }
-        }
-        let body_length = match content_length.map(usize::try_from) {
+        let body_length = match framing.content_length.map(usize::try_from) {
             None => None,
             Some(Ok(n)) => Some(n),
             Some(Err(_)) => return Err(End::Respond(413, reader)),
         };
 
-        let expects_continue = match find("Expect").next() {
-            None => false,
-            Some(v) if v.value.as_str().eq_ignore_ascii_case("100-continue") => true,
-            Some(_) => return Err(End::Respond(417, reader)),
-        };
-
-        let mut upgrade = false;
-        let mut close = false;
-        let mut keep_alive = false;
-        for option in find("Connection").flat_map(|h| h.value.as_str().split(',')) {
-            let option = option.trim();
-            upgrade |= option.eq_ignore_ascii_case("upgrade");
-            close |= option.eq_ignore_ascii_case("close");
-            keep_alive |= option.eq_ignore_ascii_case("keep-alive");
-        }
-        let http10 = version == HTTPVersion(1, 0);
-        let close_after = close || upgrade || (http10 && (!keep_alive || chunked));
-
-        let body = if upgrade {
-            // the whole stream goes to the request, with no read timeout
+        let mut raw = None;
+        let body = if framing.upgrade && !framing.has_body() {
+            // the stream is handed over whole by `Request::upgrade`, with no read timeout;
+            // the request itself has no body
             reader.get_mut().set_mode(ReadMode::Timeout(None));
             self.upgraded = true;
-            Body::Reader(Box::new(reader))
-        } else if chunked {
+            raw = Some(Box::new(reader) as Box<dyn Read + Send>);
+            Body::Reader(Box::new(io::empty()))
+        } else if framing.chunked {
             Body::Conn(BodyReader::new(
                 reader,
                 BodyDecoder::Chunked(ChunkState::Size),
                 self.returned_tx.clone(),
             ))
         } else {
-            match content_length {
+            match framing.content_length {
                 None | Some(0) => {
                     self.reader = Some(reader);
                     Body::Reader(Box::new(io::empty()))
                 }
-                Some(n)
-                    if n <= PREREAD_BODY_BYTES
-                        && !expects_continue
-                        && (self.may_block || reader.buffer().len() as u64 >= n) =>
-                {
-                    // small enough: read it now, so that the next request can be parsed
+                Some(n) if n <= PREREAD_BODY_BYTES && !framing.expects_continue => {
+                    if !self.may_block && (reader.buffer().len() as u64) < n {
+                        // not all here yet: a thread that may block reads it
+                        self.parsed = Some(head);
+                        self.reader = Some(reader);
+                        return Err(End::Defer);
+                    }
+                    // small enough: read it now, so that a truncated body is refused before
+                    // anyone acts on the request
                     let mut buffer = vec![0; n as usize];
                     match reader.read_exact(&mut buffer) {
                         Ok(()) => (),
                         Err(e) if is_timeout(&e) => return Err(End::Respond(408, reader)),
-                        Err(_) => return Err(End::Quiet),
+                        Err(_) => return Err(End::Respond(400, reader)),
                     }
                     self.reader = Some(reader);
                     Body::Reader(Box::new(Cursor::new(buffer)))
@@ -519,9 +510,15 @@ impl ClientConnection {
         };
 
         self.requests += 1;
-        self.no_more_requests = close_after;
+        self.no_more_requests = framing.close_after;
 
         let writer = ResponseWriter::new(self.sink.next_writer(), self.shared.clone());
+        let Head {
+            method,
+            path,
+            version,
+            headers,
+        } = head;
         Ok(Request::from(ConnRequest {
             method,
             path,
@@ -529,11 +526,12 @@ impl ClientConnection {
             headers,
             remote_addr: self.remote_addr,
             body,
+            raw,
             body_length,
-            expects_continue,
+            expects_continue: framing.expects_continue,
             writer: Box::new(writer),
             conn: self.shared.clone(),
-            close_after,
+            close_after: framing.close_after,
         }))
     }
 
@@ -657,7 +655,7 @@ impl ClientConnection {
     fn finish(&mut self, end: End) {
         self.done = true;
         let reader = match end {
-            End::Quiet => return,
+            End::Quiet | End::Defer => return,
             End::Linger(reader) => {
                 // wait for the responses already promised
                 let mut writer = self.sink.next_writer();
@@ -712,6 +710,82 @@ struct Head {
     headers: Vec<Header>,
 }
 
+/// How a request's body is delimited and what its head says about the connection.
+struct Framing {
+    chunked: bool,
+    content_length: Option<u64>,
+    expects_continue: bool,
+    /// `Connection: upgrade`: the client wants the stream for another protocol.
+    upgrade: bool,
+    /// The connection ends after this request's response.
+    close_after: bool,
+}
+
+impl Framing {
+    /// Reads the framing from the head; `Err` is the status refusing an ambiguous or
+    /// unsupported one.
+    fn of(head: &Head) -> Result<Framing, u16> {
+        let find = |name: &'static str| find_headers(&head.headers, name);
+        let codings: Vec<&str> = find("Transfer-Encoding")
+            .flat_map(|h| h.value.as_str().split(','))
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .collect();
+        let chunked = match codings.as_slice() {
+            [] if find("Transfer-Encoding").next().is_none() => false,
+            [c] if c.eq_ignore_ascii_case("chunked") => {
+                if find("Content-Length").next().is_some() {
+                    // ambiguous framing (request smuggling)
+                    return Err(400);
+                }
+                true
+            }
+            // other transfer codings are not supported
+            [.., last] if last.eq_ignore_ascii_case("chunked") => return Err(501),
+            // the body length cannot be determined
+            _ => return Err(400),
+        };
+        let mut content_length: Option<u64> = None;
+        for h in find("Content-Length") {
+            match (parse_content_length(h.value.as_str()), content_length) {
+                (Some(v), None) => content_length = Some(v),
+                (Some(v), Some(prev)) if v == prev => (),
+                _ => return Err(400),
+            }
+        }
+
+        let expects_continue = match find("Expect").next() {
+            None => false,
+            Some(v) if v.value.as_str().eq_ignore_ascii_case("100-continue") => true,
+            Some(_) => return Err(417),
+        };
+
+        let mut upgrade = false;
+        let mut close = false;
+        let mut keep_alive = false;
+        for option in find("Connection").flat_map(|h| h.value.as_str().split(',')) {
+            let option = option.trim();
+            upgrade |= option.eq_ignore_ascii_case("upgrade");
+            close |= option.eq_ignore_ascii_case("close");
+            keep_alive |= option.eq_ignore_ascii_case("keep-alive");
+        }
+        let http10 = head.version == HTTPVersion(1, 0);
+        Ok(Framing {
+            chunked,
+            content_length,
+            expects_continue,
+            upgrade,
+            close_after: close || upgrade || (http10 && (!keep_alive || chunked)),
+        })
+    }
+
+    /// True if a body follows the head. An upgrade request with a body is served as an
+    /// ordinary request (its body framed like any other), and its connection closed after.
+    fn has_body(&self) -> bool {
+        self.chunked || self.content_length.is_some_and(|n| n > 0)
+    }
+}
+
 impl Iterator for ClientConnection {
     type Item = Request;
 
@@ -730,11 +804,15 @@ impl Iterator for ClientConnection {
             self.done = true;
             return None;
         }
-        match self.next_request() {
-            Ok(rq) => Some(rq),
-            Err(end) => {
-                self.finish(end);
-                None
+        loop {
+            match self.next_request() {
+                Ok(rq) => return Some(rq),
+                // this thread may block: carry on with the body
+                Err(End::Defer) => continue,
+                Err(end) => {
+                    self.finish(end);
+                    return None;
+                }
             }
         }
     }

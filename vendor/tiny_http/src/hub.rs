@@ -116,6 +116,16 @@ impl Hub {
         None
     }
 
+    /// Closes the connection idle the longest between two requests, to make room for a new
+    /// one; false if there is none (or no idle set).
+    pub(crate) fn reclaim_idle(&self) -> bool {
+        #[cfg(target_os = "linux")]
+        if let Some(idle) = &self.idle {
+            return idle.reclaim_oldest();
+        }
+        false
+    }
+
     /// Closes the idle connections and stops watching them.
     pub(crate) fn close(&self) {
         #[cfg(target_os = "linux")]

@@ -118,7 +118,7 @@ use util::Popped;
 pub use common::{HTTPVersion, Header, HeaderField, Method, StatusCode};
 pub use connection::{ConfigListenAddr, ListenAddr, Listener};
 pub use request::{ReadWrite, Request};
-pub use response::{Response, ResponseBox};
+pub use response::{InvalidHeader, Response, ResponseBox};
 pub use test::TestRequest;
 
 mod client;
@@ -209,10 +209,12 @@ pub struct SslConfig {
 /// means no limit.
 #[derive(Debug, Clone)]
 pub struct Limits {
-    /// Most client connections open at once (default 1024). A connection beyond it is
-    /// answered at once with `503 Service Unavailable`, `Retry-After: 1` and
-    /// `Connection: close` from the accepting thread (a single non-blocking write), then
-    /// closed, without starting a thread for it.
+    /// Most client connections open at once (default 1024). At the limit, the connection
+    /// that has waited idle the longest between two requests (answered, nothing in progress,
+    /// nothing sent since) is closed quietly to make room for the new one. When there is none,
+    /// the new connection is answered at once with `503 Service Unavailable`,
+    /// `Retry-After: 1` and `Connection: close` from the accepting thread (a single
+    /// non-blocking write), then closed, without starting a thread for it.
     pub max_connections: usize,
     /// Most bytes in a request head: request line and headers with their line ends
     /// (default 16 KiB). A larger head is answered with `431 Request Header Fields Too
@@ -558,7 +560,10 @@ fn accept_loop(
             break;
         }
 
-        if limits.max_connections > 0 && connections.load(Acquire) >= limits.max_connections {
+        let full =
+            limits.max_connections > 0 && connections.load(Acquire) >= limits.max_connections;
+        // at the limit, a client waiting idle between two requests gives way to a new one
+        if full && !hub.reclaim_idle() {
             log::warn!(
                 "Connection limit ({}) reached; answering 503",
                 limits.max_connections

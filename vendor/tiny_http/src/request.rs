@@ -21,20 +21,14 @@ use crate::{HTTPVersion, Header, Method, Response, StatusCode};
 ///
 /// # Pipelining
 ///
-/// If a client sends multiple requests in a row (without waiting for the response), then you will
-/// get multiple `Request` objects simultaneously. This is called *requests pipelining*.
-/// Tiny-http automatically reorders the responses so that you don't need to worry about the order
-/// in which you call `respond` or `into_writer`.
+/// If a client sends multiple requests in a row (without waiting for the response), they are
+/// handed out one at a time: the next request of a connection is only read once the response
+/// to the previous one has been written (its writer dropped). A connection therefore never
+/// has more than one request in progress, and its responses go out in order. (tiny_http 0.12
+/// handed pipelined requests out together, to be handled in parallel.)
 ///
-/// This mechanic is disabled if:
-///
-///  - The body of a request is large enough (handling requires pipelining requires storing the
-///    body of the request in a buffer ; if the body is too big, tiny-http will avoid doing that)
-///  - A request sends a `Expect: 100-continue` header (which means that the client waits to
-///    know whether its body will be processed before sending it)
-///  - A request sends a `Connection: close` header or `Connection: upgrade` header (used for
-///    websockets), which indicates that this is the last request that will be received on this
-///    connection
+/// The connection is closed after a request that sends `Connection: close`, or
+/// `Connection: upgrade` (used for websockets).
 ///
 /// # Automatic cleanup
 ///
@@ -50,6 +44,10 @@ use crate::{HTTPVersion, Header, Method, Response, StatusCode};
 pub struct Request {
     // where to read the body from
     data_reader: Option<Body>,
+
+    // the whole stream from the client, for `upgrade`: only for an upgrade request without
+    // a body (`as_reader` never gives more than the body)
+    upgrade_stream: Option<Box<dyn Read + Send + 'static>>,
 
     // if this writer is empty, then the request has been answered
     response_writer: Option<Box<dyn Write + Send + 'static>>,
@@ -185,10 +183,12 @@ where
     };
 
     // we wrap `source_data` around a reading whose nature depends on the transfer-encoding and
-    // content-length headers
-    let reader = if connection_upgrade {
-        // if we have a `Connection: upgrade`, always keeping the whole reader
-        Box::new(source_data) as Box<dyn Read + Send + 'static>
+    // content-length headers; an upgrade request without a body keeps the whole reader for
+    // `upgrade`
+    let mut upgrade_stream = None;
+    let reader = if connection_upgrade && content_length.is_none() && transfer_encoding.is_none() {
+        upgrade_stream = Some(Box::new(source_data) as Box<dyn Read + Send + 'static>);
+        Box::new(io::empty()) as Box<dyn Read + Send + 'static>
     } else if let Some(content_length) = content_length {
         Box::new(source_data.take(content_length as u64)) as Box<dyn Read + Send + 'static>
     } else if transfer_encoding.is_some() {
@@ -204,6 +204,7 @@ where
 
     Ok(Request {
         data_reader: Some(Body::Reader(reader)),
+        upgrade_stream,
         response_writer: Some(Box::new(writer) as Box<dyn Write + Send + 'static>),
         remote_addr,
         secure,
@@ -226,6 +227,8 @@ pub(crate) struct ConnRequest {
     pub(crate) headers: Vec<Header>,
     pub(crate) remote_addr: Option<SocketAddr>,
     pub(crate) body: Body,
+    /// The whole stream, for an upgrade request without a body.
+    pub(crate) raw: Option<Box<dyn Read + Send + 'static>>,
     pub(crate) body_length: Option<usize>,
     pub(crate) expects_continue: bool,
     pub(crate) writer: Box<dyn Write + Send + 'static>,
@@ -237,6 +240,7 @@ impl From<ConnRequest> for Request {
     fn from(parts: ConnRequest) -> Request {
         Request {
             data_reader: Some(parts.body),
+            upgrade_stream: parts.raw,
             response_writer: Some(parts.writer),
             remote_addr: parts.remote_addr,
             secure: false,
@@ -313,6 +317,11 @@ impl Request {
     /// If you call this on a non-websocket request, tiny-http will wait until this `Stream` object
     ///  is destroyed before continuing to read or write on the socket. Therefore you should always
     ///  destroy it as soon as possible.
+    ///
+    /// Only a request with `Connection: upgrade` and no body hands over the stream: one that
+    /// came with a body is an ordinary request (its body read like any other, its connection
+    /// closed after the response), and the stream returned then reads only what is left of
+    /// that body.
     pub fn upgrade<R: Read>(
         mut self,
         protocol: &str,
@@ -333,7 +342,11 @@ impl Request {
 
         writer.flush().ok(); // TODO: unused result
 
-        let stream = CustomStream::new(self.extract_reader_impl(), writer);
+        let reader = match self.upgrade_stream.take() {
+            Some(stream) => stream,
+            None => self.extract_reader_impl(),
+        };
+        let stream = CustomStream::new(reader, writer);
         Box::new(stream) as Box<dyn ReadWrite + Send>
     }
 

@@ -40,8 +40,48 @@ pub struct Response<R> {
     reader: R,
     status_code: StatusCode,
     headers: Vec<Header>,
+    /// Headers whose values are not ASCII (see [`Response::add_header_bytes`]).
+    raw_headers: Vec<RawHeader>,
     data_length: Option<usize>,
     chunked_threshold: Option<usize>,
+}
+
+/// A header kept as bytes: its value holds obs-text (bytes 0x80-0xFF), which `Header` cannot.
+#[derive(Clone, Debug)]
+struct RawHeader {
+    /// Sent before `headers[before]`, so that the order headers were added in is kept.
+    before: usize,
+    name: Vec<u8>,
+    value: Vec<u8>,
+}
+
+/// A header that cannot be sent: its name is not a token, or its value holds CR, LF, NUL or
+/// another control character (see [`Response::add_header_bytes`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InvalidHeader;
+
+impl std::fmt::Display for InvalidHeader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("not a valid HTTP header (bad name, or control characters in the value)")
+    }
+}
+
+impl std::error::Error for InvalidHeader {}
+
+/// True for a header name: one or more token characters (RFC 9110).
+fn is_token(name: &[u8]) -> bool {
+    !name.is_empty()
+        && name
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// True for a header value that can be sent as is: visible characters, spaces, tabs and
+/// obs-text; never CR, LF, NUL or another control character, which would split the head.
+fn is_field_value(value: &[u8]) -> bool {
+    value
+        .iter()
+        .all(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f))
 }
 
 /// A `Response` without a template parameter.
@@ -132,11 +172,13 @@ struct Added<'a> {
 
 /// Serializes the status line and headers, terminated by the empty line, in one buffer
 /// without formatting machinery: the order is `Connection`/`Upgrade` for an upgrade,
-/// `Server`, `Date`, the response's headers, then `Connection` and the framing header.
+/// `Server`, `Date`, the response's headers (those kept as bytes among them, in the order they
+/// were added), then `Connection` and the framing header.
 fn message_header(
     http_version: &HTTPVersion,
     status_code: &StatusCode,
     headers: &[Header],
+    raw_headers: &[RawHeader],
     added: &Added<'_>,
 ) -> Vec<u8> {
     let mut out = Vec::with_capacity(256);
@@ -159,12 +201,19 @@ fn message_header(
     if added.date {
         with_date(|date| push_header(&mut out, b"Date", date));
     }
-    for header in headers.iter() {
+    let mut raw = raw_headers.iter().peekable();
+    for (i, header) in headers.iter().enumerate() {
+        while let Some(r) = raw.next_if(|r| r.before <= i) {
+            push_header(&mut out, &r.name, &r.value);
+        }
         push_header(
             &mut out,
             header.field.as_str().as_bytes(),
             header.value.as_str().as_bytes(),
         );
+    }
+    for r in raw {
+        push_header(&mut out, &r.name, &r.value);
     }
     if let Some(connection) = added.connection {
         push_header(&mut out, b"Connection", connection.as_bytes());
@@ -274,6 +323,7 @@ where
             reader: data,
             status_code,
             headers: Vec::with_capacity(16),
+            raw_headers: Vec::new(),
             data_length,
             chunked_threshold: None,
         };
@@ -356,6 +406,51 @@ where
         self.headers.push(header);
     }
 
+    /// Adds a header given as bytes, whose value may hold bytes beyond ASCII (obs-text, such
+    /// as a UTF-8 file name in `Content-Disposition`): it is sent exactly as given, in the
+    /// order headers were added. A value that is ASCII is added as by
+    /// [`add_header`](Self::add_header), with the same special cases; a non-ASCII value of a
+    /// header that cannot be changed, or of `Content-Length`, is ignored. `Err` if the name is
+    /// not a token or the value holds CR, LF, NUL or another control character (other than
+    /// tab): nothing is added then. Headers with non-ASCII values are not listed by [`headers`](Self::headers).
+    pub fn add_header_bytes(&mut self, name: &[u8], value: &[u8]) -> Result<(), InvalidHeader> {
+        if !is_token(name) || !is_field_value(value) {
+            return Err(InvalidHeader);
+        }
+        if let Ok(header) = Header::from_bytes(name, value) {
+            self.add_header(header);
+            return Ok(());
+        }
+        let ignored = [
+            "Connection",
+            "Trailer",
+            "Transfer-Encoding",
+            "Upgrade",
+            "Content-Length",
+        ];
+        if ignored
+            .iter()
+            .any(|n| n.as_bytes().eq_ignore_ascii_case(name))
+        {
+            return Ok(());
+        }
+        self.raw_headers.push(RawHeader {
+            before: self.headers.len(),
+            name: name.to_vec(),
+            value: value.to_vec(),
+        });
+        Ok(())
+    }
+
+    /// True if a header of that name was added, ASCII or not.
+    fn has_header(&self, name: &'static str) -> bool {
+        self.headers.iter().any(|h| h.field.equiv(name))
+            || self
+                .raw_headers
+                .iter()
+                .any(|r| r.name.eq_ignore_ascii_case(name.as_bytes()))
+    }
+
     /// Returns the same request, but with an additional header.
     ///
     /// Some headers cannot be modified and some other have a
@@ -387,6 +482,7 @@ where
         Response {
             reader,
             headers: self.headers,
+            raw_headers: self.raw_headers,
             status_code: self.status_code,
             data_length,
             chunked_threshold: self.chunked_threshold,
@@ -481,8 +577,8 @@ where
         };
         let added = Added {
             upgrade,
-            server: !self.headers.iter().any(|h| h.field.equiv("Server")),
-            date: !self.headers.iter().any(|h| h.field.equiv("Date")),
+            server: !self.has_header("Server"),
+            date: !self.has_header("Date"),
             connection,
             framing,
         };
@@ -490,6 +586,7 @@ where
             http_version,
             &self.status_code,
             &self.headers,
+            &self.raw_headers,
             &added,
         ))?;
 
@@ -531,6 +628,7 @@ where
             reader: Box::new(self.reader) as Box<dyn Read + Send>,
             status_code: self.status_code,
             headers: self.headers,
+            raw_headers: self.raw_headers,
             data_length: self.data_length,
             chunked_threshold: self.chunked_threshold,
         }
@@ -619,6 +717,7 @@ impl Clone for Response<io::Empty> {
             reader: io::empty(),
             status_code: self.status_code,
             headers: self.headers.clone(),
+            raw_headers: self.raw_headers.clone(),
             data_length: self.data_length,
             chunked_threshold: self.chunked_threshold,
         }

@@ -967,3 +967,197 @@ fn emfile_child() {
         .expect("server no longer serves after accept errors");
     assert_eq!(resp.body, b"hello");
 }
+
+/// Upgrades a bodyless upgrade request and echoes the stream; answers any other request with
+/// the body it read.
+fn upgrade_or_echo(mut rq: Request) {
+    let has = |name: &'static str| rq.headers().iter().any(|h| h.field.equiv(name));
+    if has("Upgrade") && !has("Content-Length") && !has("Transfer-Encoding") {
+        thread::spawn(move || {
+            let mut stream = rq.upgrade("echo", Response::empty(101));
+            let mut buf = [0u8; 64];
+            while let Ok(n) = stream.read(&mut buf) {
+                if n == 0 || stream.write_all(&buf[..n]).is_err() || stream.flush().is_err() {
+                    break;
+                }
+            }
+        });
+        return;
+    }
+    let mut body = Vec::new();
+    match rq.as_reader().read_to_end(&mut body) {
+        Ok(_) => {
+            let _ = rq.respond(Response::from_data(body));
+        }
+        Err(_) => {
+            let _ = rq.respond(Response::empty(400));
+        }
+    }
+}
+
+#[test]
+fn an_upgrade_request_with_a_body_is_an_ordinary_request() {
+    let (_server, addr) = start(Limits::default(), upgrade_or_echo);
+    let mut s = connect(addr);
+    s.write_all(
+        b"POST /u HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: echo\r\n\
+          Content-Length: 5\r\n\r\nhelloAND-MORE-THAT-IS-NOT-THE-BODY",
+    )
+    .unwrap();
+    let mut r = BufReader::new(s);
+    let resp = read_response(&mut r).unwrap();
+    assert_eq!(resp.status, 200);
+    assert_eq!(
+        resp.body, b"hello",
+        "the body is exactly the declared length"
+    );
+    assert_eq!(resp.header("Connection"), Some("close"));
+    assert!(read_until_closed(&mut r).1);
+
+    // chunked: decoded, not the raw framing
+    let mut s = connect(addr);
+    s.write_all(
+        b"POST /u HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: echo\r\n\
+          Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
+    )
+    .unwrap();
+    let resp = read_response(&mut BufReader::new(s)).unwrap();
+    assert_eq!(resp.body, b"abcde");
+}
+
+#[test]
+fn a_truncated_body_is_answered_400_even_on_an_upgrade_request() {
+    let (_server, addr) = start(Limits::default(), upgrade_or_echo);
+    for upgrade in ["", "Connection: upgrade\r\nUpgrade: echo\r\n"] {
+        let mut s = connect(addr);
+        write!(
+            s,
+            "POST /t HTTP/1.1\r\nHost: x\r\n{upgrade}Content-Length: 100\r\n\r\n0123456789"
+        )
+        .unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        let resp = read_response(&mut BufReader::new(s)).unwrap();
+        assert_eq!(resp.status, 400, "{upgrade:?}");
+    }
+}
+
+#[test]
+fn a_bodyless_upgrade_request_hands_over_the_stream() {
+    let (_server, addr) = start(Limits::default(), upgrade_or_echo);
+    let mut s = connect(addr);
+    s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n")
+        .unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let resp = read_response(&mut r).unwrap();
+    assert_eq!(resp.status, 101);
+    assert_eq!(resp.header("Upgrade"), Some("echo"));
+    s.write_all(b"ping").unwrap();
+    let mut echoed = [0u8; 4];
+    r.read_exact(&mut echoed).unwrap();
+    assert_eq!(&echoed, b"ping");
+}
+
+#[test]
+fn pipelined_requests_are_handed_out_one_at_a_time() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static NOW: AtomicUsize = AtomicUsize::new(0);
+    static MOST: AtomicUsize = AtomicUsize::new(0);
+    fn slow(rq: Request) {
+        let now = NOW.fetch_add(1, Ordering::SeqCst) + 1;
+        MOST.fetch_max(now, Ordering::SeqCst);
+        // answered on another thread, as a server with a pool of workers would
+        thread::spawn(move || {
+            thread::sleep(Duration::from_millis(50));
+            NOW.fetch_sub(1, Ordering::SeqCst);
+            let url = rq.url().to_owned();
+            let _ = rq.respond(Response::from_string(url));
+        });
+    }
+    let (_server, addr) = start(Limits::default(), slow);
+    let mut s = connect(addr);
+    let mut pipeline = String::new();
+    for i in 0..5 {
+        pipeline.push_str(&format!(
+            "POST /{i} HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nab"
+        ));
+    }
+    s.write_all(pipeline.as_bytes()).unwrap();
+    let mut r = BufReader::new(s);
+    for i in 0..5 {
+        let resp = read_response(&mut r).unwrap();
+        assert_eq!(resp.body, format!("/{i}").as_bytes());
+    }
+    assert_eq!(
+        MOST.load(Ordering::SeqCst),
+        1,
+        "requests handed out at once"
+    );
+}
+
+#[test]
+fn the_longest_idle_connection_gives_way_at_the_limit() {
+    let limits = Limits {
+        max_connections: 2,
+        ..Limits::default()
+    };
+    let (_server, addr) = start(limits, hello);
+    let ask = |r: &mut BufReader<TcpStream>| {
+        r.get_mut()
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        read_response(r).unwrap()
+    };
+    let mut oldest = BufReader::new(connect(addr));
+    assert_eq!(ask(&mut oldest).status, 200);
+    thread::sleep(Duration::from_millis(20));
+    let mut younger = BufReader::new(connect(addr));
+    assert_eq!(ask(&mut younger).status, 200);
+
+    let mut newcomer = BufReader::new(connect(addr));
+    assert_eq!(ask(&mut newcomer).status, 200);
+    let (rest, closed) = read_until_closed(&mut oldest);
+    assert!(
+        closed && rest.is_empty(),
+        "the oldest idle connection was not closed quietly"
+    );
+    assert_eq!(
+        ask(&mut younger).status,
+        200,
+        "the younger one was closed too"
+    );
+}
+
+#[test]
+fn header_bytes_beyond_ascii_are_sent_exactly_and_in_order() {
+    fn answer(rq: Request) {
+        let mut response = Response::from_string("ok");
+        response.add_header_bytes(b"X-A", b"1").unwrap();
+        response
+            .add_header_bytes(b"Content-Disposition", "filename=\"na\u{ef}ve\"".as_bytes())
+            .unwrap();
+        response.add_header_bytes(b"X-B", b"caf\xe9").unwrap();
+        // what would split the head is refused
+        assert!(response
+            .add_header_bytes(b"X-Bad", b"a\r\nX-Injected: 1")
+            .is_err());
+        assert!(response.add_header_bytes(b"X-Bad", b"a\0b").is_err());
+        assert!(response.add_header_bytes(b"Bad Name", b"x").is_err());
+        // headers that cannot be changed stay so, ASCII or not
+        response.add_header_bytes(b"Connection", b"\xff").unwrap();
+        let _ = rq.respond(response);
+    }
+    let (_server, addr) = start(Limits::default(), answer);
+    let mut s = connect(addr);
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let (raw, _) = read_until_closed(&mut s);
+    let wanted: &[u8] =
+        b"X-A: 1\r\nContent-Disposition: filename=\"na\xc3\xafve\"\r\nX-B: caf\xe9\r\n";
+    assert!(
+        raw.windows(wanted.len()).any(|w| w == wanted),
+        "{:?}",
+        String::from_utf8_lossy(&raw)
+    );
+    assert!(!raw.windows(11).any(|w| w == b"X-Injected:"));
+    assert!(!raw.windows(6).any(|w| w == b"\xff\r\n"));
+}

@@ -121,39 +121,46 @@ fn server_crash_results_in_response() {
     assert!(&content[9..].starts_with('5')); // 5xx status code
 }
 
+/// Pipelined requests are handed out one at a time (changed from 0.12, which handed both
+/// out at once and reordered the responses): the second only once the first is answered.
 #[test]
-fn responses_reordered() {
+fn pipelined_requests_wait_for_the_previous_response() {
     let (server, mut client) = support::new_one_server_one_client();
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
 
-    (write!(client, "GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")).unwrap();
+    (write!(client, "GET /1 HTTP/1.1\r\nHost: localhost\r\n\r\n")).unwrap();
     (write!(
         client,
-        "GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        "GET /2 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
     ))
     .unwrap();
 
-    thread::spawn(move || {
+    let serving = thread::spawn(move || {
         let rq1 = server.recv().unwrap();
-        let rq2 = server.recv().unwrap();
-
-        thread::spawn(move || {
-            rq2.respond(tiny_http::Response::from_string(
-                "second request".to_owned(),
-            ))
+        let early = server.recv_timeout(Duration::from_millis(200)).unwrap();
+        assert!(
+            early.is_none(),
+            "the second request came before the first was answered"
+        );
+        rq1.respond(tiny_http::Response::from_string("first request".to_owned()))
             .unwrap();
-        });
-
-        thread::sleep(Duration::from_millis(100));
-
-        thread::spawn(move || {
-            rq1.respond(tiny_http::Response::from_string("first request".to_owned()))
-                .unwrap();
-        });
+        let rq2 = server
+            .recv_timeout(Duration::from_secs(5))
+            .unwrap()
+            .unwrap();
+        assert_eq!(rq2.url(), "/2");
+        rq2.respond(tiny_http::Response::from_string(
+            "second request".to_owned(),
+        ))
+        .unwrap();
     });
 
-    // client.set_keepalive(Some(2)).unwrap(); FIXME: reenable this
     let mut content = String::new();
     client.read_to_string(&mut content).unwrap();
+    serving.join().unwrap();
+    assert!(content.contains("first request"));
     assert!(content.ends_with("second request"));
 }
 

@@ -8,7 +8,7 @@ use std::convert::TryFrom;
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::connection::Connection;
@@ -71,6 +71,11 @@ pub(crate) struct ConnShared {
     outstanding: AtomicUsize,
     /// When the last response writer was dropped (start of the keep-alive idle period).
     last_done: Mutex<Instant>,
+    /// Threads waiting in [`ConnShared::wait_responses`]; with none, a finished response
+    /// wakes nobody (no syscall).
+    waiters: AtomicUsize,
+    /// Signalled (under `last_done`) when the last outstanding response is done.
+    all_done: Condvar,
     _slot: ConnSlot,
 }
 
@@ -82,6 +87,8 @@ impl ConnShared {
             close: AtomicBool::new(false),
             outstanding: AtomicUsize::new(0),
             last_done: Mutex::new(Instant::now()),
+            waiters: AtomicUsize::new(0),
+            all_done: Condvar::new(),
             _slot: slot,
         }
     }
@@ -99,8 +106,30 @@ impl ConnShared {
     }
 
     pub(crate) fn response_done(&self) {
-        *lock(&self.last_done) = Instant::now();
-        self.outstanding.fetch_sub(1, Ordering::AcqRel);
+        {
+            let mut last = lock(&self.last_done);
+            *last = Instant::now();
+            self.outstanding.fetch_sub(1, Ordering::AcqRel);
+        }
+        if self.waiters.load(Ordering::SeqCst) > 0 {
+            self.all_done.notify_all();
+        }
+    }
+
+    /// Blocks until every response handed out so far has been written (its writer dropped).
+    /// The next request of a connection is only read then: a client that pipelines gets its
+    /// requests run one after another, in order, never several at once.
+    pub(crate) fn wait_responses(&self) {
+        if self.outstanding() == 0 {
+            return;
+        }
+        self.waiters.fetch_add(1, Ordering::SeqCst);
+        let mut last = lock(&self.last_done);
+        while self.outstanding() > 0 {
+            last = self.all_done.wait(last).unwrap_or_else(|e| e.into_inner());
+        }
+        drop(last);
+        self.waiters.fetch_sub(1, Ordering::SeqCst);
     }
 
     pub(crate) fn outstanding(&self) -> usize {
@@ -155,7 +184,7 @@ impl Read for ReadHalf {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let timeout = match self.mode {
             #[cfg(unix)]
-            ReadMode::NonBlocking => return recv_nonblocking(&self.sock, buf),
+            ReadMode::NonBlocking => return recv_nonblocking(&self.sock, buf, 0),
             #[cfg(not(unix))]
             ReadMode::NonBlocking => None,
             ReadMode::Timeout(t) => t,
@@ -182,10 +211,22 @@ impl Read for ReadHalf {
     }
 }
 
-/// One `recv` that does not wait, whatever the socket's own blocking mode and timeout.
+/// True when something has arrived on the socket (data, or the client's end of stream) that
+/// nobody has read yet; nothing is taken off the socket.
+#[cfg(unix)]
+pub(crate) fn has_arrived(sock: &Connection) -> bool {
+    let mut byte = [0u8; 1];
+    !matches!(
+        recv_nonblocking(sock, &mut byte, libc::MSG_PEEK),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock
+    )
+}
+
+/// One `recv` that does not wait, whatever the socket's own blocking mode and timeout, with
+/// these `flags` besides.
 #[cfg(unix)]
 #[allow(unsafe_code)]
-fn recv_nonblocking(sock: &Connection, buf: &mut [u8]) -> io::Result<usize> {
+fn recv_nonblocking(sock: &Connection, buf: &mut [u8], flags: libc::c_int) -> io::Result<usize> {
     use std::os::unix::io::AsRawFd;
     loop {
         // SAFETY: the descriptor stays open while `sock` is borrowed, and `buf` is valid for
@@ -195,7 +236,7 @@ fn recv_nonblocking(sock: &Connection, buf: &mut [u8]) -> io::Result<usize> {
                 sock.as_raw_fd(),
                 buf.as_mut_ptr().cast(),
                 buf.len(),
-                libc::MSG_DONTWAIT,
+                libc::MSG_DONTWAIT | flags,
             )
         };
         if n >= 0 {

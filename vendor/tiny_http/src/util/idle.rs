@@ -190,18 +190,45 @@ impl Idle {
             tokens.iter().filter_map(|t| parked.remove(t)).collect()
         };
         for client in expired {
-            // SAFETY: the socket is still open (owned by `client`); removing it from the set
-            // is harmless even if it was not in it.
-            unsafe {
-                libc::epoll_ctl(
-                    self.epoll.as_raw_fd(),
-                    libc::EPOLL_CTL_DEL,
-                    client.raw_fd(),
-                    std::ptr::null_mut(),
-                );
-            }
-            drop(client);
+            self.forget(client);
         }
+    }
+
+    /// Closes the connection that has waited idle the longest between two requests (see
+    /// [`ClientConnection::idle_since`]), quietly; false if there is none.
+    pub(crate) fn reclaim_oldest(&self) -> bool {
+        let oldest = {
+            let mut parked = lock(&self.parked);
+            let token = parked
+                .iter_mut()
+                .filter_map(|(&t, c)| c.idle_since().map(|since| (since, t)))
+                .min()
+                .map(|(_, t)| t);
+            token.and_then(|t| parked.remove(&t))
+        };
+        match oldest {
+            Some(client) => {
+                log::debug!("Connection limit reached; closing the connection idle the longest");
+                self.forget(client);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Takes a connection out of the set and closes it.
+    fn forget(&self, client: Box<ClientConnection>) {
+        // SAFETY: the socket is still open (owned by `client`); removing it from the set is
+        // harmless even if it was not in it.
+        unsafe {
+            libc::epoll_ctl(
+                self.epoll.as_raw_fd(),
+                libc::EPOLL_CTL_DEL,
+                client.raw_fd(),
+                std::ptr::null_mut(),
+            );
+        }
+        drop(client);
     }
 
     /// Stops `run` (within one sweep interval); the connections still parked are closed.
