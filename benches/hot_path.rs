@@ -7,17 +7,13 @@ use std::time::Instant;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 
-use defrost::call::Call;
-use defrost::proxy::headers::{self, Forwarding};
-use defrost::router;
-use defrost::scaler::singleflight::SingleFlight;
-use defrost::table::FunctionTable;
+use defrost::internals::{outgoing, route, Call, Forwarding, FunctionTable, SingleFlight};
 use defrost::FunctionRef;
 
 fn route_parse(c: &mut Criterion) {
     c.bench_function("route parse", |b| {
         b.iter(|| {
-            router::route(
+            route(
                 black_box("/function/hello.fns/api/v1/items?id=42"),
                 "default",
             )
@@ -85,7 +81,7 @@ fn header_rewriting(c: &mut Criterion) {
         trusted: false,
     };
     c.bench_function("header rewriting", |b| {
-        b.iter(|| headers::outgoing(received.iter().copied(), &fwd).is_ok())
+        b.iter(|| outgoing(received.iter().copied(), &fwd).is_ok())
     });
 }
 

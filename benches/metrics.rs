@@ -17,10 +17,11 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use defrost::call::Call;
-use defrost::provider::{FunctionSummary, Provider, ProviderError};
-use defrost::table::FunctionTable;
-use defrost::{Endpoint, FunctionRef, FunctionStatus, Gateway, Settings};
+use defrost::internals::{Call, FunctionTable};
+use defrost::{
+    Endpoint, FunctionRef, FunctionStatus, FunctionSummary, Gateway, Provider, ProviderError,
+    Settings,
+};
 
 const RECORDS: u64 = 2_000_000;
 const CALLS: u64 = 5_000;

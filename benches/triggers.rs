@@ -7,8 +7,9 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 
-use defrost::triggers::{TriggerSpec, Triggers};
+use defrost::internals::Triggers;
 use defrost::FunctionRef;
+use defrost::TriggerSpec;
 
 fn table(size: usize) -> Triggers {
     let function = FunctionRef::new("f", "default").unwrap_or_else(|e| panic!("{e}"));

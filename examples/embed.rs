@@ -13,8 +13,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use parking_lot::{Condvar, Mutex};
 
-use defrost::provider::{FunctionSummary, Provider, ProviderError};
-use defrost::{Endpoint, FunctionRef, FunctionStatus, Gateway, Settings};
+use defrost::{
+    Endpoint, FunctionRef, FunctionStatus, FunctionSummary, Gateway, Provider, ProviderError,
+    Settings,
+};
 
 /// One function, `clock`, whose replica is an in-process tiny_http server.
 #[derive(Default)]

@@ -10,7 +10,9 @@ use std::path::Path;
 /// A user and password pair.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Credentials {
+    /// User name.
     pub user: String,
+    /// Password.
     pub password: String,
 }
 

@@ -14,6 +14,7 @@ use crate::function::FunctionRef;
 use crate::provider::InFlight;
 use crate::table::{FunctionRecord, FunctionTable};
 
+/// A function call being answered (see the module docs).
 pub struct Call {
     record: Arc<FunctionRecord>,
     started: Instant,
@@ -34,6 +35,7 @@ impl Call {
         }
     }
 
+    /// The function called.
     pub fn function(&self) -> &FunctionRef {
         self.record.function()
     }

@@ -257,9 +257,13 @@ pub struct FunctionSection {
 /// A config that could not be used, with where to look.
 #[derive(Debug)]
 pub struct ConfigError {
+    /// The file.
     pub file: PathBuf,
+    /// The 1-based line at fault, when known.
     pub line: Option<usize>,
+    /// The key at fault, when known.
     pub key: Option<String>,
+    /// What is wrong.
     pub message: String,
 }
 
@@ -280,7 +284,9 @@ impl std::error::Error for ConfigError {}
 
 /// A loaded file: the parsed config plus what is needed to report errors in it later.
 pub struct Loaded {
+    /// What the file says.
     pub config: FileConfig,
+    /// Where it was read from.
     pub path: PathBuf,
     text: String,
 }

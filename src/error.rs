@@ -13,11 +13,18 @@ use crate::provider::ProviderError;
 
 /// A request that could not be answered by a function.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum Error {
     /// The path names no route.
-    NoRoute { path: String },
+    NoRoute {
+        /// The path, cut to a printable length.
+        path: String,
+    },
     /// The route exists, but not for this method.
-    MethodNotAllowed { allowed: String },
+    MethodNotAllowed {
+        /// The methods that are, for the `Allow` header.
+        allowed: String,
+    },
     /// The function or namespace name is not a DNS label.
     BadName(NameError),
     /// Something else about the request is malformed.
@@ -27,20 +34,28 @@ pub enum Error {
     /// The client stopped sending its body for longer than the read timeout.
     BodyTimeout,
     /// The request body is larger than the configured limit.
-    BodyTooLarge { limit: u64 },
+    BodyTooLarge {
+        /// The limit, in bytes.
+        limit: u64,
+    },
     /// The provider does not know the function.
     FunctionNotFound(FunctionRef),
     /// The provider could not be asked, or failed, while looking the function up.
     Provider(FunctionRef, ProviderError),
     /// Scaling from zero failed after every retry.
     ScaleFailed {
+        /// The function.
         function: FunctionRef,
+        /// Scale calls made.
         attempts: u32,
+        /// Why the last one failed.
         last: ProviderError,
     },
     /// The function's replicas kept exiting before they became ready.
     StartFailed {
+        /// The function.
         function: FunctionRef,
+        /// Starts this request asked for.
         starts: u32,
         /// The provider's account of the last failure, when it gives one.
         last: Option<String>,
@@ -48,31 +63,43 @@ pub enum Error {
     /// The function's replicas keep failing and the provider holds the next start back longer
     /// than the request may wait.
     CrashLooping {
+        /// The function.
         function: FunctionRef,
+        /// What happened to its last replica.
         last: String,
+        /// When the provider starts another.
         retry_after: Duration,
     },
     /// The function has no replicas and the gateway may not start one.
     ScaleFromZeroDisabled(FunctionRef),
     /// No replica became ready in time.
     NotReady {
+        /// The function.
         function: FunctionRef,
+        /// How long the request waited.
         waited: Duration,
     },
     /// Too many requests are already waiting; try again shortly.
     Overloaded {
+        /// The function.
         function: FunctionRef,
+        /// Requests waiting already.
         waiting: usize,
+        /// When to try again.
         retry_after: Duration,
     },
     /// The replica could not be reached or broke off before answering.
     Upstream {
+        /// The function.
         function: FunctionRef,
+        /// What went wrong, naming the replica's address.
         detail: String,
     },
     /// The replica did not answer within the upstream timeout.
     UpstreamTimeout {
+        /// The function.
         function: FunctionRef,
+        /// The timeout.
         after: Duration,
     },
     /// The provider's API could not be reached for a pass-through call.

@@ -42,10 +42,12 @@ impl FunctionRef {
         }
     }
 
+    /// The function's name (a DNS label).
     pub fn name(&self) -> &str {
         &self.name
     }
 
+    /// Its namespace (a DNS label).
     pub fn namespace(&self) -> &str {
         &self.namespace
     }
@@ -71,7 +73,9 @@ impl fmt::Debug for FunctionRef {
 /// Why a name was refused; the message is sent to clients as is, so it says what to fix.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NameError {
+    /// Which part is at fault: `name` or `namespace`.
     pub what: &'static str,
+    /// Why it is not a DNS label.
     pub reason: String,
 }
 

@@ -6,8 +6,9 @@
 //! the same cold function share one status query and one scale call, and are released together.
 //!
 //! ```text
-//!  client ──▶ tiny_http (limits, timeouts; idle keep-alive connections in one epoll set,
-//!             where idle workers wait and read the request of a connection that wakes them)
+//!  client ──▶ defrost-http (limits, timeouts; idle keep-alive connections in one epoll set,
+//!             where idle workers wait and read the request of a connection that wakes them;
+//!             one request per connection at a time)
 //!                 ──▶ worker pool (server: a fixed core, more while workers block)
 //!                                                          │
 //!                                             gateway::Handler::handle
@@ -16,24 +17,26 @@
 //!      ┌──────────────┬──────────────┬─────────────────────┼──────────────────┬──────────────┐
 //!  /healthz      /metrics, /     /system/… (auth)      /function/…      other paths: triggers
 //!                                                          │                   (trie, canary split)
-//!                                                  proxy::Proxy::forward ◀─────────────┘
-//!                                                          │  metrics: per-function atomics
-//!                      scaler::Scaler::ready ◀── cache (fresh + ready? done)
+//!                            call::Call::begin ◀───────────┴───────────────────────┘
+//!                              one lookup in the table::FunctionTable; the call is counted
+//!                              in flight in the function's record until its last byte
+//!                                                          │
+//!                                                  proxy::Proxy::forward
+//!                                                          │
+//!                      scaler::Scaler::ready ◀── the record's cached status (fresh + ready? done)
 //!                          │ miss: single-flight status query ──▶ Provider::status
 //!                          │ zero: single-flight scale, retried ──▶ Provider::set_replicas
 //!                          │ wait: Provider::wait_for_change, re-query, until ready or 504
 //!                          ▼
-//!             least-loaded endpoint ──ureq──▶ replica  (refused? expire cache, back off, retry)
-//!                          │
-//!  client ◀── streamed response, hop-by-hop headers dropped, X-Call-Id / X-Start-Time added
+//!             least-loaded endpoint in service ──ureq──▶ replica
+//!                          │   (refused? forget the status, back off, retry)
+//!  client ◀── streamed response, hop-by-hop headers dropped, X-Call-Id / X-Start-Time added;
+//!             Call::finish records the status and the time
 //! ```
 //!
-//! Every function request is counted in flight ([`scaler::activity`]) from before the scaler is
-//! asked until its response body is relayed; one [`autoscale`] thread reads those counts to
-//! scale idle functions to zero and capacity-mode functions up and down.
-//!
-//! Beside the request path: `reload` (SIGHUP, `--watch`: triggers and functions swapped
-//! atomically), `analytics` (call counts posted in batches by one thread).
+//! Beside the request path: one `autoscale` thread reads the records' in-flight counts to scale
+//! idle functions to zero and capacity-mode functions up and down; `reload` (SIGHUP, `--watch`)
+//! swaps triggers and functions atomically; `analytics` posts call counts in batches.
 //!
 //! The library is the gateway; the `defrost` binary only reads a config file and runs it.
 //! Embedders build a [`Gateway`] from [`Settings`] and any [`Provider`]:
@@ -48,60 +51,98 @@
 //! # Ok::<(), std::io::Error>(())
 //! ```
 
-pub mod analytics;
-pub mod auth;
-pub mod autoscale;
-pub mod call;
-pub mod check;
-pub mod client;
-pub mod config;
-pub mod deadline;
-pub mod duration;
-pub mod error;
-pub mod function;
-pub mod gateway;
-pub mod histogram;
-pub mod metrics;
-pub mod provider;
-pub mod proxy;
-pub mod redact;
-pub mod reload;
-pub mod router;
-pub mod scaler;
-pub mod screen;
-pub mod server;
-pub mod setup;
-pub mod status_page;
-pub mod table;
-pub mod triggers;
+#![deny(missing_docs)]
+
+mod analytics;
+mod auth;
+mod autoscale;
+mod call;
+mod check;
+mod client;
+mod config;
+mod deadline;
+mod duration;
+mod error;
+mod function;
+mod gateway;
+mod histogram;
+mod metrics;
+mod provider;
+mod proxy;
+mod redact;
+mod reload;
+mod router;
+mod scaler;
+mod screen;
+mod server;
+mod setup;
+mod status_page;
+mod table;
+mod triggers;
+
+/// What the benchmarks and the property tests drive directly: the parsers, the single-flight
+/// group, the function table. Not part of the API; it may change in any release.
+#[doc(hidden)]
+pub mod internals {
+    pub use crate::call::Call;
+    pub use crate::config::Loaded;
+    pub use crate::duration::parse_duration;
+    pub use crate::provider::wire::{FunctionJson, ScaleServiceRequest};
+    pub use crate::proxy::headers::{outgoing, Forwarding};
+    pub use crate::router::{route, Route};
+    pub use crate::scaler::singleflight::SingleFlight;
+    pub use crate::screen::screen;
+    pub use crate::table::FunctionTable;
+    pub use crate::triggers::Triggers;
+}
+
+pub use auth::Credentials;
+pub use autoscale::AutoscaleConfig;
+pub use check::check as check_config;
+pub use config::{ConfigError, Loaded as ConfigFile};
+pub use error::Error;
+pub use function::{FunctionRef, NameError};
+pub use provider::openfaas::{OpenFaasOptions, OpenFaasProvider, RemoteApi};
+pub use provider::process::{
+    ProcessFunction, ProcessOptions, ProcessProvider, Readiness, SpecError,
+};
+pub use provider::{
+    Endpoint, FunctionStatus, FunctionSummary, InFlight, Provider, ProviderError, StartFailure,
+};
+pub use proxy::trust::IpRange;
+pub use proxy::ProxyConfig;
+pub use reload::serve_until_stopped;
+pub use scaler::ScalingConfig;
+pub use server::PoolConfig;
+pub use setup::from_sources;
+pub use triggers::TriggerSpec;
 
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub use error::Error;
-pub use function::FunctionRef;
-pub use provider::{Endpoint, FunctionStatus, Provider, ProviderError};
-
-use provider::openfaas::{OpenFaasProvider, RemoteApi};
-use provider::process::ProcessProvider;
-
-use autoscale::{AutoscaleConfig, Autoscaler};
+use autoscale::Autoscaler;
 use config::GatewaySection;
 use gateway::Handler;
-use proxy::{Proxy, ProxyConfig};
-use scaler::{Scaler, ScalingConfig};
-use server::{Pool, PoolConfig};
+use proxy::Proxy;
+use scaler::Scaler;
+use server::Pool;
 
 /// Everything that shapes a running gateway, with the documented defaults.
 #[derive(Debug, Clone)]
 pub struct Settings {
+    /// Address to listen on.
     pub listen: SocketAddr,
+    /// Namespace of a function named without one (`/function/echo`).
     pub default_namespace: String,
+    /// How cold functions are scaled and waited for.
     pub scaling: ScalingConfig,
+    /// How requests are forwarded to replicas.
     pub proxy: ProxyConfig,
+    /// The worker pool that answers requests.
     pub pool: PoolConfig,
+    /// Scale to zero and capacity autoscaling.
     pub autoscale: AutoscaleConfig,
     /// Connect timeout towards replicas and providers.
     pub connect_timeout: Duration,
@@ -113,6 +154,7 @@ pub struct Settings {
     pub max_connections: usize,
     /// Longest request head, and longest request target, accepted.
     pub max_header_bytes: usize,
+    /// Longest request target accepted (then 414).
     pub max_url_bytes: usize,
     /// Time for a client to send a whole request head.
     pub header_timeout: Duration,
@@ -170,7 +212,7 @@ impl From<&GatewaySection> for Settings {
 
 impl Settings {
     /// What the HTTP server enforces on clients.
-    pub fn server_limits(&self) -> tiny_http::Limits {
+    pub(crate) fn server_limits(&self) -> tiny_http::Limits {
         tiny_http::Limits {
             max_connections: self.max_connections,
             max_header_bytes: self.max_header_bytes,
@@ -188,6 +230,7 @@ impl Settings {
 ///
 /// The provider trait knows no implementation; what only one of them offers is chosen here,
 /// where the gateway is built.
+#[non_exhaustive]
 pub enum Backend {
     /// Any provider; `/system/*` is answered by the gateway from it.
     Provider(Arc<dyn Provider>),
@@ -351,8 +394,13 @@ impl Gateway {
         self.metrics_listener.as_ref().map(|m| m.local_addr())
     }
 
-    /// The scaler, for embedders that want to scale or inspect functions directly.
-    pub fn scaler(&self) -> &Arc<Scaler> {
+    /// Sets a function's desired replicas through the same single-flight as cold starts and
+    /// `/system/scale-function`, so that the three never race.
+    pub fn scale(&self, function: &FunctionRef, replicas: u64) -> Result<(), ProviderError> {
+        self.scaler().scale(function, replicas)
+    }
+
+    fn scaler(&self) -> &Arc<Scaler> {
         self.handler.scaler()
     }
 

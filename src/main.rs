@@ -88,10 +88,10 @@ fn run() -> Result<(), String> {
     };
     if args.check {
         let config = args.config.ok_or("check needs --config FILE")?;
-        print!("{}", defrost::check::check(&config)?);
+        print!("{}", defrost::check_config(&config)?);
         return Ok(());
     }
-    let (mut settings, backend) = defrost::setup::from_sources(args.config.as_deref())?;
+    let (mut settings, backend) = defrost::from_sources(args.config.as_deref())?;
     if let Some(listen) = args.listen {
         settings.listen = listen
             .parse()
@@ -102,7 +102,7 @@ fn run() -> Result<(), String> {
         provider.shutdown();
         format!("cannot start: {e}")
     })?;
-    let served = defrost::reload::serve_until_stopped(&gateway, args.config.as_deref(), args.watch);
+    let served = defrost::serve_until_stopped(&gateway, args.config.as_deref(), args.watch);
     gateway.shutdown();
     served
 }

@@ -14,8 +14,11 @@ const FUNCTION_PREFIX: &str = "/function/";
 pub enum Route<'a> {
     /// A call to a function. `rest` is empty or starts with `/`.
     Function {
+        /// The function named.
         function: FunctionRef,
+        /// The path after the function's name.
         rest: &'a str,
+        /// The query string, without `?`.
         query: Option<&'a str>,
     },
     /// The gateway's own liveness check.
@@ -26,7 +29,9 @@ pub enum Route<'a> {
     StatusPage,
     /// The provider API (`/system/...`), answered by the provider.
     System {
+        /// The whole path, `/system/...`.
         path: &'a str,
+        /// The query string, without `?`.
         query: Option<&'a str>,
     },
     /// Nothing here.

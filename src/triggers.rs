@@ -223,10 +223,12 @@ impl Triggers {
         Ok(table)
     }
 
+    /// Triggers in the table.
     pub fn len(&self) -> usize {
         self.len
     }
 
+    /// Whether the table has no trigger.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }

@@ -9,14 +9,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::Duration;
 
-use defrost::call::Call;
-use defrost::config::Loaded;
-use defrost::duration::parse_duration;
-use defrost::provider::wire;
-use defrost::router::{route, Route};
-use defrost::scaler::singleflight::SingleFlight;
-use defrost::screen::screen;
-use defrost::table::FunctionTable;
+use defrost::internals::{
+    parse_duration, route, screen, Call, FunctionJson, FunctionTable, Loaded, Route,
+    ScaleServiceRequest, SingleFlight,
+};
+
 use defrost::{FunctionRef, Settings};
 use proptest::prelude::*;
 
@@ -89,9 +86,9 @@ proptest! {
 
     #[test]
     fn provider_json_never_panics_the_parser(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
-        let _ = serde_json::from_slice::<wire::FunctionJson>(&bytes);
-        let _ = serde_json::from_slice::<Vec<wire::FunctionJson>>(&bytes);
-        let _ = serde_json::from_slice::<wire::ScaleServiceRequest>(&bytes);
+        let _ = serde_json::from_slice::<FunctionJson>(&bytes);
+        let _ = serde_json::from_slice::<Vec<FunctionJson>>(&bytes);
+        let _ = serde_json::from_slice::<ScaleServiceRequest>(&bytes);
     }
 
     #[test]
@@ -102,16 +99,16 @@ proptest! {
         available in any::<u64>(),
         labels in proptest::collection::btree_map("\\PC{0,8}", "\\PC{0,8}", 0..4),
     ) {
-        let status = wire::FunctionJson {
+        let status = FunctionJson {
             name,
             namespace,
             replicas,
             available_replicas: available,
             labels: Some(labels),
-            ..wire::FunctionJson::default()
+            ..FunctionJson::default()
         };
         let bytes = serde_json::to_vec(&status).unwrap();
-        let back: wire::FunctionJson = serde_json::from_slice(&bytes).unwrap();
+        let back: FunctionJson = serde_json::from_slice(&bytes).unwrap();
         prop_assert_eq!(back, status);
     }
 }

@@ -8,8 +8,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::*;
-use defrost::provider::FunctionSummary;
-use defrost::{Endpoint, FunctionRef, FunctionStatus, Provider, ProviderError};
+use defrost::{Endpoint, FunctionRef, FunctionStatus, FunctionSummary, Provider, ProviderError};
 
 /// Desired and available replicas, as the provider reports them.
 fn replicas(gw: &Defrost, name: &str) -> (u64, u64) {

@@ -36,6 +36,7 @@ pub struct FunctionStatus {
     pub min_replicas: u64,
     /// Upper bound for any scale call.
     pub max_replicas: u64,
+    /// The function's labels (`com.openfaas.scale.*` and the like).
     pub labels: BTreeMap<String, String>,
     /// Where ready replicas take requests. Empty while none is ready.
     pub endpoints: Vec<Arc<Endpoint>>,
@@ -97,6 +98,7 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
+    /// An endpoint at `base_url`; trailing slashes are dropped.
     pub fn new(base_url: impl Into<String>) -> Endpoint {
         let mut base_url = base_url.into();
         while base_url.ends_with('/') {
@@ -109,10 +111,12 @@ impl Endpoint {
         }
     }
 
+    /// `http://host:port` plus any path prefix.
     pub fn base_url(&self) -> &str {
         &self.base_url
     }
 
+    /// Requests sent to it and not yet answered.
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::SeqCst)
     }
@@ -135,6 +139,7 @@ impl Endpoint {
         self.retired.store(true, Ordering::SeqCst);
     }
 
+    /// Whether the endpoint has left service.
     pub fn is_retired(&self) -> bool {
         self.retired.load(Ordering::SeqCst)
     }
@@ -155,6 +160,7 @@ impl fmt::Debug for Endpoint {
 pub struct InFlight(Arc<Endpoint>);
 
 impl InFlight {
+    /// The endpoint counted.
     pub fn endpoint(&self) -> &Endpoint {
         &self.0
     }
@@ -168,6 +174,7 @@ impl Drop for InFlight {
 
 /// Why a provider could not answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ProviderError {
     /// The provider does not know the function.
     NotFound,
@@ -192,8 +199,11 @@ impl std::error::Error for ProviderError {}
 /// One function as listed by a provider (`GET /system/functions`).
 #[derive(Debug, Clone)]
 pub struct FunctionSummary {
+    /// The function.
     pub function: FunctionRef,
+    /// What it runs: an image, or a command line.
     pub image: String,
+    /// Its replicas.
     pub status: FunctionStatus,
 }
 

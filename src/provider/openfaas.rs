@@ -25,12 +25,17 @@ const MAX_ANSWER: u64 = 8 << 20;
 /// Where the provider is and how to talk to it.
 #[derive(Debug, Clone)]
 pub struct OpenFaasOptions {
+    /// The provider's base URL, e.g. `http://127.0.0.1:8081`.
     pub base_url: String,
+    /// Basic-auth credentials the provider wants, if any.
     pub credentials: Option<Credentials>,
+    /// Bound on each call to it.
     pub timeout: Duration,
+    /// Idle connections kept to it.
     pub max_idle_per_host: usize,
 }
 
+/// A faas-provider (faas-netes, faasd, faas-memory) over its HTTP API.
 pub struct OpenFaasProvider {
     base: String,
     authorization: Option<String>,
@@ -40,6 +45,7 @@ pub struct OpenFaasProvider {
 }
 
 impl OpenFaasProvider {
+    /// A client for the provider at `options.base_url`; refuses a URL it cannot use.
     pub fn new(options: OpenFaasOptions) -> Result<OpenFaasProvider, String> {
         let base = options.base_url.trim().trim_end_matches('/').to_owned();
         let host = base
@@ -251,7 +257,9 @@ impl OpenFaasProvider {
 /// A provider API reachable over HTTP, to which the gateway forwards `/system/*` calls.
 #[derive(Debug, Clone)]
 pub struct RemoteApi {
+    /// Base URL of the API.
     pub base_url: String,
+    /// The `Authorization` value the API wants, if any.
     pub authorization: Option<String>,
 }
 

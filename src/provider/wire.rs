@@ -24,20 +24,28 @@ fn is_zero_f64(n: &f64) -> bool {
 #[serde(rename_all = "camelCase")]
 pub struct FunctionJson {
     #[serde(default)]
+    /// Function name.
     pub name: String,
     #[serde(default)]
+    /// Image (or command line) it runs.
     pub image: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
+    /// Its namespace.
     pub namespace: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Labels, when it has any.
     pub labels: Option<BTreeMap<String, String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Annotations, when it has any.
     pub annotations: Option<BTreeMap<String, String>>,
     #[serde(default, skip_serializing_if = "is_zero_f64")]
+    /// Calls answered so far.
     pub invocation_count: f64,
     #[serde(default, skip_serializing_if = "is_zero")]
+    /// Desired replicas.
     pub replicas: u64,
     #[serde(default, skip_serializing_if = "is_zero")]
+    /// Ready replicas.
     pub available_replicas: u64,
 }
 
@@ -61,9 +69,12 @@ impl From<&FunctionSummary> for FunctionJson {
 #[serde(rename_all = "camelCase")]
 pub struct ScaleServiceRequest {
     #[serde(default)]
+    /// The function to scale.
     pub service_name: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
+    /// Its namespace; empty means the default one.
     pub namespace: String,
+    /// Desired replicas.
     pub replicas: u64,
 }
 

@@ -69,8 +69,11 @@ pub fn request_header<'r>(request: &'r tiny_http::Request, name: &'static str) -
 
 /// Who called, as the forwarding headers tell it.
 pub struct Forwarding<'a> {
+    /// The client's address, for `X-Forwarded-For` and `Forwarded`.
     pub client: Option<SocketAddr>,
+    /// The `Host` the client asked for.
     pub host: Option<&'a str>,
+    /// The scheme the client used.
     pub proto: &'a str,
     /// The peer is a trusted proxy: its `X-Forwarded-Proto` and `X-Forwarded-Host` stand.
     pub trusted: bool,

@@ -176,11 +176,6 @@ impl Scaler {
         result.map(|()| stopped)
     }
 
-    /// Requests waiting for a replica right now, across all functions.
-    pub fn waiting(&self) -> usize {
-        self.waiting.load(Ordering::Relaxed)
-    }
-
     /// (queries made, queries shared) and (scale calls made, scale calls shared).
     pub fn coalescing(&self) -> ((u64, u64), (u64, u64)) {
         (self.queries.counts(), self.scales.counts())
@@ -536,7 +531,7 @@ mod tests {
             provider.status_calls.load(Ordering::SeqCst) < 100,
             "status queries not coalesced"
         );
-        assert_eq!(scaler.waiting(), 0);
+        assert_eq!(scaler.waiting.load(Ordering::SeqCst), 0);
     }
 
     #[test]

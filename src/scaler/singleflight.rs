@@ -39,6 +39,7 @@ struct Call<V> {
 }
 
 impl<K: Eq + Hash + Clone, V: Clone> SingleFlight<K, V> {
+    /// An empty group.
     pub fn new() -> Self {
         SingleFlight {
             calls: Mutex::new(HashMap::new()),

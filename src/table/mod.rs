@@ -80,6 +80,7 @@ impl Default for FunctionTable {
 }
 
 impl FunctionTable {
+    /// An empty table.
     pub fn new() -> FunctionTable {
         FunctionTable {
             shards: std::array::from_fn(|_| RwLock::new(HashMap::new())),

@@ -32,26 +32,35 @@ const REAP_BOUND: Duration = Duration::from_secs(2);
 
 /// How a replica shows it can take requests.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Readiness {
     /// It accepts a TCP connection on its port.
     Tcp,
     /// It answers `GET path` with a 2xx status.
-    Http { path: String },
+    Http {
+        /// The path probed, starting with `/`.
+        path: String,
+    },
 }
 
 /// One function this provider runs, as configured.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProcessFunction {
+    /// Name and namespace.
     pub function: FunctionRef,
     /// Program and arguments; the program is looked up in `PATH` when it has no slash.
     pub command: Vec<String>,
     /// Added to defrost's own environment; `PORT` is always set by the provider.
     pub env: BTreeMap<String, String>,
+    /// Folder the replicas run in (absolute).
     pub workdir: PathBuf,
+    /// How a replica shows it is ready.
     pub readiness: Readiness,
     /// Replicas a cold start scales to.
     pub min_replicas: u64,
+    /// Replicas it may have at most.
     pub max_replicas: u64,
+    /// Labels reported in its status (scale labels among them).
     pub labels: BTreeMap<String, String>,
     /// A replica not ready within this is killed and counted failed.
     pub startup_timeout: Duration,
@@ -60,9 +69,11 @@ pub struct ProcessFunction {
 /// Why a function cannot be run, and which of its settings is at fault.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SpecError {
+    /// The function at fault.
     pub function: FunctionRef,
     /// The setting, as the config file names it (`command`, `max_replicas`, ...).
     pub field: &'static str,
+    /// What is wrong with it.
     pub message: String,
 }
 
@@ -193,6 +204,7 @@ pub struct ProcessProvider {
 }
 
 impl ProcessProvider {
+    /// A provider for `functions`, checked first (nothing runs until a request comes).
     pub fn new(
         functions: Vec<ProcessFunction>,
         options: ProcessOptions,

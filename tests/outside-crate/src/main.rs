@@ -7,8 +7,10 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
-use defrost::provider::FunctionSummary;
-use defrost::{Endpoint, FunctionRef, FunctionStatus, Gateway, Provider, ProviderError, Settings};
+use defrost::{
+    Endpoint, FunctionRef, FunctionStatus, FunctionSummary, Gateway, Provider, ProviderError,
+    Settings,
+};
 
 /// One function, `hello`, whose replica is a thread answering HTTP.
 #[derive(Default)]
