@@ -107,9 +107,9 @@ impl Error {
             Error::Overloaded { retry_after, .. } => {
                 vec![("Retry-After", retry_after.as_secs().max(1).to_string())]
             }
-            Error::ShuttingDown => {
-                vec![("Retry-After", "1".into()), ("Connection", "close".into())]
-            }
+            // `Connection: close` comes from the server, which closes every connection after
+            // its response once it stops accepting
+            Error::ShuttingDown => vec![("Retry-After", "1".into())],
             Error::Unauthorized => vec![("WWW-Authenticate", "Basic realm=\"Restricted\"".into())],
             Error::MethodNotAllowed { allowed } => vec![("Allow", allowed.clone())],
             _ => Vec::new(),

@@ -285,20 +285,27 @@ impl Gateway {
         self.handler.scaler()
     }
 
-    /// Stops gracefully: autoscaling stops, new requests are refused with 503, requests in
-    /// flight finish (up to the grace period), then the workers stop and the provider stops
-    /// every replica it started.
+    /// Stops gracefully: autoscaling stops, the listening socket closes, idle client
+    /// connections are closed and every response closes its connection (`Connection: close`),
+    /// new requests are refused with 503; requests in flight finish, and requests still being
+    /// received are answered (up to the grace period), then the workers stop and the provider
+    /// stops every replica it started.
     pub fn shutdown(self) {
         self.autoscaler.stop();
         self.pool.stop_accepting();
         self.handler.start_draining();
         let deadline = Instant::now() + self.shutdown_grace;
-        while self.handler.in_flight() > 0 && Instant::now() < deadline {
+        let busy = || self.handler.in_flight() > 0 || self.pool.connections_in_use() > 0;
+        while busy() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
         }
         let left = self.handler.in_flight();
         if left > 0 {
             log::warn!("shutting down with {left} requests still in flight after the grace period");
+        }
+        let receiving = self.pool.connections_in_use();
+        if receiving > 0 {
+            log::warn!("shutting down with {receiving} client connections still receiving a request or closing");
         }
         self.pool.stop();
         if let Some(listener) = self.metrics_listener {
