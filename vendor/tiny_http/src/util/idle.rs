@@ -231,11 +231,16 @@ impl Idle {
     pub(crate) fn reclaim_oldest(&self) -> bool {
         let oldest = {
             let mut parked = lock(&self.parked);
-            let token = parked
+            let mut candidates: Vec<(Instant, u64)> = parked
                 .iter_mut()
                 .filter_map(|(&t, c)| c.idle_since().map(|since| (since, t)))
-                .min()
-                .map(|(_, t)| t);
+                .collect();
+            candidates.sort_unstable();
+            // oldest first; one with a request just arrived is left to the thread woken for it
+            let token = candidates
+                .into_iter()
+                .map(|(_, t)| t)
+                .find(|t| parked.get(t).is_some_and(|c| c.nothing_arrived()));
             token.and_then(|t| parked.remove(&t))
         };
         match oldest {
