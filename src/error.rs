@@ -149,9 +149,9 @@ impl Error {
             Error::Overloaded { retry_after, .. } | Error::CrashLooping { retry_after, .. } => {
                 vec![("Retry-After", whole_seconds(*retry_after).to_string())]
             }
-            Error::ShuttingDown => {
-                vec![("Retry-After", "1".into()), ("Connection", "close".into())]
-            }
+            // `Connection: close` comes from the server, which closes every connection after
+            // its response once it stops accepting
+            Error::ShuttingDown => vec![("Retry-After", "1".into())],
             Error::Unauthorized => vec![("WWW-Authenticate", "Basic realm=\"Restricted\"".into())],
             Error::MethodNotAllowed { allowed } => vec![("Allow", allowed.clone())],
             _ => Vec::new(),

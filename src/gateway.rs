@@ -89,9 +89,9 @@ impl Handler {
         self.in_flight.load(Ordering::SeqCst)
     }
 
-    /// From now on, new requests are refused (503, `Connection: close`) and every response asks
-    /// the client to close its connection, so that clients go elsewhere while the gateway
-    /// finishes the requests it has.
+    /// From now on, new requests are refused with 503, so that clients go elsewhere while the
+    /// gateway finishes the requests it has. That every response then closes its connection
+    /// (`Connection: close`) is the server's doing: see `Pool::stop_accepting`.
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::SeqCst);
     }
@@ -106,14 +106,11 @@ impl Handler {
             .load(Ordering::SeqCst)
             .then_some(Error::ShuttingDown);
         let dispatched = refused.map_or_else(|| self.dispatch(&mut request, &mut invocation), Err);
-        let mut response = dispatched.unwrap_or_else(|e| {
+        let response = dispatched.unwrap_or_else(|e| {
             log_failure(&request, &e);
             self.forget_if_unknown(&mut invocation, &e);
             error_response(&e)
         });
-        if self.draining.load(Ordering::SeqCst) {
-            add_header(&mut response, "Connection", "close");
-        }
         let status = response.status_code().0;
         if log::log_enabled!(log::Level::Debug) {
             log::debug!(

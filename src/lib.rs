@@ -274,7 +274,8 @@ pub struct Gateway {
     /// Posts call counts in the background; stops with the gateway.
     analytics: Option<analytics::Analytics>,
     pool: Pool,
-    autoscaler: Autoscaler,
+    /// `None` once stopped.
+    autoscaler: Option<Autoscaler>,
     addr: SocketAddr,
     shutdown_grace: Duration,
 }
@@ -362,7 +363,7 @@ impl Gateway {
             metrics_listener,
             analytics,
             pool,
-            autoscaler,
+            autoscaler: Some(autoscaler),
             addr,
             shutdown_grace: settings.shutdown_grace,
         })
@@ -404,29 +405,53 @@ impl Gateway {
         self.handler.scaler()
     }
 
-    /// Stops gracefully: autoscaling stops, new requests are refused with 503, requests in
-    /// flight finish (up to the grace period), then the workers stop and the provider stops
-    /// every replica it started.
-    pub fn shutdown(self) {
-        self.autoscaler.stop();
+    /// Stops gracefully: autoscaling stops, the listening socket closes, idle client
+    /// connections are closed and every response closes its connection (`Connection: close`),
+    /// new requests are refused with 503; requests in flight finish, and requests still being
+    /// received are answered (up to the grace period), then the workers stop and the provider
+    /// stops every replica it started.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    /// Everything `shutdown` promises, once: dropping a gateway that was shut down does nothing
+    /// more.
+    fn stop(&mut self) {
+        let Some(autoscaler) = self.autoscaler.take() else {
+            return;
+        };
+        autoscaler.stop();
         self.pool.stop_accepting();
         self.handler.start_draining();
         let deadline = deadline::after(self.shutdown_grace);
-        while self.handler.in_flight() > 0 && Instant::now() < deadline {
+        let busy = || self.handler.in_flight() > 0 || self.pool.connections_in_use() > 0;
+        while busy() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
         }
         let left = self.handler.in_flight();
         if left > 0 {
             log::warn!("shutting down with {left} requests still in flight after the grace period");
         }
+        let receiving = self.pool.connections_in_use();
+        if receiving > 0 {
+            log::warn!("shutting down with {receiving} client connections still receiving a request or closing");
+        }
         // The workers are joined next: none may still be waiting for a replica.
         self.handler.scaler().abandon_waits();
         self.pool.stop();
-        if let Some(listener) = self.metrics_listener {
+        if let Some(listener) = self.metrics_listener.take() {
             listener.stop();
         }
-        drop(self.analytics);
+        self.analytics.take();
         self.handler.scaler().provider().shutdown();
         log::info!("defrost stopped");
+    }
+}
+
+impl Drop for Gateway {
+    /// A gateway that goes out of scope shuts down as [`Gateway::shutdown`] does, rather than
+    /// leave its threads serving with nobody holding them.
+    fn drop(&mut self) {
+        self.stop();
     }
 }

@@ -49,3 +49,60 @@ fn a_crate_outside_the_workspace_builds_against_defrost_and_serves_through_it() 
         "{stdout}"
     );
 }
+
+mod dropped {
+    use std::net::TcpStream;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use defrost::{
+        FunctionRef, FunctionStatus, FunctionSummary, Gateway, Provider, ProviderError, Settings,
+    };
+
+    /// Knows no function; remembers whether it was shut down.
+    #[derive(Default)]
+    struct Empty {
+        shut_down: AtomicBool,
+    }
+
+    impl Provider for Empty {
+        fn status(&self, _: &FunctionRef) -> Result<FunctionStatus, ProviderError> {
+            Err(ProviderError::NotFound)
+        }
+        fn set_replicas(&self, _: &FunctionRef, _: u64) -> Result<(), ProviderError> {
+            Err(ProviderError::NotFound)
+        }
+        fn list(&self, _: &str) -> Result<Vec<FunctionSummary>, ProviderError> {
+            Ok(Vec::new())
+        }
+        fn namespaces(&self) -> Result<Vec<String>, ProviderError> {
+            Ok(Vec::new())
+        }
+        fn shutdown(&self) {
+            self.shut_down.store(true, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_gateway_dropped_without_shutdown_stops_serving_and_stops_its_provider() {
+        let provider = Arc::new(Empty::default());
+        let settings = Settings {
+            listen: ([127, 0, 0, 1], 0).into(),
+            shutdown_grace: Duration::from_secs(5),
+            ..Settings::default()
+        };
+        let gateway = Gateway::start(settings, provider.clone()).unwrap();
+        let addr = gateway.local_addr();
+        assert!(TcpStream::connect(addr).is_ok(), "not serving");
+        drop(gateway);
+        assert!(
+            provider.shut_down.load(Ordering::SeqCst),
+            "provider not shut down"
+        );
+        assert!(
+            TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_err(),
+            "still accepting connections after the drop"
+        );
+    }
+}

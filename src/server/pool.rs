@@ -19,7 +19,7 @@ use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 use tiny_http::{Request, Server};
@@ -30,6 +30,8 @@ const TICK: Duration = Duration::from_millis(1);
 const QUIET_TICKS: u32 = 200;
 /// Ticks a surplus of free workers must last before it is retired.
 const SURPLUS_TICKS: u32 = 1000;
+/// How long the pool, once its workers have stopped, still answers requests that come in.
+const STRAGGLER_WINDOW: Duration = Duration::from_millis(100);
 /// A worker's clock while it waits in a way known to be long (see [`blocking`]).
 const BLOCKED: u64 = u64::MAX;
 
@@ -170,9 +172,17 @@ impl Pool {
         self.shared.live.load(Ordering::Relaxed)
     }
 
-    /// Closes the listening socket; requests on connections already open are still taken.
+    /// Closes the listening socket and drains the connections: requests on connections already
+    /// open are still taken, every response carries `Connection: close` and closes its
+    /// connection, and connections idle between requests are closed at once.
     pub fn stop_accepting(&self) {
         self.shared.server.stop_accepting();
+    }
+
+    /// Client connections receiving a request, or closing (see
+    /// `tiny_http::Server::connections_in_use`).
+    pub fn connections_in_use(&self) -> usize {
+        self.shared.server.connections_in_use()
     }
 
     /// Stops taking new requests and waits for the workers to finish the ones they hold.
@@ -188,6 +198,27 @@ impl Pool {
         let handles: Vec<_> = std::mem::take(&mut *self.shared.handles.lock());
         for h in handles {
             let _ = h.join();
+        }
+        self.answer_stragglers();
+    }
+
+    /// Answers, on this thread, requests that came in while the workers were stopping: a
+    /// request that was received is answered (a draining handler refuses it with a 503), not
+    /// dropped with the process.
+    fn answer_stragglers(&self) {
+        let deadline = Instant::now() + STRAGGLER_WINDOW;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            if let Ok(Some(request)) = self.shared.server.recv_timeout(left) {
+                let handled =
+                    panic::catch_unwind(AssertUnwindSafe(|| (self.shared.handler)(request)));
+                if handled.is_err() {
+                    log::error!("a request handler panicked while stopping");
+                }
+            }
         }
     }
 }

@@ -213,6 +213,7 @@ impl ClientConnection {
         remote_addr: Option<SocketAddr>,
         limits: Arc<Limits>,
         slot: ConnSlot,
+        draining: Arc<std::sync::atomic::AtomicBool>,
     ) -> ClientConnection {
         let sock = Arc::new(sock);
         let (returned_tx, returned_rx) = channel();
@@ -227,7 +228,7 @@ impl ClientConnection {
             returned_tx,
             returned_rx,
             sink,
-            shared: Arc::new(ConnShared::new(sock, limits.clone(), slot)),
+            shared: Arc::new(ConnShared::new(sock, limits.clone(), slot, draining)),
             limits,
             accepted_at: Instant::now(),
             requests: 0,
@@ -290,18 +291,34 @@ impl ClientConnection {
     }
 
     /// When the connection, parked in the idle set, became idle, if it may be closed to make
-    /// room for a new one: it has been answered at least once, has no request in progress,
-    /// nothing buffered and nothing arrived. A connection that has not sent its first request
-    /// yet is not taken: its client may be about to.
+    /// room for a new one: it has been answered at least once, has no request in progress
+    /// and nothing buffered. A connection that has not sent its first request yet is not
+    /// taken: its client may be about to. Whether something has arrived since is for
+    /// [`ClientConnection::nothing_arrived`] to tell (a syscall).
     #[cfg(target_os = "linux")]
     pub(crate) fn idle_since(&mut self) -> Option<Instant> {
         if self.requests == 0 || self.shared.outstanding() > 0 || !self.waits_idle(false) {
             return None;
         }
-        if crate::util::conn::has_arrived(&self.shared.sock) {
-            return None;
-        }
         Some(self.shared.last_done())
+    }
+
+    /// True if nothing has arrived on the socket that nobody has read (nothing is taken).
+    #[cfg(target_os = "linux")]
+    pub(crate) fn nothing_arrived(&self) -> bool {
+        !crate::util::conn::has_arrived(&self.shared.sock)
+    }
+
+    /// True if closing the connection now loses nothing: no request in progress, nothing
+    /// buffered, nothing arrived on the socket.
+    #[cfg(target_os = "linux")]
+    pub(crate) fn quiet(&mut self) -> bool {
+        self.shared.outstanding() == 0 && self.waits_idle(false) && self.nothing_arrived()
+    }
+
+    /// True once the server stops accepting (see [`ConnShared::draining`]).
+    pub(crate) fn draining(&self) -> bool {
+        self.shared.draining()
     }
 
     /// Reads the next request if its head has fully arrived, without ever blocking; for a

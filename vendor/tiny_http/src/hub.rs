@@ -7,7 +7,7 @@
 //! hands the connection back to the idle set once it waits idle again. Where there is no idle
 //! set, connection threads serve connections throughout, as tiny_http always did.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
@@ -30,6 +30,9 @@ pub(crate) enum Waited {
 
 pub(crate) struct Hub {
     pub(crate) messages: Arc<MessagesQueue<Message>>,
+    /// Set once the server stops accepting; shared with every connection, whose responses
+    /// then close it.
+    pub(crate) draining: Arc<AtomicBool>,
     /// Threads waiting in the idle set right now, to be woken when work is queued.
     pollers: AtomicUsize,
     tasks: TaskPool,
@@ -42,6 +45,7 @@ impl Hub {
     pub(crate) fn start(limits: &Limits) -> Arc<Hub> {
         let hub = Arc::new(Hub {
             messages: MessagesQueue::with_capacity(8),
+            draining: Arc::new(AtomicBool::new(false)),
             pollers: AtomicUsize::new(0),
             tasks: TaskPool::new(),
             #[cfg(target_os = "linux")]
@@ -124,6 +128,25 @@ impl Hub {
             return idle.reclaim_oldest();
         }
         false
+    }
+
+    /// From now on every response closes its connection; the idle connections with nothing
+    /// going on are closed at once.
+    pub(crate) fn drain(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+        #[cfg(target_os = "linux")]
+        if let Some(idle) = &self.idle {
+            idle.drain();
+        }
+    }
+
+    /// Connections waiting in the idle set (none where there is no idle set).
+    pub(crate) fn parked(&self) -> usize {
+        #[cfg(target_os = "linux")]
+        if let Some(idle) = &self.idle {
+            return idle.parked();
+        }
+        0
     }
 
     /// Closes the idle connections and stops watching them.

@@ -577,7 +577,13 @@ fn accept_loop(
         }
 
         let slot = util::conn::ConnSlot::take(&connections);
-        let client = ClientConnection::new(conn, remote_addr, limits.clone(), slot);
+        let client = ClientConnection::new(
+            conn,
+            remote_addr,
+            limits.clone(),
+            slot,
+            hub.draining.clone(),
+        );
         hub.serve(Box::new(client));
     }
     log::debug!("Terminating accept thread");
@@ -591,14 +597,25 @@ impl Iterator for IncomingRequests<'_> {
 }
 
 impl Server {
-    /// Closes the listening socket: new connections are refused from now on, while
-    /// connections already open go on being served (until they close, or their keep-alive
-    /// timeout). For a graceful shutdown, before the last requests are answered.
+    /// Closes the listening socket and drains the open connections, for a graceful shutdown:
+    /// new connections are refused from now on; every response (to requests in progress, and
+    /// to any still arriving) carries `Connection: close` and its connection is closed after
+    /// it; connections waiting idle for their next request, with nothing arrived, are closed
+    /// at once. Requests are still received and answered meanwhile.
     pub fn stop_accepting(&self) {
         if self.close.swap(true, Relaxed) {
             return;
         }
+        self.hub.drain();
         self.unblock_accept();
+    }
+
+    /// Connections open and doing something: reading a request, waiting for a response to be
+    /// written, or closing. Not counted: those waiting idle between requests, or for a
+    /// response while nothing else comes from them. After `stop_accepting`, a gateway waits
+    /// for this to reach zero so that no request being received is cut off.
+    pub fn connections_in_use(&self) -> usize {
+        self.num_connections().saturating_sub(self.hub.parked())
     }
 
     /// Connects briefly to ourselves so that the accept thread sees the close flag.

@@ -481,6 +481,7 @@ impl Request {
                 response.default_chunked_threshold(conn.limits.chunked_threshold);
                 if self.close_after
                     || conn.must_close()
+                    || conn.draining()
                     || self.unread_body_forces_close(conn.limits.max_drain_bytes)
                 {
                     conn.mark_close();

@@ -1,4 +1,5 @@
-//! A server that stops accepting refuses new connections and keeps serving open ones.
+//! A server that stops accepting refuses new connections, closes the idle ones, and answers
+//! the requests still coming on open ones, each with `Connection: close`.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -7,10 +8,8 @@ use std::time::{Duration, Instant};
 
 use tiny_http::{Response, Server};
 
-fn ask(stream: &mut TcpStream) -> String {
-    stream
-        .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
-        .unwrap();
+/// Reads one `ok` answer; returns its head.
+fn answer(stream: &mut TcpStream) -> String {
     let mut answer = Vec::new();
     let mut byte = [0u8];
     while !answer.ends_with(b"\r\n\r\nok") {
@@ -20,8 +19,15 @@ fn ask(stream: &mut TcpStream) -> String {
     String::from_utf8(answer).unwrap()
 }
 
+fn ask(stream: &mut TcpStream) -> String {
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    answer(stream)
+}
+
 #[test]
-fn open_connections_are_served_after_the_listener_closes() {
+fn stopping_closes_idle_connections_and_answers_the_rest_with_connection_close() {
     let server = std::sync::Arc::new(Server::http("127.0.0.1:0").unwrap());
     let addr = server.server_addr().to_ip().unwrap();
     let serving = server.clone();
@@ -30,9 +36,21 @@ fn open_connections_are_served_after_the_listener_closes() {
             let _ = request.respond(Response::from_string("ok"));
         }
     });
-    let mut open = TcpStream::connect(addr).unwrap();
-    open.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    assert!(ask(&mut open).starts_with("HTTP/1.1 200"));
+    let connect = || {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        stream
+    };
+    let mut idle = connect();
+    assert!(ask(&mut idle).starts_with("HTTP/1.1 200"));
+    // a request whose head is still arriving when the server stops
+    let mut arriving = connect();
+    arriving
+        .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n")
+        .unwrap();
+    thread::sleep(Duration::from_millis(100));
 
     server.stop_accepting();
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -40,8 +58,21 @@ fn open_connections_are_served_after_the_listener_closes() {
         thread::sleep(Duration::from_millis(10));
     }
     assert!(TcpStream::connect(addr).is_err(), "still accepting");
-    assert!(
-        ask(&mut open).starts_with("HTTP/1.1 200"),
-        "the open connection is still served"
+
+    let mut byte = [0u8];
+    assert_eq!(
+        idle.read(&mut byte).unwrap(),
+        0,
+        "the idle connection stayed open"
+    );
+
+    arriving.write_all(b"\r\n").unwrap();
+    let head = answer(&mut arriving).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{}", head);
+    assert!(head.contains("connection: close"), "{}", head);
+    assert_eq!(
+        arriving.read(&mut byte).unwrap(),
+        0,
+        "not closed after the answer"
     );
 }

@@ -76,11 +76,18 @@ pub(crate) struct ConnShared {
     waiters: AtomicUsize,
     /// Signalled (under `last_done`) when the last outstanding response is done.
     all_done: Condvar,
+    /// The server's: set once it stops accepting (every response then closes its connection).
+    draining: Arc<AtomicBool>,
     _slot: ConnSlot,
 }
 
 impl ConnShared {
-    pub(crate) fn new(sock: Arc<Connection>, limits: Arc<Limits>, slot: ConnSlot) -> ConnShared {
+    pub(crate) fn new(
+        sock: Arc<Connection>,
+        limits: Arc<Limits>,
+        slot: ConnSlot,
+        draining: Arc<AtomicBool>,
+    ) -> ConnShared {
         ConnShared {
             sock,
             limits,
@@ -89,6 +96,7 @@ impl ConnShared {
             last_done: Mutex::new(Instant::now()),
             waiters: AtomicUsize::new(0),
             all_done: Condvar::new(),
+            draining,
             _slot: slot,
         }
     }
@@ -99,6 +107,12 @@ impl ConnShared {
 
     pub(crate) fn must_close(&self) -> bool {
         self.close.load(Ordering::Acquire)
+    }
+
+    /// True once the server has stopped accepting: the connection closes after its next
+    /// response.
+    pub(crate) fn draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
     }
 
     pub(crate) fn response_started(&self) {

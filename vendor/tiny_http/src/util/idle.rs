@@ -102,8 +102,18 @@ impl Idle {
         } else {
             libc::EPOLL_CTL_ADD
         };
-        // in the set before it is armed, so that an event always finds it
-        lock(&self.parked).insert(token, client);
+        {
+            let mut parked = lock(&self.parked);
+            // the server stops accepting: a connection with nothing going on is closed instead
+            // (checked under the lock that `drain` takes, so that none slips past both)
+            if client.draining() && client.quiet() {
+                drop(parked);
+                self.forget(client);
+                return Ok(());
+            }
+            // in the set before it is armed, so that an event always finds it
+            parked.insert(token, client);
+        }
         let mut event = libc::epoll_event {
             events: (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLONESHOT) as u32,
             u64: token,
@@ -194,16 +204,43 @@ impl Idle {
         }
     }
 
+    /// Closes every parked connection with nothing going on (see [`ClientConnection::quiet`]):
+    /// the server stops accepting, and their clients should go elsewhere. The others (a
+    /// response being written, a request arriving) are closed after their next response.
+    pub(crate) fn drain(&self) {
+        let quiet: Vec<Box<ClientConnection>> = {
+            let mut parked = lock(&self.parked);
+            let tokens: Vec<u64> = parked
+                .iter_mut()
+                .filter_map(|(&t, c)| c.quiet().then_some(t))
+                .collect();
+            tokens.iter().filter_map(|t| parked.remove(t)).collect()
+        };
+        for client in quiet {
+            self.forget(client);
+        }
+    }
+
+    /// Connections parked here now.
+    pub(crate) fn parked(&self) -> usize {
+        lock(&self.parked).len()
+    }
+
     /// Closes the connection that has waited idle the longest between two requests (see
     /// [`ClientConnection::idle_since`]), quietly; false if there is none.
     pub(crate) fn reclaim_oldest(&self) -> bool {
         let oldest = {
             let mut parked = lock(&self.parked);
-            let token = parked
+            let mut candidates: Vec<(Instant, u64)> = parked
                 .iter_mut()
                 .filter_map(|(&t, c)| c.idle_since().map(|since| (since, t)))
-                .min()
-                .map(|(_, t)| t);
+                .collect();
+            candidates.sort_unstable();
+            // oldest first; one with a request just arrived is left to the thread woken for it
+            let token = candidates
+                .into_iter()
+                .map(|(_, t)| t)
+                .find(|t| parked.get(t).is_some_and(|c| c.nothing_arrived()));
             token.and_then(|t| parked.remove(&t))
         };
         match oldest {
