@@ -100,72 +100,73 @@ impl Handler {
     pub fn handle(&self, mut request: Request) {
         let _counted = Counted::new(&self.in_flight);
         let started = Instant::now();
-        let mut invocation = None;
-        let refused = self
-            .draining
-            .load(Ordering::SeqCst)
-            .then_some(Error::ShuttingDown);
-        let dispatched = refused.map_or_else(|| self.dispatch(&mut request, &mut invocation), Err);
-        let response = dispatched.unwrap_or_else(|e| {
-            log_failure(&request, &e);
-            self.forget_if_unknown(&mut invocation, &e);
-            error_response(&e)
-        });
+        let outcome = self.answer(&mut request);
+        let (response, call) = self.settle(&request, outcome);
         let status = response.status_code().0;
-        if log::log_enabled!(log::Level::Debug) {
-            log::debug!(
-                "{} {} -> {status} in {:.3}ms",
-                request.method(),
-                printable_path(request.url()),
-                started.elapsed().as_secs_f64() * 1e3
-            );
-        }
-        let (method, path) = (request.method().clone(), printable_path(request.url()));
-        if let Err(e) = request.respond(response) {
-            // The client hung up, stopped reading, or the function broke off mid-answer: the
-            // connection is closed, and the operator should be able to tell which call it was.
-            log::info!("{method} {path} -> {status}: response not completed: {e}");
-        }
-        if let Some(call) = invocation {
+        log_answer(&request, status, started);
+        respond(request, response, status);
+        if let Some(call) = call {
             call.finish(status);
         }
     }
 
-    /// A call to a name the provider does not know is not kept in the metrics: clients must
-    /// not be able to grow them by calling made-up names.
-    fn forget_if_unknown(&self, invocation: &mut Option<Call>, e: &Error) {
-        if !names_unknown_function(e) {
-            return;
+    /// Screens and routes the request, then answers it here or calls a function.
+    fn answer(&self, request: &mut Request) -> Outcome {
+        if self.draining.load(Ordering::SeqCst) {
+            return Outcome::local(Err(Error::ShuttingDown));
         }
-        if let Some(call) = invocation.take() {
-            let function = call.function().clone();
-            call.finish(e.status());
-            self.scaler.table().forget_unknown(&function);
-        }
-    }
-
-    /// Answers the request; a function call is counted in `invocation` from here on.
-    fn dispatch(
-        &self,
-        request: &mut Request,
-        invocation: &mut Option<Call>,
-    ) -> Result<ResponseBox, Error> {
         let target = request.url().to_owned();
-        crate::screen::screen(request.method().as_str(), &target)?;
-        match router::route(&target, &self.default_namespace)? {
-            Route::Function {
+        let routed = crate::screen::screen(request.method().as_str(), &target)
+            .and_then(|()| Ok(router::route(&target, &self.default_namespace)?));
+        match routed {
+            Err(e) => Outcome::local(Err(e)),
+            Ok(Route::Function {
                 function,
                 rest,
                 query,
-            } => {
+            }) => {
                 let target = Target {
                     function: &function,
                     rest,
                     query,
                     params: &[],
                 };
-                self.call_function(request, &target, invocation)
+                self.call_function(request, &target)
             }
+            Ok(Route::NotFound) => self.trigger(request, &target),
+            Ok(route) => Outcome::local(self.local(request, route, &target)),
+        }
+    }
+
+    /// Turns a failure into its response. A call to a name the provider does not know ends
+    /// here, and is not kept: clients must not be able to grow the function table by calling
+    /// made-up names.
+    fn settle(&self, request: &Request, outcome: Outcome) -> (ResponseBox, Option<Call>) {
+        let e = match outcome.result {
+            Ok(response) => return (response, outcome.call),
+            Err(e) => e,
+        };
+        log_failure(request, &e);
+        let call = match outcome.call {
+            Some(call) if names_unknown_function(&e) => {
+                let function = call.function().clone();
+                call.finish(e.status());
+                self.scaler.table().forget_unknown(&function);
+                None
+            }
+            call => call,
+        };
+        (error_response(&e), call)
+    }
+
+    /// The routes the gateway answers itself.
+    fn local(
+        &self,
+        request: &mut Request,
+        route: Route<'_>,
+        target: &str,
+    ) -> Result<ResponseBox, Error> {
+        match route {
             Route::Healthz => self.healthz(request),
             Route::Metrics if self.metrics_route => Ok(self.metrics_page()),
             Route::StatusPage => {
@@ -174,11 +175,45 @@ impl Handler {
                 Ok(bytes(200, status_page::CONTENT_TYPE, page.into_bytes()))
             }
             Route::System { path, query } => self.system(request, path, query),
-            Route::Metrics => Err(Error::NoRoute {
-                path: printable_path(&target),
+            Route::Metrics | Route::Function { .. } | Route::NotFound => Err(Error::NoRoute {
+                path: printable_path(target),
             }),
-            Route::NotFound => self.trigger(request, &target, invocation),
         }
+    }
+}
+
+/// What a request came to: its response (or the failure to answer with), and the function
+/// call it made, if it made one.
+struct Outcome {
+    result: Result<ResponseBox, Error>,
+    call: Option<Call>,
+}
+
+impl Outcome {
+    fn local(result: Result<ResponseBox, Error>) -> Outcome {
+        Outcome { result, call: None }
+    }
+}
+
+/// Writes the response; a response that cannot be completed is logged, never retried.
+fn respond(request: Request, response: ResponseBox, status: u16) {
+    let (method, path) = (request.method().clone(), printable_path(request.url()));
+    if let Err(e) = request.respond(response) {
+        // The client hung up, stopped reading, or the function broke off mid-answer: the
+        // connection is closed, and the operator should be able to tell which call it was.
+        log::info!("{method} {path} -> {status}: response not completed: {e}");
+    }
+}
+
+/// One line per request, at debug level.
+fn log_answer(request: &Request, status: u16, started: Instant) {
+    if log::log_enabled!(log::Level::Debug) {
+        log::debug!(
+            "{} {} -> {status} in {:.3}ms",
+            request.method(),
+            printable_path(request.url()),
+            started.elapsed().as_secs_f64() * 1e3
+        );
     }
 }
 
@@ -249,25 +284,20 @@ impl Handler {
 }
 
 impl Handler {
-    /// Every way of calling a function ends here, so every call is counted the same way.
-    fn call_function(
-        &self,
-        request: &mut Request,
-        target: &Target<'_>,
-        invocation: &mut Option<Call>,
-    ) -> Result<ResponseBox, Error> {
-        let call = invocation.insert(Call::begin(self.scaler.table(), target.function));
-        self.proxy.forward(request, target, call)
+    /// Every way of calling a function ends here, so every call is counted the same way: from
+    /// here to the last byte of its answer, by the [`Call`] it returns with.
+    fn call_function(&self, request: &mut Request, target: &Target<'_>) -> Outcome {
+        let mut call = Call::begin(self.scaler.table(), target.function);
+        let result = self.proxy.forward(request, target, &mut call);
+        Outcome {
+            result,
+            call: Some(call),
+        }
     }
 
     /// Requests outside `/function/` and `/system/` may match an HTTP trigger. The table in use
     /// when the request arrived serves it to the end, whatever a reload swaps in meanwhile.
-    fn trigger(
-        &self,
-        request: &mut Request,
-        target: &str,
-        invocation: &mut Option<Call>,
-    ) -> Result<ResponseBox, Error> {
+    fn trigger(&self, request: &mut Request, target: &str) -> Outcome {
         let triggers = self.triggers.current();
         let (path, query) = router::split_target(target);
         let host = request_header(request, "Host").map(str::to_owned);
@@ -280,12 +310,12 @@ impl Handler {
                     query,
                     params: &found.params,
                 };
-                self.call_function(request, &target, invocation)
+                self.call_function(request, &target)
             }
-            Err(Miss::NoMatch) => Err(Error::NoRoute {
+            Err(Miss::NoMatch) => Outcome::local(Err(Error::NoRoute {
                 path: printable_path(target),
-            }),
-            Err(Miss::Method(allowed)) => Err(Error::MethodNotAllowed { allowed }),
+            })),
+            Err(Miss::Method(allowed)) => Outcome::local(Err(Error::MethodNotAllowed { allowed })),
         }
     }
 }
