@@ -90,11 +90,11 @@ fn on_two_threads(op: impl Fn(usize) + Sync) -> f64 {
 
 /// Mean nanoseconds of a warm call, client to upstream and back, over keep-alive.
 fn warm_call() -> f64 {
-    let upstream = tiny_http::Server::http("127.0.0.1:0").expect("upstream listens");
+    let upstream = defrost_http::Server::http("127.0.0.1:0").expect("upstream listens");
     let upstream_addr = upstream.server_addr().to_ip().expect("an IP address");
     thread::spawn(move || {
         for request in upstream.incoming_requests() {
-            let _ = request.respond(tiny_http::Response::from_string("ok"));
+            let _ = request.respond(defrost_http::Response::from_string("ok"));
         }
     });
     let provider = Arc::new(Ready(Arc::new(Endpoint::new(format!(

@@ -34,7 +34,7 @@ impl ThreadProvider {
     }
 
     fn start_replica(&self) -> Result<Arc<Endpoint>, ProviderError> {
-        let server = tiny_http::Server::http("127.0.0.1:0")
+        let server = defrost_http::Server::http("127.0.0.1:0")
             .map_err(|e| ProviderError::Failed(format!("cannot listen: {e}")))?;
         let addr = server
             .server_addr()
@@ -45,7 +45,7 @@ impl ThreadProvider {
                 let now = SystemTime::now()
                     .duration_since(UNIX_EPOCH)
                     .map_or(0, |d| d.as_secs());
-                let _ = request.respond(tiny_http::Response::from_string(format!(
+                let _ = request.respond(defrost_http::Response::from_string(format!(
                     "unix time {now}\n"
                 )));
             }

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use tiny_http::{Header, Request, Response, ResponseBox, StatusCode};
+use defrost_http::{Header, Request, Response, ResponseBox, StatusCode};
 
 use crate::auth::Credentials;
 use crate::call::Call;

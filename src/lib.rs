@@ -212,8 +212,8 @@ impl From<&GatewaySection> for Settings {
 
 impl Settings {
     /// What the HTTP server enforces on clients.
-    pub(crate) fn server_limits(&self) -> tiny_http::Limits {
-        tiny_http::Limits {
+    pub(crate) fn server_limits(&self) -> defrost_http::Limits {
+        defrost_http::Limits {
             max_connections: self.max_connections,
             max_header_bytes: self.max_header_bytes,
             max_url_bytes: self.max_url_bytes,
@@ -221,7 +221,7 @@ impl Settings {
             keep_alive_timeout: self.keep_alive_timeout,
             read_timeout: self.client_read_timeout,
             write_timeout: self.client_write_timeout,
-            ..tiny_http::Limits::default()
+            ..defrost_http::Limits::default()
         }
     }
 }
@@ -292,7 +292,7 @@ impl Gateway {
         let listener = server::bind(settings.listen)?;
         let addr = listener.local_addr()?;
         let server =
-            tiny_http::Server::from_listener_with_limits(listener, settings.server_limits())
+            defrost_http::Server::from_listener_with_limits(listener, settings.server_limits())
                 .map_err(io::Error::other)?;
         let table = triggers::Triggers::build(&settings.triggers)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
@@ -343,7 +343,7 @@ impl Gateway {
                 let scrape = Arc::clone(&handler);
                 Some(metrics::listener::MetricsListener::start(
                     addr,
-                    Arc::new(move |request: &tiny_http::Request| {
+                    Arc::new(move |request: &defrost_http::Request| {
                         scrape.metrics_listener_page(request)
                     }),
                 )?)

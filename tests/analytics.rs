@@ -19,7 +19,7 @@ fn config(analytics_url: &str) -> String {
 
 /// A collector on loopback: records every batch it is sent.
 fn collector() -> (String, Arc<Mutex<Vec<serde_json::Value>>>) {
-    let server = tiny_http::Server::http("127.0.0.1:0").unwrap();
+    let server = defrost_http::Server::http("127.0.0.1:0").unwrap();
     let url = format!("http://{}/analytics", server.server_addr());
     let batches = Arc::new(Mutex::new(Vec::new()));
     let sink = batches.clone();
@@ -30,7 +30,7 @@ fn collector() -> (String, Arc<Mutex<Vec<serde_json::Value>>>) {
             if let Ok(batch) = serde_json::from_str(&body) {
                 sink.lock().unwrap().push(batch);
             }
-            let _ = request.respond(tiny_http::Response::empty(204));
+            let _ = request.respond(defrost_http::Response::empty(204));
         }
     });
     (url, batches)

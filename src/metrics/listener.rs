@@ -11,13 +11,13 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use tiny_http::{Request, ResponseBox};
+use defrost_http::{Request, ResponseBox};
 
 /// Answers one request to the listener (the scrape, or a 404).
 pub type Page = dyn Fn(&Request) -> ResponseBox + Send + Sync;
 
 pub struct MetricsListener {
-    server: Arc<tiny_http::Server>,
+    server: Arc<defrost_http::Server>,
     addr: SocketAddr,
     stopping: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
@@ -27,7 +27,8 @@ impl MetricsListener {
     pub fn start(addr: SocketAddr, page: Arc<Page>) -> io::Result<MetricsListener> {
         let listener = crate::server::bind(addr)?;
         let addr = listener.local_addr()?;
-        let server = tiny_http::Server::from_listener(listener, None).map_err(io::Error::other)?;
+        let server =
+            defrost_http::Server::from_listener(listener, None).map_err(io::Error::other)?;
         let server = Arc::new(server);
         let stopping = Arc::new(AtomicBool::new(false));
         let (serving, stop) = (Arc::clone(&server), Arc::clone(&stopping));
@@ -56,7 +57,7 @@ impl MetricsListener {
     }
 }
 
-fn serve(server: &tiny_http::Server, page: &Page, stopping: &AtomicBool) {
+fn serve(server: &defrost_http::Server, page: &Page, stopping: &AtomicBool) {
     while !stopping.load(Ordering::SeqCst) {
         let request = match server.recv_timeout(Duration::from_secs(1)) {
             Ok(Some(request)) => request,

@@ -59,7 +59,10 @@ pub fn is_hop_by_hop(name: &str, connection: Option<&str>) -> bool {
 }
 
 /// The value of a request header, first occurrence, matched without regard to case.
-pub fn request_header<'r>(request: &'r tiny_http::Request, name: &'static str) -> Option<&'r str> {
+pub fn request_header<'r>(
+    request: &'r defrost_http::Request,
+    name: &'static str,
+) -> Option<&'r str> {
     request
         .headers()
         .iter()

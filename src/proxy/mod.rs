@@ -13,7 +13,7 @@ use std::io::{self, Read};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tiny_http::{Request, Response, ResponseBox, StatusCode};
+use defrost_http::{Request, Response, ResponseBox, StatusCode};
 use ureq::http;
 use ureq::SendBody;
 

@@ -21,8 +21,8 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use defrost_http::{Request, Server};
 use parking_lot::{Condvar, Mutex};
-use tiny_http::{Request, Server};
 
 /// How often the monitor looks at the workers while any of them is busy.
 const TICK: Duration = Duration::from_millis(1);
@@ -180,7 +180,7 @@ impl Pool {
     }
 
     /// Client connections receiving a request, or closing (see
-    /// `tiny_http::Server::connections_in_use`).
+    /// `defrost_http::Server::connections_in_use`).
     pub fn connections_in_use(&self) -> usize {
         self.shared.server.connections_in_use()
     }
@@ -438,7 +438,7 @@ mod tests {
             if request.url() == "/block" {
                 thread::sleep(Duration::from_secs(2));
             }
-            let _ = request.respond(tiny_http::Response::from_string("done"));
+            let _ = request.respond(defrost_http::Response::from_string("done"));
         });
         let (pool, addr) = pool_with(small(2), handler);
         let blockers: Vec<_> = (0..4)
@@ -464,7 +464,7 @@ mod tests {
     #[test]
     fn fast_requests_keep_the_core() {
         let handler: Arc<OnRequest> = Arc::new(|request: Request| {
-            let _ = request.respond(tiny_http::Response::from_string("ok"));
+            let _ = request.respond(defrost_http::Response::from_string("ok"));
         });
         // A stall this long cannot come from these handlers, even on a loaded machine.
         let config = PoolConfig {

@@ -1,4 +1,4 @@
-extern crate tiny_http;
+extern crate defrost_http;
 
 use std::io::{Read, Write};
 
@@ -15,10 +15,12 @@ fn basic_handling() {
     .unwrap();
 
     let request = server.recv().unwrap();
-    assert!(*request.method() == tiny_http::Method::Get);
+    assert!(*request.method() == defrost_http::Method::Get);
     //assert!(request.url() == "/");
     request
-        .respond(tiny_http::Response::from_string("hello world".to_owned()))
+        .respond(defrost_http::Response::from_string(
+            "hello world".to_owned(),
+        ))
         .unwrap();
 
     server.try_recv().unwrap();

@@ -1,6 +1,6 @@
 #![cfg(unix)]
 
-extern crate tiny_http;
+extern crate defrost_http;
 
 use std::{
     io::{Read, Write},
@@ -14,7 +14,7 @@ mod support;
 #[test]
 fn unix_basic_handling() {
     let socket = std::env::temp_dir().join(format!("tiny-http-test-{}.sock", std::process::id()));
-    let server = tiny_http::Server::http_unix(Path::new(&socket)).unwrap();
+    let server = defrost_http::Server::http_unix(Path::new(&socket)).unwrap();
     let path: PathBuf = server
         .server_addr()
         .to_unix()
@@ -31,10 +31,12 @@ fn unix_basic_handling() {
     .unwrap();
 
     let request = server.recv().unwrap();
-    assert!(*request.method() == tiny_http::Method::Get);
+    assert!(*request.method() == defrost_http::Method::Get);
     //assert!(request.url() == "/");
     request
-        .respond(tiny_http::Response::from_string("hello world".to_owned()))
+        .respond(defrost_http::Response::from_string(
+            "hello world".to_owned(),
+        ))
         .unwrap();
 
     server.try_recv().unwrap();

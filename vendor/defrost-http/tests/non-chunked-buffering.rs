@@ -1,4 +1,4 @@
-extern crate tiny_http;
+extern crate defrost_http;
 
 use std::io::{Cursor, Read, Write};
 use std::sync::{
@@ -42,9 +42,9 @@ fn big_response_reader() -> Reader {
     }
 }
 
-fn identity_served(r: &mut Reader) -> tiny_http::Response<&mut Reader> {
+fn identity_served(r: &mut Reader) -> defrost_http::Response<&mut Reader> {
     let body_len = r.inner.get_ref().len();
-    tiny_http::Response::empty(200)
+    defrost_http::Response::empty(200)
         .with_chunked_threshold(usize::MAX)
         .with_data(r, Some(body_len))
 }

@@ -6,7 +6,7 @@ use std::net::TcpStream;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use tiny_http::{Response, Server};
+use defrost_http::{Response, Server};
 
 /// Reads one `ok` answer; returns its head.
 fn answer(stream: &mut TcpStream) -> String {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use tiny_http::{Limits, Request, Response, Server};
+use defrost_http::{Limits, Request, Response, Server};
 
 /// Upper bound on any single client-side wait.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);

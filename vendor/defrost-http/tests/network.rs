@@ -1,4 +1,4 @@
-extern crate tiny_http;
+extern crate defrost_http;
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
@@ -100,7 +100,7 @@ fn pipelining_test() {
 
 #[test]
 fn server_crash_results_in_response() {
-    let server = tiny_http::Server::http("127.0.0.1:0").unwrap();
+    let server = defrost_http::Server::http("127.0.0.1:0").unwrap();
     let port = server.server_addr().to_ip().unwrap().port();
     let mut client = TcpStream::connect(("127.0.0.1", port)).unwrap();
 
@@ -144,14 +144,16 @@ fn pipelined_requests_wait_for_the_previous_response() {
             early.is_none(),
             "the second request came before the first was answered"
         );
-        rq1.respond(tiny_http::Response::from_string("first request".to_owned()))
-            .unwrap();
+        rq1.respond(defrost_http::Response::from_string(
+            "first request".to_owned(),
+        ))
+        .unwrap();
         let rq2 = server
             .recv_timeout(Duration::from_secs(5))
             .unwrap()
             .unwrap();
         assert_eq!(rq2.url(), "/2");
-        rq2.respond(tiny_http::Response::from_string(
+        rq2.respond(defrost_http::Response::from_string(
             "second request".to_owned(),
         ))
         .unwrap();
@@ -177,7 +179,7 @@ fn no_transfer_encoding_on_204() {
     thread::spawn(move || {
         let rq = server.recv().unwrap();
 
-        let resp = tiny_http::Response::empty(tiny_http::StatusCode(204));
+        let resp = defrost_http::Response::empty(defrost_http::StatusCode(204));
         rq.respond(resp).unwrap();
     });
 
@@ -192,7 +194,7 @@ fn no_transfer_encoding_on_204() {
 #[test]
 fn connection_timeout() {
     let (server, mut client) = {
-        let server = tiny_http::ServerBuilder::new()
+        let server = defrost_http::ServerBuilder::new()
             .with_client_connections_timeout(3000)
             .with_random_port().build().unwrap();
         let port = server.server_addr().port();
@@ -223,7 +225,7 @@ fn connection_timeout() {
 
 #[test]
 fn chunked_threshold() {
-    let resp = tiny_http::Response::from_string("test".to_string());
+    let resp = defrost_http::Response::from_string("test".to_string());
     assert_eq!(resp.chunked_threshold(), usize::MAX);
     assert_eq!(resp.with_chunked_threshold(42).chunked_threshold(), 42);
 }

@@ -1,4 +1,4 @@
-extern crate tiny_http;
+extern crate defrost_http;
 
 use std::io::{copy, Read, Write};
 use std::net::{Shutdown, TcpStream};
@@ -10,8 +10,8 @@ use std::thread::{sleep, spawn};
 /// "Promptly" against a response body that takes minutes: generous, so that a loaded machine
 /// does not fail the test, yet far below what waiting for the slow body would take.
 const PROMPT: Duration = Duration::from_secs(5);
+use defrost_http::{Response, Server};
 use std::time::Duration;
-use tiny_http::{Response, Server};
 
 /// Stream that produces bytes very slowly
 #[derive(Debug, Copy, Clone, PartialEq, Eq)]

@@ -1,4 +1,4 @@
-extern crate tiny_http;
+extern crate defrost_http;
 
 use std::io::{Read, Write};
 use std::net::Shutdown;
@@ -106,9 +106,9 @@ fn custom_content_type_response_header() {
     let request = server.recv().unwrap();
     request
         .respond(
-            tiny_http::Response::from_string("{\"custom\": \"Content-Type\"}").with_header(
+            defrost_http::Response::from_string("{\"custom\": \"Content-Type\"}").with_header(
                 "Content-Type: application/json"
-                    .parse::<tiny_http::Header>()
+                    .parse::<defrost_http::Header>()
                     .unwrap(),
             ),
         )

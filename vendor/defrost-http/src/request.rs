@@ -356,9 +356,9 @@ impl Request {
     ///
     /// ```no_run
     /// # use std::io::Read;
-    /// # fn get_content_type(_: &tiny_http::Request) -> &'static str { "" }
+    /// # fn get_content_type(_: &defrost_http::Request) -> &'static str { "" }
     /// # fn main() {
-    /// # let server = tiny_http::Server::http("0.0.0.0:0").unwrap();
+    /// # let server = defrost_http::Server::http("0.0.0.0:0").unwrap();
     /// let mut request = server.recv().unwrap();
     ///
     /// if get_content_type(&request) == "application/json" {

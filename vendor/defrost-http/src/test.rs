@@ -9,7 +9,7 @@ use std::str::FromStr;
 /// with no headers. To create a `TestRequest` with different parameters, use the builder pattern:
 ///
 /// ```
-/// # use tiny_http::{Method, TestRequest};
+/// # use defrost_http::{Method, TestRequest};
 /// let request = TestRequest::new()
 ///     .with_method(Method::Post)
 ///     .with_path("/api/widgets")
@@ -19,7 +19,7 @@ use std::str::FromStr;
 /// Then, convert the `TestRequest` into a real `Request` and pass it to the server under test:
 ///
 /// ```
-/// # use tiny_http::{Method, Request, Response, Server, StatusCode, TestRequest};
+/// # use defrost_http::{Method, Request, Response, Server, StatusCode, TestRequest};
 /// # use std::io::Cursor;
 /// # let request = TestRequest::new()
 /// #     .with_method(Method::Post)
