@@ -5,6 +5,7 @@
 //! how much of a guess was right.
 
 use std::fmt;
+use std::io;
 use std::path::Path;
 
 /// A user and password pair.
@@ -29,21 +30,26 @@ impl fmt::Debug for Credentials {
 impl Credentials {
     /// Reads `basic-auth-user` and `basic-auth-password` from `dir` (trailing newlines are
     /// dropped, as secrets written with `echo` have them).
-    pub fn from_dir(dir: &Path) -> Result<Credentials, String> {
+    pub fn from_dir(dir: &Path) -> io::Result<Credentials> {
         let read = |name: &str| {
             let path = dir.join(name);
             std::fs::read_to_string(&path)
                 .map(|s| s.trim_end_matches(['\r', '\n']).to_owned())
-                .map_err(|e| format!("cannot read {}: {e}", path.display()))
+                .map_err(|e| {
+                    io::Error::new(e.kind(), format!("cannot read {}: {e}", path.display()))
+                })
         };
         let credentials = Credentials {
             user: read("basic-auth-user")?,
             password: read("basic-auth-password")?,
         };
         if credentials.user.is_empty() || credentials.password.is_empty() {
-            return Err(format!(
-                "empty basic-auth-user or basic-auth-password in {}",
-                dir.display()
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "empty basic-auth-user or basic-auth-password in {}",
+                    dir.display()
+                ),
             ));
         }
         Ok(credentials)
@@ -173,6 +179,7 @@ mod tests {
         std::fs::remove_file(dir.join("basic-auth-password")).unwrap();
         assert!(Credentials::from_dir(&dir)
             .unwrap_err()
+            .to_string()
             .contains("basic-auth-password"));
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -10,20 +10,20 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::config::{Dur, GatewaySection, Loaded, ProviderKind};
+use crate::config::{ConfigError, Dur, GatewaySection, Loaded, ProviderKind, SetupError};
 use crate::provider::process::{ProcessFunction, Readiness};
 use crate::setup;
 
 /// The effective configuration of `path` as TOML, or why the gateway would refuse it (naming
 /// the file, and the line and key where they are known).
-pub fn check(path: &Path) -> Result<String, String> {
-    let loaded = Loaded::read(path).map_err(|e| e.to_string())?;
+pub fn check(path: &Path) -> Result<String, SetupError> {
+    let loaded = Loaded::read(path)?;
     let (settings, backend) = setup::from_file(&loaded)?;
     backend.provider().shutdown();
     // Built here as the gateway builds them when it starts, so that a bad pattern is refused.
-    crate::triggers::Triggers::build(&settings.triggers).map_err(|e| e.to_string())?;
+    crate::triggers::Triggers::build(&settings.triggers)?;
     let functions = match kind(&loaded) {
-        ProviderKind::Process => loaded.process_functions().map_err(|e| e.to_string())?,
+        ProviderKind::Process => loaded.process_functions()?,
         ProviderKind::Openfaas => Vec::new(),
     };
     let effective = Effective {
@@ -31,7 +31,14 @@ pub fn check(path: &Path) -> Result<String, String> {
         provider: effective_provider(&loaded),
         functions: functions.iter().map(EffectiveFunction::from).collect(),
     };
-    toml::to_string(&effective).map_err(|e| format!("cannot show the settings: {e}"))
+    toml::to_string(&effective).map_err(|e| {
+        SetupError::Config(ConfigError {
+            file: path.to_owned(),
+            line: None,
+            key: None,
+            message: format!("cannot show the settings: {e}"),
+        })
+    })
 }
 
 fn kind(loaded: &Loaded) -> ProviderKind {

@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::io;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -22,11 +23,12 @@ use crate::function::{FunctionRef, DEFAULT_NAMESPACE};
 use crate::provider::process::{
     check_functions, ProcessFunction, ProcessOptions, Readiness, SpecError,
 };
+use crate::provider::ProviderError;
 use crate::proxy::trust::IpRange;
 use crate::proxy::ProxyConfig;
 use crate::scaler::ScalingConfig;
 use crate::server::PoolConfig;
-use crate::triggers::TriggerSpec;
+use crate::triggers::{TriggerError, TriggerSpec};
 
 /// A whole config file.
 #[derive(Debug, Deserialize, Default)]
@@ -281,6 +283,72 @@ impl fmt::Display for ConfigError {
 }
 
 impl std::error::Error for ConfigError {}
+
+/// Why a gateway could not be set up, or reloaded, from what the operator wrote: the one error
+/// of that boundary, as [`crate::Error`] is the one of a request's.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum SetupError {
+    /// The config file: unreadable, not TOML, or a refused value, with its line.
+    Config(ConfigError),
+    /// An OpenFaaS environment variable whose value does not parse.
+    Environment {
+        /// The variable.
+        variable: String,
+        /// What is wrong with its value.
+        message: String,
+    },
+    /// A function the process provider cannot run (from an embedder's code, not the file).
+    Function(SpecError),
+    /// A trigger pattern that cannot be routed.
+    Trigger(TriggerError),
+    /// Basic-auth credentials that cannot be read.
+    Credentials(io::Error),
+    /// A provider that cannot be used as configured (a URL it cannot reach, say).
+    Provider(ProviderError),
+    /// Something the process needs from the system (signals, a file to watch).
+    System(io::Error),
+}
+
+impl fmt::Display for SetupError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SetupError::Config(e) => e.fmt(f),
+            SetupError::Environment { variable, message } => write!(f, "{variable}: {message}"),
+            SetupError::Function(e) => e.fmt(f),
+            SetupError::Trigger(e) => e.fmt(f),
+            SetupError::Credentials(e) => write!(f, "basic auth: {e}"),
+            SetupError::Provider(e) => e.fmt(f),
+            SetupError::System(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for SetupError {}
+
+impl From<ConfigError> for SetupError {
+    fn from(e: ConfigError) -> SetupError {
+        SetupError::Config(e)
+    }
+}
+
+impl From<SpecError> for SetupError {
+    fn from(e: SpecError) -> SetupError {
+        SetupError::Function(e)
+    }
+}
+
+impl From<TriggerError> for SetupError {
+    fn from(e: TriggerError) -> SetupError {
+        SetupError::Trigger(e)
+    }
+}
+
+impl From<ProviderError> for SetupError {
+    fn from(e: ProviderError) -> SetupError {
+        SetupError::Provider(e)
+    }
+}
 
 /// A loaded file: the parsed config plus what is needed to report errors in it later.
 pub struct Loaded {

@@ -99,7 +99,7 @@ pub mod internals {
 pub use auth::Credentials;
 pub use autoscale::AutoscaleConfig;
 pub use check::check as check_config;
-pub use config::{ConfigError, Loaded as ConfigFile};
+pub use config::{ConfigError, Loaded as ConfigFile, SetupError};
 pub use error::Error;
 pub use function::{FunctionRef, NameError};
 pub use provider::openfaas::{OpenFaasOptions, OpenFaasProvider, RemoteApi};
@@ -372,13 +372,13 @@ impl Gateway {
     /// Applies a reloaded config file: its triggers and its functions. Everything is checked
     /// before anything changes; a file that does not validate changes nothing. Gateway settings
     /// (listen address, timeouts, limits) take a restart.
-    pub fn reload(&self, loaded: &config::Loaded) -> Result<(), String> {
-        let specs = loaded.trigger_specs().map_err(|e| e.to_string())?;
-        let table = triggers::Triggers::build(&specs).map_err(|e| e.to_string())?;
-        let functions = loaded.process_functions().map_err(|e| e.to_string())?;
+    pub fn reload(&self, loaded: &config::Loaded) -> Result<(), SetupError> {
+        let specs = loaded.trigger_specs()?;
+        let table = triggers::Triggers::build(&specs)?;
+        let functions = loaded.process_functions()?;
         let count = (table.len(), functions.len());
         if let Some(provider) = &self.functions {
-            provider.reconfigure(functions).map_err(|e| e.to_string())?;
+            provider.reconfigure(functions)?;
         }
         self.handler.triggers().replace(table);
         log::info!("reloaded {} triggers and {} functions", count.0, count.1);

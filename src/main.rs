@@ -88,10 +88,14 @@ fn run() -> Result<(), String> {
     };
     if args.check {
         let config = args.config.ok_or("check needs --config FILE")?;
-        print!("{}", defrost::check_config(&config)?);
+        print!(
+            "{}",
+            defrost::check_config(&config).map_err(|e| e.to_string())?
+        );
         return Ok(());
     }
-    let (mut settings, backend) = defrost::from_sources(args.config.as_deref())?;
+    let (mut settings, backend) =
+        defrost::from_sources(args.config.as_deref()).map_err(|e| e.to_string())?;
     if let Some(listen) = args.listen {
         settings.listen = listen
             .parse()
@@ -104,5 +108,5 @@ fn run() -> Result<(), String> {
     })?;
     let served = defrost::serve_until_stopped(&gateway, args.config.as_deref(), args.watch);
     gateway.shutdown();
-    served
+    served.map_err(|e| e.to_string())
 }

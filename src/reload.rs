@@ -14,7 +14,7 @@ use crossbeam::channel::{self, Receiver, Sender};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use crate::config::Loaded;
+use crate::config::{Loaded, SetupError};
 use crate::Gateway;
 
 /// How often `--watch` looks at the file.
@@ -30,7 +30,7 @@ pub fn serve_until_stopped(
     gateway: &Gateway,
     config: Option<&Path>,
     watch: bool,
-) -> Result<(), String> {
+) -> Result<(), SetupError> {
     let (tx, rx) = channel::unbounded();
     forward_signals(tx.clone())?;
     if let (true, Some(path)) = (watch, config) {
@@ -56,16 +56,19 @@ fn wait(gateway: &Gateway, config: Option<&Path>, events: &Receiver<Event>) {
 fn reload(gateway: &Gateway, path: &Path, why: &str) {
     log::info!("{why}: reloading {}", path.display());
     let outcome = Loaded::read(path)
-        .map_err(|e| e.to_string())
+        .map_err(SetupError::from)
         .and_then(|loaded| gateway.reload(&loaded));
     if let Err(e) = outcome {
         log::error!("reload refused, the running configuration stays: {e}");
     }
 }
 
-fn forward_signals(tx: Sender<Event>) -> Result<(), String> {
-    let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])
-        .map_err(|e| format!("cannot watch signals: {e}"))?;
+fn forward_signals(tx: Sender<Event>) -> Result<(), SetupError> {
+    let system = |what: &str, e: std::io::Error| {
+        SetupError::System(std::io::Error::new(e.kind(), format!("{what}: {e}")))
+    };
+    let mut signals =
+        Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(|e| system("cannot watch signals", e))?;
     thread::Builder::new()
         .name("defrost-signals".into())
         .spawn(move || {
@@ -81,7 +84,7 @@ fn forward_signals(tx: Sender<Event>) -> Result<(), String> {
             }
         })
         .map(drop)
-        .map_err(|e| format!("cannot start the signal thread: {e}"))
+        .map_err(|e| system("cannot start the signal thread", e))
 }
 
 /// Polls the file's modification time and size: portable, and cheap at this interval.

@@ -7,34 +7,37 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::auth::Credentials;
-use crate::config::{GatewaySection, Loaded, ProviderKind, ProviderSection};
+use crate::config::{
+    ConfigError, GatewaySection, Loaded, ProviderKind, ProviderSection, SetupError,
+};
 use crate::duration::parse_duration;
 use crate::provider::openfaas::{OpenFaasOptions, OpenFaasProvider};
 use crate::provider::process::{ProcessOptions, ProcessProvider};
 use crate::{Backend, Settings};
 
 /// Reads `config` when given; otherwise the OpenFaaS environment variables.
-pub fn from_sources(config: Option<&Path>) -> Result<(Settings, Backend), String> {
+pub fn from_sources(config: Option<&Path>) -> Result<(Settings, Backend), SetupError> {
     match config {
-        Some(path) => from_file(&Loaded::read(path).map_err(|e| e.to_string())?),
+        Some(path) => from_file(&Loaded::read(path)?),
         None => from_env(&|name| std::env::var(name).ok()),
     }
 }
 
 /// Settings and provider described by a loaded config file.
-pub fn from_file(loaded: &Loaded) -> Result<(Settings, Backend), String> {
+pub fn from_file(loaded: &Loaded) -> Result<(Settings, Backend), SetupError> {
     let gateway = &loaded.config.gateway;
     let mut settings = Settings::from(gateway);
     settings.auth = gateway_credentials(gateway)?;
-    settings.triggers = loaded.trigger_specs().map_err(|e| e.to_string())?;
+    settings.triggers = loaded.trigger_specs()?;
     let backend = match &loaded.config.provider {
         None => process_provider(loaded)?,
         Some(section) if section.kind == ProviderKind::Process => process_provider(loaded)?,
         Some(section) => {
             if !loaded.config.functions.is_empty() {
-                return Err(format!(
-                    "{}: [[function]] entries are for the process provider; with kind = \"openfaas\" the provider owns the functions",
-                    loaded.path.display()
+                return Err(file_error(
+                    loaded,
+                    "function",
+                    "[[function]] entries are for the process provider; with kind = \"openfaas\" the provider owns the functions",
                 ));
             }
             Backend::OpenFaas(Arc::new(openfaas_provider(loaded, section, gateway)?))
@@ -43,12 +46,21 @@ pub fn from_file(loaded: &Loaded) -> Result<(Settings, Backend), String> {
     Ok((settings, backend))
 }
 
-fn process_provider(loaded: &Loaded) -> Result<Backend, String> {
-    let functions = loaded.process_functions().map_err(|e| e.to_string())?;
+fn file_error(loaded: &Loaded, key: &str, message: &str) -> SetupError {
+    SetupError::Config(ConfigError {
+        file: loaded.path.clone(),
+        line: None,
+        key: Some(key.into()),
+        message: message.into(),
+    })
+}
+
+fn process_provider(loaded: &Loaded) -> Result<Backend, SetupError> {
+    let functions = loaded.process_functions()?;
     let options = ProcessOptions {
         stop_grace: loaded.config.gateway.stop_grace.0,
     };
-    let provider = ProcessProvider::new(functions, options).map_err(|e| e.to_string())?;
+    let provider = ProcessProvider::new(functions, options)?;
     Ok(Backend::Process(Arc::new(provider)))
 }
 
@@ -56,48 +68,57 @@ fn openfaas_provider(
     loaded: &Loaded,
     section: &ProviderSection,
     gateway: &GatewaySection,
-) -> Result<OpenFaasProvider, String> {
-    let url = section.url.as_ref().ok_or_else(|| {
-        format!(
-            "{}: [provider] kind = \"openfaas\" needs `url`",
-            loaded.path.display()
-        )
-    })?;
+) -> Result<OpenFaasProvider, SetupError> {
+    let url = section
+        .url
+        .as_ref()
+        .ok_or_else(|| file_error(loaded, "url", "[provider] kind = \"openfaas\" needs `url`"))?;
     let credentials = match &section.credentials {
-        Some(dir) => Some(Credentials::from_dir(&loaded.base_dir().join(dir))?),
+        Some(dir) => Some(
+            Credentials::from_dir(&loaded.base_dir().join(dir)).map_err(SetupError::Credentials)?,
+        ),
         None => None,
     };
-    OpenFaasProvider::new(OpenFaasOptions {
+    Ok(OpenFaasProvider::new(OpenFaasOptions {
         base_url: url.get_ref().clone(),
         credentials,
         timeout: section.timeout.0,
         max_idle_per_host: gateway.max_idle_per_host,
-    })
+    })?)
 }
 
-fn gateway_credentials(gateway: &GatewaySection) -> Result<Option<Credentials>, String> {
+fn gateway_credentials(gateway: &GatewaySection) -> Result<Option<Credentials>, SetupError> {
     if !gateway.basic_auth {
         return Ok(None);
     }
     Credentials::from_dir(&gateway.secret_mount_path)
         .map(Some)
-        .map_err(|e| format!("basic_auth is on but {e}"))
+        .map_err(|e| {
+            SetupError::Credentials(std::io::Error::new(
+                e.kind(),
+                format!("basic_auth is on but {e}"),
+            ))
+        })
 }
 
 /// The OpenFaaS gateway's configuration, read from its environment variables with their
 /// meaning and defaults (8s timeouts, scale from zero only when `scale_from_zero=true`,
 /// secrets in `/run/secrets/`), listening on port 8080.
-pub fn from_env(var: &dyn Fn(&str) -> Option<String>) -> Result<(Settings, Backend), String> {
+pub fn from_env(var: &dyn Fn(&str) -> Option<String>) -> Result<(Settings, Backend), SetupError> {
+    let refused = |variable: &str, message: String| SetupError::Environment {
+        variable: variable.into(),
+        message,
+    };
     let duration = |name: &str, default: Duration| match var(name).filter(|v| !v.is_empty()) {
         None => Ok(default),
-        Some(v) => parse_duration(&v).map_err(|e| format!("{name}: {e}")),
+        Some(v) => parse_duration(&v).map_err(|e| refused(name, e)),
     };
     let number = |name: &str, default: usize| match var(name).filter(|v| !v.is_empty()) {
         None => Ok(default),
         Some(v) => v
             .trim()
             .parse()
-            .map_err(|_| format!("{name}: {v:?} is not a whole number")),
+            .map_err(|_| refused(name, format!("{v:?} is not a whole number"))),
     };
     let gateway = GatewaySection {
         listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
@@ -133,7 +154,7 @@ pub fn from_env(var: &dyn Fn(&str) -> Option<String>) -> Result<(Settings, Backe
             let options = ProcessOptions {
                 stop_grace: gateway.stop_grace.0,
             };
-            let provider = ProcessProvider::new(Vec::new(), options).map_err(|e| e.to_string())?;
+            let provider = ProcessProvider::new(Vec::new(), options)?;
             Backend::Process(Arc::new(provider))
         }
     };
@@ -186,6 +207,7 @@ mod tests {
         assert!(from_env(&env(&[("upstream_timeout", "soon")]))
             .err()
             .unwrap()
+            .to_string()
             .contains("upstream_timeout"));
         assert!(from_env(&env(&[
             ("basic_auth", "true"),
@@ -193,6 +215,7 @@ mod tests {
         ]))
         .err()
         .unwrap()
+        .to_string()
         .contains("basic-auth-user"));
     }
 }

@@ -46,13 +46,14 @@ pub struct OpenFaasProvider {
 
 impl OpenFaasProvider {
     /// A client for the provider at `options.base_url`; refuses a URL it cannot use.
-    pub fn new(options: OpenFaasOptions) -> Result<OpenFaasProvider, String> {
+    pub fn new(options: OpenFaasOptions) -> Result<OpenFaasProvider, ProviderError> {
         let base = options.base_url.trim().trim_end_matches('/').to_owned();
+        let refused = |why: &str| ProviderError::Failed(format!("provider URL {base:?} {why}"));
         let host = base
             .strip_prefix("http://")
-            .ok_or_else(|| format!("provider URL {base:?} must start with http://"))?;
+            .ok_or_else(|| refused("must start with http://"))?;
         if host.is_empty() || host.starts_with('/') {
-            return Err(format!("provider URL {base:?} has no host"));
+            return Err(refused("has no host"));
         }
         let timeouts = Timeouts {
             connect: options.timeout,
