@@ -213,23 +213,6 @@ fn a_body_that_never_finishes_is_cut_off() {
     assert_eq!(get(&gw.url("/function/echo")).status, 200);
 }
 
-/// A gateway whose echo function records every request it receives in `$DIR/requests`.
-fn recording_gateway(gateway_settings: &str) -> Defrost {
-    Defrost::start(&format!(
-        "[gateway]\n{gateway_settings}\n{}",
-        echo_function("echo", "REQUESTS_FILE = \"$DIR/requests\"", "")
-    ))
-}
-
-/// The paths the recording echo function has received, in arrival order.
-fn received(gw: &Defrost) -> Vec<String> {
-    std::fs::read_to_string(gw.dir.path().join("requests"))
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_owned)
-        .collect()
-}
-
 #[test]
 fn an_upgrade_request_with_a_truncated_body_is_refused_and_never_run() {
     let mut gw = recording_gateway("read_timeout = \"5s\"");
