@@ -9,26 +9,18 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// A gateway whose echo function records the requests it receives in `$DIR/requests`.
-fn recording_gateway() -> Defrost {
-    Defrost::start(&format!(
-        "[gateway]\nshutdown_grace = \"20s\"\n{}",
-        echo_function("echo", "REQUESTS_FILE = \"$DIR/requests\"", "")
-    ))
-}
+const SETTINGS: &str = "shutdown_grace = \"20s\"";
 
 /// Waits (bounded) until the echo function has received a request for `path`.
 fn wait_received(gw: &Defrost, path: &str) {
-    let file = gw.dir.path().join("requests");
     let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        let seen = std::fs::read_to_string(&file).unwrap_or_default();
-        if seen.lines().any(|l| l == path) {
-            return;
-        }
+    while !received(gw).iter().any(|p| p == path) {
+        assert!(
+            Instant::now() < deadline,
+            "the function never received {path}"
+        );
         thread::sleep(Duration::from_millis(10));
     }
-    panic!("the function never received {path}");
 }
 
 /// One call on a new keep-alive connection, left idle afterwards.
@@ -44,7 +36,7 @@ fn idle_connection(gw: &Defrost) -> RawConn {
 
 #[test]
 fn sigterm_answers_the_call_in_flight_with_connection_close_and_closes_idle_connections() {
-    let mut gw = recording_gateway();
+    let mut gw = recording_gateway(SETTINGS);
     let mut idle = idle_connection(&gw);
     let mut busy = RawConn::open(gw.addr, Duration::from_secs(20));
     busy.send(b"GET /function/echo/sleep/1 HTTP/1.1\r\nHost: t\r\n\r\n")
@@ -82,7 +74,7 @@ fn sigterm_answers_the_call_in_flight_with_connection_close_and_closes_idle_conn
 
 #[test]
 fn a_request_still_arriving_at_sigterm_is_answered_with_connection_close() {
-    let mut gw = recording_gateway();
+    let mut gw = recording_gateway(SETTINGS);
     assert_eq!(get(&gw.url("/function/echo/warm")).status, 200);
     let mut arriving = RawConn::open(gw.addr, Duration::from_secs(20));
     arriving

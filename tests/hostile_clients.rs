@@ -213,23 +213,6 @@ fn a_body_that_never_finishes_is_cut_off() {
     assert_eq!(get(&gw.url("/function/echo")).status, 200);
 }
 
-/// A gateway whose echo function records every request it receives in `$DIR/requests`.
-fn recording_gateway(gateway_settings: &str) -> Defrost {
-    Defrost::start(&format!(
-        "[gateway]\n{gateway_settings}\n{}",
-        echo_function("echo", "REQUESTS_FILE = \"$DIR/requests\"", "")
-    ))
-}
-
-/// The paths the recording echo function has received, in arrival order.
-fn received(gw: &Defrost) -> Vec<String> {
-    std::fs::read_to_string(gw.dir.path().join("requests"))
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_owned)
-        .collect()
-}
-
 #[test]
 fn an_upgrade_request_with_a_truncated_body_is_refused_and_never_run() {
     let mut gw = recording_gateway("read_timeout = \"5s\"");
@@ -267,6 +250,31 @@ fn an_upgrade_request_with_a_truncated_body_is_refused_and_never_run() {
         "{:?}",
         asked.elapsed()
     );
+}
+
+#[test]
+fn an_upgrade_request_whose_streamed_body_is_cut_short_gets_400_and_nothing_spins() {
+    let gw = echo_gateway("read_timeout = \"5s\"");
+    assert_eq!(get(&gw.url("/function/echo/warm")).status, 200);
+    let pid = gw.child.id();
+    // Too large to be read before the call starts: streamed to the function, then cut.
+    let mut stream = TcpStream::connect(gw.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let head = b"POST /function/echo/x HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\n\
+                 Upgrade: foo\r\nContent-Length: 100000\r\n\r\n";
+    stream.write_all(head).unwrap();
+    stream.write_all(&[b'b'; 5000]).unwrap();
+    stream.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer:?}");
+    let before = cpu_ticks(pid);
+    thread::sleep(Duration::from_secs(1));
+    let used = cpu_ticks(pid) - before;
+    assert!(used < 50, "the gateway used {used} ticks of CPU while idle");
+    assert_eq!(get(&gw.url("/function/echo/after")).status, 200);
 }
 
 #[test]

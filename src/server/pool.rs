@@ -185,7 +185,8 @@ impl Pool {
         self.shared.server.connections_in_use()
     }
 
-    /// Stops taking new requests and waits for the workers to finish the ones they hold.
+    /// Stops taking new requests and waits for the workers to finish the ones they hold; then,
+    /// for a moment, still answers what comes in meanwhile.
     pub fn stop(&self) {
         self.shared.stopping.store(true, Ordering::SeqCst);
         self.shared.alarm.ring();
@@ -213,17 +214,21 @@ impl Pool {
                 return;
             }
             if let Ok(Some(request)) = self.shared.server.recv_timeout(left) {
-                let handled =
-                    panic::catch_unwind(AssertUnwindSafe(|| (self.shared.handler)(request)));
-                if handled.is_err() {
-                    log::error!("a request handler panicked while stopping");
-                }
+                self.shared.handle(request);
             }
         }
     }
 }
 
 impl Shared {
+    /// Runs the handler; a panic in it is caught, so that the calling thread carries on.
+    fn handle(&self, request: Request) {
+        let handled = panic::catch_unwind(AssertUnwindSafe(|| (self.handler)(request)));
+        if handled.is_err() {
+            log::error!("a request handler panicked; the worker carries on");
+        }
+    }
+
     fn core(&self) -> usize {
         self.config.core.max(1)
     }
@@ -317,10 +322,7 @@ fn work(shared: &Arc<Shared>, clock: &Arc<AtomicU64>) {
         shared.idle.fetch_sub(1, Ordering::SeqCst);
         clock.store(shared.tick.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
         shared.alarm.ring();
-        let handled = panic::catch_unwind(AssertUnwindSafe(|| (shared.handler)(request)));
-        if handled.is_err() {
-            log::error!("a request handler panicked; the worker carries on");
-        }
+        shared.handle(request);
         clock.store(0, Ordering::Relaxed);
         shared.idle.fetch_add(1, Ordering::SeqCst);
         if shared.take_retirement() {

@@ -364,6 +364,24 @@ pub fn echo_gateway(gateway_settings: &str) -> Defrost {
     ))
 }
 
+/// A gateway with the given `[gateway]` settings whose echo function, `echo`, records every
+/// request it receives in `$DIR/requests` (see [`received`]).
+pub fn recording_gateway(gateway_settings: &str) -> Defrost {
+    Defrost::start(&format!(
+        "[gateway]\n{gateway_settings}\n{}",
+        echo_function("echo", "REQUESTS_FILE = \"$DIR/requests\"", "")
+    ))
+}
+
+/// The paths the recording echo function has received, in arrival order.
+pub fn received(gw: &Defrost) -> Vec<String> {
+    std::fs::read_to_string(gw.dir.path().join("requests"))
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
 /// A numeric field of /proc/PID/status (`Threads:`, `VmRSS:` in KiB), 0 when unreadable.
 pub fn proc_status(pid: u32, field: &str) -> usize {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
