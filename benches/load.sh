@@ -5,6 +5,9 @@
 # on a cold function and 100 sit on a function that takes 1 s to answer.
 #
 #   benches/load.sh    # defaults: DURATION=10 ROUNDS=3 THREADS=2 CONNECTIONS=64 BASE_PORT=18080
+#   BEFORE=/path/to/an/older/defrost benches/load.sh
+#                      # also measures that build's warm path, taking turns with the others,
+#                      # so that a change is judged against nginx in the same run
 #
 # Needs wrk and nginx (Debian/Ubuntu: apt-get install wrk nginx-light); installs nothing.
 set -euo pipefail
@@ -18,6 +21,7 @@ BASE_PORT=${BASE_PORT:-18080}
 DIRECT=$((BASE_PORT + 1))
 NGINX=$((BASE_PORT + 2))
 GATEWAY=$((BASE_PORT + 3))
+OLDER=$((BASE_PORT + 4))
 build
 
 # The upstream, reached directly and through nginx (keep-alive to the upstream, as a tuned
@@ -74,6 +78,22 @@ command = ["$UPSTREAM", "--delay-ms", "1000"]
 max_replicas = 1
 CONF
 start_defrost "$WORK/defrost.toml"
+TARGETS=(direct nginx defrost)
+if [ -n "${BEFORE:-}" ]; then
+  cat >"$WORK/before.toml" <<CONF
+[gateway]
+listen = "127.0.0.1:$OLDER"
+
+[[function]]
+name = "fast"
+command = ["$UPSTREAM"]
+min_replicas = 1
+max_replicas = 1
+CONF
+  spawn env RUST_LOG=warn "$BEFORE" --config "$WORK/before.toml"
+  wait_http "http://127.0.0.1:$OLDER/function/fast"
+  TARGETS+=(before)
+fi
 wait_http "http://127.0.0.1:$DIRECT/"
 wait_http "http://127.0.0.1:$NGINX/"
 wait_http "http://127.0.0.1:$GATEWAY/function/fast"
@@ -98,14 +118,15 @@ declare -A URL=(
   [direct]="http://127.0.0.1:$DIRECT/"
   [nginx]="http://127.0.0.1:$NGINX/"
   [defrost]="http://127.0.0.1:$GATEWAY/function/fast"
+  [before]="http://127.0.0.1:$OLDER/function/fast"
 )
-for target in direct nginx defrost; do
+for target in "${TARGETS[@]}"; do
   wrk -t"$THREADS" -c"$CONNECTIONS" -d2s "${URL[$target]}" >/dev/null # warm-up
 done
 # The three targets take turns, round after round, so that a change in the machine's load
 # (other work on it) falls on all of them alike; each keeps its median round.
 for round in $(seq "$ROUNDS"); do
-  for target in direct nginx defrost; do
+  for target in "${TARGETS[@]}"; do
     echo "$(measure "${URL[$target]}")" >>"$WORK/$target.rounds"
   done
 done
@@ -133,6 +154,10 @@ printf '\n%-34s %12s %10s %10s\n' "target" "requests/s" "p50 ms" "p99 ms"
 printf '%-34s %12s %10s %10s\n' "upstream direct" "$direct_rps" "$direct_p50" "$direct_p99"
 printf '%-34s %12s %10s %10s\n' "nginx" "$nginx_rps" "$nginx_p50" "$nginx_p99"
 printf '%-34s %12s %10s %10s\n' "defrost" "$defrost_rps" "$defrost_p50" "$defrost_p99"
+if [ -n "${BEFORE:-}" ]; then
+  read -r before_rps before_p50 before_p99 < <(median_round before)
+  printf '%-34s %12s %10s %10s\n' "defrost, $BEFORE" "$before_rps" "$before_p50" "$before_p99"
+fi
 printf '%-34s %12s %10s %10s\n' "nginx, meanwhile" "$held_nginx_rps" "$held_nginx_p50" "$held_nginx_p99"
 printf '%-34s %12s %10s %10s\n' "defrost, 500 cold + 100 slow held" "$busy_rps" "$busy_p50" "$busy_p99"
 echo
@@ -143,3 +168,8 @@ awk -v d="$defrost_rps" -v n="$nginx_rps" -v u="$direct_rps" -v dp="$defrost_p99
     printf "defrost/nginx p99         %.2f\n", dp / np
     printf "warm throughput kept while others wait: %.0f%% (%.0f%% of the earlier rounds, unadjusted)\n", 100 * (b / hn) / (d / n), 100 * b / d
   }'
+if [ -n "${BEFORE:-}" ]; then
+  awk -v d="$defrost_rps" -v n="$nginx_rps" -v o="$before_rps" 'BEGIN {
+    printf "older build/nginx throughput %.2f (this build %.2f)\n", o / n, d / n
+  }'
+fi
