@@ -53,32 +53,78 @@
 
 #![deny(missing_docs)]
 
-mod analytics;
-mod auth;
-mod autoscale;
+// The request path, in the order a request meets it.
+/// The worker pool taking requests from defrost-http.
+mod server;
+
+/// Handler::handle: a request's phases.
+mod gateway;
+
+/// Shapes refused before routing (forward proxying, `..`).
+mod screen;
+
+/// What a request is for.
+mod router;
+
+/// URL patterns routed to functions, weighted canaries.
+mod triggers;
+
+/// One function call, counted from here to its last byte.
 mod call;
-mod check;
+
+/// One record per function.
+mod table;
+
+/// Forwarding to a replica, relaying its answer.
+mod proxy;
+
+/// A ready replica, or a cold start, for each call.
+mod scaler;
+
+/// What runs functions: the trait, the process and OpenFaaS providers.
+mod provider;
+
+/// The ureq agents for replicas and providers.
 mod client;
+
+/// The one error of a request, and its HTTP status.
+mod error;
+
+// Beside the request path.
+/// Scale to zero, capacity.
+mod autoscale;
+
+/// /metrics, the provider call counters.
+mod metrics;
+
+/// The page on /.
+mod status_page;
+
+/// Call counts posted in batches.
+mod analytics;
+
+/// Basic auth on /system/*.
+mod auth;
+
+// From what the operator wrote to a running gateway.
+/// The TOML file.
 mod config;
+
+/// The file (or the OpenFaaS environment) to settings and a backend.
+mod setup;
+
+/// `defrost check`.
+mod check;
+
+/// SIGHUP, --watch, SIGTERM.
+mod reload;
+
+// Leaves.
 mod deadline;
 mod duration;
-mod error;
 mod function;
-mod gateway;
 mod histogram;
-mod metrics;
-mod provider;
-mod proxy;
 mod redact;
-mod reload;
-mod router;
-mod scaler;
-mod screen;
-mod server;
-mod setup;
-mod status_page;
-mod table;
-mod triggers;
 
 /// What the benchmarks and the property tests drive directly: the parsers, the single-flight
 /// group, the function table. Not part of the API; it may change in any release.
