@@ -213,6 +213,29 @@ fn a_body_that_never_finishes_is_cut_off() {
     assert_eq!(get(&gw.url("/function/echo")).status, 200);
 }
 
+/// Sends `parts`, closes the sending side, and reads whatever answer comes.
+fn send_and_stop(gw: &Defrost, parts: &[&[u8]]) -> String {
+    let mut stream = TcpStream::connect(gw.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    for part in parts {
+        stream.write_all(part).unwrap();
+    }
+    stream.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    answer
+}
+
+/// The gateway uses (almost) no CPU for a second: nothing is left spinning.
+fn assert_idle(pid: u32) {
+    let before = cpu_ticks(pid);
+    thread::sleep(Duration::from_secs(1));
+    let used = cpu_ticks(pid) - before;
+    assert!(used < 50, "the gateway used {used} ticks of CPU while idle");
+}
+
 #[test]
 fn an_upgrade_request_with_a_truncated_body_is_refused_and_never_run() {
     let mut gw = recording_gateway("read_timeout = \"5s\"");
@@ -220,26 +243,16 @@ fn an_upgrade_request_with_a_truncated_body_is_refused_and_never_run() {
     let pid = gw.child.id();
 
     // Declares 100 bytes, sends 10, then stops sending for good.
-    let mut stream = TcpStream::connect(gw.addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    stream
-        .write_all(
+    let answer = send_and_stop(
+        &gw,
+        &[
             b"POST /function/echo/x HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\n\
               Upgrade: foo\r\nContent-Length: 100\r\n\r\n0123456789",
-        )
-        .unwrap();
-    stream.shutdown(std::net::Shutdown::Write).unwrap();
-    let mut answer = String::new();
-    let _ = stream.read_to_string(&mut answer);
+        ],
+    );
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer:?}");
-
     // Nothing left running for it: the gateway is idle, not spinning on a dead socket.
-    let before = cpu_ticks(pid);
-    thread::sleep(Duration::from_secs(1));
-    let used = cpu_ticks(pid) - before;
-    assert!(used < 50, "the gateway used {used} ticks of CPU while idle");
+    assert_idle(pid);
 
     assert_eq!(get(&gw.url("/function/echo/after")).status, 200);
     assert_eq!(received(&gw), ["/warm", "/after"], "the truncated call ran");
@@ -258,22 +271,11 @@ fn an_upgrade_request_whose_streamed_body_is_cut_short_gets_400_and_nothing_spin
     assert_eq!(get(&gw.url("/function/echo/warm")).status, 200);
     let pid = gw.child.id();
     // Too large to be read before the call starts: streamed to the function, then cut.
-    let mut stream = TcpStream::connect(gw.addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
     let head = b"POST /function/echo/x HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\n\
                  Upgrade: foo\r\nContent-Length: 100000\r\n\r\n";
-    stream.write_all(head).unwrap();
-    stream.write_all(&[b'b'; 5000]).unwrap();
-    stream.shutdown(std::net::Shutdown::Write).unwrap();
-    let mut answer = String::new();
-    let _ = stream.read_to_string(&mut answer);
+    let answer = send_and_stop(&gw, &[head, &[b'b'; 5000]]);
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer:?}");
-    let before = cpu_ticks(pid);
-    thread::sleep(Duration::from_secs(1));
-    let used = cpu_ticks(pid) - before;
-    assert!(used < 50, "the gateway used {used} ticks of CPU while idle");
+    assert_idle(pid);
     assert_eq!(get(&gw.url("/function/echo/after")).status, 200);
 }
 

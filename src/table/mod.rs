@@ -161,18 +161,21 @@ mod tests {
         FunctionRef::new(name, "default").unwrap()
     }
 
+    fn keys(table: &FunctionTable) -> Vec<String> {
+        table
+            .all()
+            .iter()
+            .map(|r| r.function.key().to_owned())
+            .collect()
+    }
+
     #[test]
     fn one_record_per_function() {
         let table = FunctionTable::new();
         let a = table.record(&f("a"));
         assert!(Arc::ptr_eq(&a, &table.record(&f("a"))));
         table.record(&f("b"));
-        let names: Vec<_> = table
-            .all()
-            .iter()
-            .map(|r| r.function.key().to_owned())
-            .collect();
-        assert_eq!(names, ["a.default", "b.default"]);
+        assert_eq!(keys(&table), ["a.default", "b.default"]);
     }
 
     #[test]
@@ -191,12 +194,7 @@ mod tests {
         let busy = table.record(&f("busy"));
         busy.activity.begin();
         table.forget_unknown(&f("busy"));
-        let names: Vec<_> = table
-            .all()
-            .iter()
-            .map(|r| r.function.key().to_owned())
-            .collect();
-        assert_eq!(names, ["busy.default", "echo.default"]);
+        assert_eq!(keys(&table), ["busy.default", "echo.default"]);
         busy.activity.end();
     }
 }
