@@ -123,10 +123,13 @@ declare -A URL=(
 for target in "${TARGETS[@]}"; do
   wrk -t"$THREADS" -c"$CONNECTIONS" -d2s "${URL[$target]}" >/dev/null # warm-up
 done
-# The three targets take turns, round after round, so that a change in the machine's load
+# The targets take turns, round after round, so that a change in the machine's load
 # (other work on it) falls on all of them alike; each keeps its median round.
+# The order turns round too, so that no target always follows the same one.
 for round in $(seq "$ROUNDS"); do
-  for target in "${TARGETS[@]}"; do
+  n=${#TARGETS[@]}
+  for i in $(seq 0 $((n - 1))); do
+    target=${TARGETS[$(((i + round) % n))]}
     echo "$(measure "${URL[$target]}")" >>"$WORK/$target.rounds"
   done
 done
