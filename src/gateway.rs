@@ -117,7 +117,7 @@ impl Handler {
         }
         let target = request.url().to_owned();
         let routed = crate::screen::screen(request.method().as_str(), &target)
-            .and_then(|()| Ok(router::route(&target, &self.default_namespace)?));
+            .and_then(|()| router::route(&target, &self.default_namespace).map_err(Error::from));
         match routed {
             Err(e) => Outcome::local(Err(e)),
             Ok(Route::Function {

@@ -264,7 +264,8 @@ impl Scaler {
             });
         }
         match failure {
-            Some(f) if Instant::now() + f.next_start_in > deadline => {
+            // The hold comes from the provider: saturating, so that no value it reports panics.
+            Some(f) if crate::deadline::after(f.next_start_in) > deadline => {
                 record.cold_start.lock().take();
                 Err(Error::CrashLooping {
                     function: function.clone(),
@@ -387,7 +388,7 @@ impl Drop for WaitSlot<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::provider::{Endpoint, FunctionSummary};
+    use crate::provider::{Endpoint, FunctionSummary, StartFailure};
     use crate::table::FunctionTable;
     use parking_lot::{Condvar, Mutex};
     use std::sync::atomic::AtomicU64;
@@ -411,6 +412,8 @@ mod tests {
     struct State {
         desired: u64,
         ready_at: Option<Instant>,
+        /// A crash-loop hold to report.
+        held_back: Option<Duration>,
     }
 
     impl Memory {
@@ -440,6 +443,11 @@ mod tests {
             }
             let state = self.state.lock();
             let ready = state.ready_at.is_some_and(|t| Instant::now() >= t);
+            let start_failure = state.held_back.map(|next_start_in| StartFailure {
+                reason: "it died".into(),
+                in_a_row: 2,
+                next_start_in,
+            });
             Ok(FunctionStatus {
                 replicas: state.desired,
                 available_replicas: u64::from(ready),
@@ -450,6 +458,7 @@ mod tests {
                 } else {
                     vec![]
                 },
+                start_failure,
                 ..Default::default()
             })
         }
@@ -607,6 +616,16 @@ mod tests {
         let served = results.iter().filter(|r| r.is_ok()).count();
         let refused = results.iter().filter(|r| **r == Err(503)).count();
         assert_eq!((served, refused), (3, 7), "{results:?}");
+    }
+
+    #[test]
+    fn a_crash_loop_hold_past_the_deadline_is_a_503_at_once_however_long() {
+        let provider = Memory::new(Duration::ZERO);
+        provider.state.lock().held_back = Some(Duration::MAX);
+        let scaler = scaler_for(provider.clone(), config());
+        let err = ready(&scaler, &known()).unwrap_err();
+        assert_eq!(err.status(), 503, "{err}");
+        assert_eq!(provider.scale_calls.load(Ordering::SeqCst), 0);
     }
 
     #[test]
