@@ -1,7 +1,6 @@
 //! A replica's life, seen from the threads that run it: spawn, probe, watch, reap, stop.
 
 use std::io::{self, BufRead, BufReader, Read};
-use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::AtomicBool;
@@ -9,6 +8,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use super::port::PortLease;
 use super::readiness::{self, Outcome};
 use super::slot::{signal_group, Slot};
 use super::ProcessFunction;
@@ -51,10 +51,12 @@ pub(super) fn launch(slot: &Arc<Slot>, id: u64) {
 /// when the thread that forked the child ends, not the process.
 fn run(slot: &Arc<Slot>, id: u64) {
     slot.wait_turn_to_start(id);
-    let port = match free_port() {
-        Ok(port) => port,
+    // Held until the child is reaped, so no other replica is told this port meanwhile.
+    let lease = match PortLease::take() {
+        Ok(lease) => lease,
         Err(e) => return slot.fail_before_spawn(id, &format!("no free port on 127.0.0.1: {e}")),
     };
+    let port = lease.port();
     let endpoint = Arc::new(Endpoint::new(format!("http://127.0.0.1:{port}")));
     if slot.assign_endpoint(id, &endpoint).is_none() {
         return;
@@ -79,12 +81,6 @@ fn run(slot: &Arc<Slot>, id: u64) {
     slot.forget_pid(id);
     let status = child.wait();
     slot.reaped(id, status);
-}
-
-/// Binding port 0 is the only portable way to ask the kernel for a free port; the listener is
-/// dropped so the replica can bind it.
-fn free_port() -> io::Result<u16> {
-    Ok(TcpListener::bind(("127.0.0.1", 0))?.local_addr()?.port())
 }
 
 fn spawn(spec: &ProcessFunction, port: u16) -> io::Result<Child> {
