@@ -80,16 +80,8 @@ CONF
 start_defrost "$WORK/defrost.toml"
 TARGETS=(direct nginx defrost)
 if [ -n "${BEFORE:-}" ]; then
-  cat >"$WORK/before.toml" <<CONF
-[gateway]
-listen = "127.0.0.1:$OLDER"
-
-[[function]]
-name = "fast"
-command = ["$UPSTREAM"]
-min_replicas = 1
-max_replicas = 1
-CONF
+  # The same configuration but the address, so that the two builds differ in nothing else.
+  sed "s/^listen = .*/listen = \"127.0.0.1:$OLDER\"/" "$WORK/defrost.toml" >"$WORK/before.toml"
   spawn env RUST_LOG=warn "$BEFORE" --config "$WORK/before.toml"
   wait_http "http://127.0.0.1:$OLDER/function/fast"
   TARGETS+=(before)
