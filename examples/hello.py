@@ -6,18 +6,11 @@ Only the Python standard library is used, so it runs anywhere python3 does.
 """
 import json
 import os
-import socket
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class Hello(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
-
-    def setup(self):
-        super().setup()
-        # Head and body go out in separate writes; without this, Nagle's algorithm holds the
-        # body back until a keep-alive peer's delayed ACK, some 40 ms later.
-        self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def handle_any(self):
         if self.path == "/healthz":
