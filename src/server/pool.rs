@@ -355,7 +355,8 @@ fn monitor(shared: &Arc<Shared>) {
                     || shared.server.pending_requests() > 0
                     || shared.stopping.load(Ordering::SeqCst)
             });
-            quiet = 0;
+            // Still quiet unless the tick below sees otherwise: a sleep that ran out with
+            // nothing to do goes straight back to sleep rather than ticking a while first.
         }
         thread::sleep(TICK);
         shared.tick.fetch_add(1, Ordering::Relaxed);
