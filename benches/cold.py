@@ -3,6 +3,11 @@
 concurrent requests on a cold function.
 
   benches/cold.py [--starts 50] [--ready-ms 100] [--burst 1000]
+                  [--python-start 0.05,0.3,1,3] [--python-starts 7]
+
+Python functions: a plain http.server function starting in --python-start seconds each (TCP and
+HTTP readiness) writes the moment it began listening; what defrost added is the response's
+arrival minus that moment, which includes forwarding the call itself.
 
 Cold starts: the function (benches' upstream, sleeping --ready-after-ms before it listens) is
 scaled to zero, then called; defrost's added latency is the response time minus T, the
@@ -11,9 +16,11 @@ prints how many scale calls defrost made, how many requests succeeded, and their
 """
 import argparse
 import json
+import pathlib
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -83,6 +90,45 @@ def cold_starts(gateway, starts, ready_ms):
     return times
 
 
+STARTING = pathlib.Path(__file__).resolve().parent / "functions" / "starting.py"
+
+
+def python_function(name, start_seconds, listened_file, readiness_path=None):
+    command = json.dumps(["python3", str(STARTING)])
+    probe = f'readiness_path = "{readiness_path}"\n' if readiness_path else ""
+    return (
+        f'[[function]]\nname = "{name}"\ncommand = {command}\nmax_replicas = 1\n{probe}'
+        f'env = {{ START_SECONDS = "{start_seconds}", LISTENED_FILE = "{listened_file}" }}\n\n'
+    )
+
+
+def python_cold_starts(starts_s, count):
+    """(start s, readiness, [ms added past listening]) for each start time and readiness."""
+    work = pathlib.Path(tempfile.mkdtemp(prefix="defrost-cold-"))
+    functions, names = "", []
+    for i, start in enumerate(starts_s):
+        for readiness, path in (("tcp", None), ("http", "/healthz")):
+            name = f"py{i}{readiness}"
+            functions += python_function(name, start, work / name, path)
+            names.append((name, start, readiness))
+    gateway = Defrost(functions)
+    results = []
+    for name, start, readiness in names:
+        added = []
+        for _ in range(count):
+            post(gateway.port, f"/system/scale-function/{name}", {"serviceName": name, "replicas": 0})
+            wait_until_scaled_down(gateway.port, name)
+            (work / name).unlink(missing_ok=True)
+            status, _ = get_raw(gateway.port, f"/function/{name}", timeout=start + 30)
+            arrived = time.time()
+            if status != 200:
+                sys.exit(f"cold call to {name} answered {status}")
+            added.append((arrived - float((work / name).read_text())) * 1000)
+        results.append((start, readiness, added))
+    gateway.stop()
+    return results
+
+
 def burst(gateway, count):
     results = [None] * count
     barrier = threading.Barrier(count)
@@ -107,8 +153,17 @@ def main():
     parser.add_argument("--starts", type=int, default=50)
     parser.add_argument("--ready-ms", type=int, default=100)
     parser.add_argument("--burst", type=int, default=1000)
+    parser.add_argument("--python-start", default="0.05,0.3,1,3")
+    parser.add_argument("--python-starts", type=int, default=7)
     args = parser.parse_args()
     build()
+    starts_s = [float(s) for s in args.python_start.split(",") if s]
+    print(f"plain Python functions, {args.python_starts} cold starts each; added past listening:")
+    for start, readiness, added in python_cold_starts(starts_s, args.python_starts):
+        print(
+            f"  starts in {start:g} s, {readiness:4} readiness: p50 {percentile(added, 50):.2f} ms,"
+            f" p99 {percentile(added, 99):.2f} ms, max {max(added):.2f} ms"
+        )
     gateway = Defrost(
         function("cold", "--ready-after-ms", args.ready_ms)
         + function("burst", "--ready-after-ms", 1000),

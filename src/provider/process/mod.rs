@@ -18,6 +18,7 @@ use crate::deadline::after as deadline_after;
 use crate::function::FunctionRef;
 use crate::provider::{FunctionStatus, FunctionSummary, Provider, ProviderError};
 
+mod listening;
 mod port;
 mod readiness;
 mod replica;

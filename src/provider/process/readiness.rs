@@ -1,27 +1,43 @@
 //! Deciding when a starting replica can take requests.
 //!
-//! The probe schedule serves the cold-start target: the gateway should add no more than a couple
-//! of milliseconds to the function's own start time, so a new replica is probed every quarter
-//! of a millisecond at first (on average the probe then notices readiness an eighth of a
-//! millisecond late). Loopback probes of a port nobody listens on fail in microseconds, so
-//! this is cheap; a replica that takes longer is a slow starter, probed less often.
+//! The schedule serves the cold-start target: the gateway should add no more than a couple of
+//! milliseconds to the function's own start time, however long that is. So a starting replica
+//! is looked at every quarter of a millisecond while young and every millisecond after, until
+//! it listens. Looking is asking the kernel whether anything listens on the port
+//! ([`listening`](super::listening), a few microseconds, nothing sent to the replica), or where
+//! the kernel cannot say, a connect. The cost is bounded across replicas: the more replicas are
+//! starting at once, the longer each one's interval, so that all of them together are looked at
+//! no more than [`MOST_LOOKS_PER_SECOND`] times a second.
+//!
+//! A replica with an HTTP readiness path is asked that path as soon as it listens, then at an
+//! interval growing with the time since (a replica that listens early and is ready late is
+//! loading something; asking it a thousand times a second would slow that down).
 
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use super::listening::Query;
 use super::Readiness;
 
-/// Probe interval while the replica is young.
-const FAST_INTERVAL: Duration = Duration::from_micros(250);
+/// Interval while the replica is young.
+const YOUNG_INTERVAL: Duration = Duration::from_micros(250);
 /// How long the replica counts as young.
-const FAST_PHASE: Duration = Duration::from_millis(300);
-/// Probe interval for slow starters.
-const SLOW_INTERVAL: Duration = Duration::from_millis(20);
+const YOUNG: Duration = Duration::from_millis(300);
+/// Interval for a replica past its youth that does not listen yet.
+const INTERVAL: Duration = Duration::from_millis(1);
+/// Longest interval between asks of a listening replica's readiness path.
+const SLOWEST_HTTP_INTERVAL: Duration = Duration::from_millis(20);
+/// All probers together look about this often at most; each one's interval stretches with
+/// their number.
+const MOST_LOOKS_PER_SECOND: u32 = 20_000;
 /// Longest a single probe may take; a listening replica answers in far less.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Probers running now, in this process.
+static PROBERS: AtomicUsize = AtomicUsize::new(0);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Outcome {
@@ -32,6 +48,22 @@ pub(super) enum Outcome {
     Halted,
 }
 
+/// Counts a prober in for as long as it lives.
+struct Counted;
+
+impl Counted {
+    fn new() -> Counted {
+        PROBERS.fetch_add(1, Ordering::Relaxed);
+        Counted
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        PROBERS.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Probes until the replica is ready, `timeout` passes, or `halt` is set.
 pub(super) fn await_ready(
     readiness: &Readiness,
@@ -39,7 +71,10 @@ pub(super) fn await_ready(
     timeout: Duration,
     halt: &AtomicBool,
 ) -> Outcome {
+    let _counted = Counted::new();
+    let query = Query::open();
     let start = Instant::now();
+    let mut listening_since = None;
     loop {
         if halt.load(Ordering::Relaxed) {
             return Outcome::Halted;
@@ -50,32 +85,56 @@ pub(super) fn await_ready(
         else {
             return Outcome::TimedOut;
         };
-        if probe(readiness, port, left.min(PROBE_TIMEOUT)) {
-            return Outcome::Ready(start.elapsed());
+        if listening_since.is_none() && listens(query.as_ref(), port, left) {
+            listening_since = Some(Instant::now());
         }
-        let elapsed = start.elapsed();
-        let Some(left) = timeout.checked_sub(elapsed) else {
+        if listening_since.is_some() {
+            match readiness {
+                Readiness::Tcp => return Outcome::Ready(start.elapsed()),
+                Readiness::Http { path } => {
+                    if http_2xx(port, path, left.min(PROBE_TIMEOUT)).unwrap_or(false) {
+                        return Outcome::Ready(start.elapsed());
+                    }
+                }
+            }
+        }
+        let wait = match listening_since {
+            None => look_interval(start.elapsed(), PROBERS.load(Ordering::Relaxed)),
+            Some(since) => http_interval(since.elapsed()),
+        };
+        let Some(left) = timeout.checked_sub(start.elapsed()) else {
             return Outcome::TimedOut;
         };
-        thread::sleep(interval(elapsed).min(left));
+        thread::sleep(wait.min(left));
     }
 }
 
-/// Every quarter millisecond while young, then a twentieth of the age, capped.
-fn interval(age: Duration) -> Duration {
-    if age < FAST_PHASE {
-        FAST_INTERVAL
+/// Whether the port has a listener: asked of the kernel where it can say, else by connecting.
+fn listens(query: Option<&Query>, port: u16, left: Duration) -> bool {
+    match query.map(|q| q.listens(port)) {
+        Some(Ok(listening)) => listening,
+        _ => connect(port, left.min(PROBE_TIMEOUT)).is_ok(),
+    }
+}
+
+/// The interval between looks for a replica of this age while `probers` are looking: fast
+/// while young, then a millisecond, stretched so that all probers together keep within
+/// [`MOST_LOOKS_PER_SECOND`].
+fn look_interval(age: Duration, probers: usize) -> Duration {
+    let own = if age < YOUNG {
+        YOUNG_INTERVAL
     } else {
-        (age / 20).clamp(FAST_INTERVAL, SLOW_INTERVAL)
-    }
+        INTERVAL
+    };
+    let shared = Duration::from_secs(1) / MOST_LOOKS_PER_SECOND;
+    let probers = u32::try_from(probers).unwrap_or(u32::MAX);
+    own.max(shared.saturating_mul(probers))
 }
 
-pub(super) fn probe(readiness: &Readiness, port: u16, timeout: Duration) -> bool {
-    let timeout = timeout.max(Duration::from_millis(1));
-    match readiness {
-        Readiness::Tcp => connect(port, timeout).is_ok(),
-        Readiness::Http { path } => http_2xx(port, path, timeout).unwrap_or(false),
-    }
+/// Between asks of the readiness path: a millisecond at first, then a twentieth of the time
+/// the replica has been listening, capped.
+fn http_interval(listening_for: Duration) -> Duration {
+    (listening_for / 20).clamp(INTERVAL, SLOWEST_HTTP_INTERVAL)
 }
 
 fn connect(port: u16, timeout: Duration) -> io::Result<TcpStream> {
@@ -164,11 +223,37 @@ mod tests {
     }
 
     #[test]
-    fn interval_backs_off() {
-        assert_eq!(interval(Duration::ZERO), FAST_INTERVAL);
-        assert_eq!(interval(Duration::from_millis(299)), FAST_INTERVAL);
-        assert!(interval(Duration::from_millis(300)) > FAST_INTERVAL);
-        assert_eq!(interval(Duration::from_secs(10)), SLOW_INTERVAL);
+    fn a_replica_that_does_not_listen_is_looked_at_every_millisecond_however_old() {
+        assert_eq!(look_interval(Duration::ZERO, 1), YOUNG_INTERVAL);
+        assert_eq!(look_interval(Duration::from_millis(299), 1), YOUNG_INTERVAL);
+        assert_eq!(look_interval(Duration::from_millis(300), 1), INTERVAL);
+        assert_eq!(look_interval(Duration::from_secs(600), 1), INTERVAL);
+    }
+
+    #[test]
+    fn many_probers_together_keep_within_the_bound() {
+        for probers in [1usize, 10, 100, 1_000, 100_000] {
+            let each = look_interval(Duration::ZERO, probers);
+            let per_second = probers as f64 / each.as_secs_f64();
+            assert!(
+                per_second <= f64::from(MOST_LOOKS_PER_SECOND) * 1.001,
+                "{probers}: {per_second}"
+            );
+        }
+        assert_eq!(
+            look_interval(Duration::ZERO, usize::MAX),
+            Duration::from_secs(1) / MOST_LOOKS_PER_SECOND * u32::MAX
+        );
+    }
+
+    #[test]
+    fn a_listening_replica_is_asked_less_often_as_it_stays_unready() {
+        assert_eq!(http_interval(Duration::ZERO), INTERVAL);
+        assert!(http_interval(Duration::from_millis(100)) > INTERVAL);
+        assert_eq!(
+            http_interval(Duration::from_secs(60)),
+            SLOWEST_HTTP_INTERVAL
+        );
     }
 
     #[test]
