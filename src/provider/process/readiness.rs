@@ -32,7 +32,7 @@ const INTERVAL: Duration = Duration::from_millis(1);
 const SLOWEST_HTTP_INTERVAL: Duration = Duration::from_millis(20);
 /// All probers together look about this often at most; each one's interval stretches with
 /// their number.
-const MOST_LOOKS_PER_SECOND: u32 = 20_000;
+const MOST_LOOKS_PER_SECOND: u32 = 5_000;
 /// Longest a single probe may take; a listening replica answers in far less.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
