@@ -219,8 +219,12 @@ impl Scaler {
                 return Ok(status);
             }
             self.check_abandoned()?;
-            if status.replicas == 0 {
+            // A provider replacing a crashed replica itself keeps it wanted (not at zero) while
+            // it holds the next start back: that hold is weighed all the same.
+            if status.replicas == 0 || status.start_failure.is_some() {
                 self.check_start_worth_waiting(record, &status, starts, deadline)?;
+            }
+            if status.replicas == 0 {
                 self.scale_from_zero(record, &status, &mut scale_attempts)?;
                 starts += 1;
             }

@@ -70,7 +70,7 @@ fn run(slot: &Arc<Slot>, id: u64) {
     let Ok(pid) = libc::pid_t::try_from(child.id()) else {
         let _ = child.kill();
         let status = child.wait();
-        return slot.reaped(id, status);
+        return replace(slot, slot.reaped(id, status));
     };
     if let Some(halt) = slot.record_pid(id, pid) {
         start_probe(slot, id, port, halt);
@@ -80,7 +80,14 @@ fn run(slot: &Arc<Slot>, id: u64) {
     signal_group(pid, libc::SIGKILL);
     slot.forget_pid(id);
     let status = child.wait();
-    slot.reaped(id, status);
+    replace(slot, slot.reaped(id, status));
+}
+
+/// Launches the replacement for a replica that exited, if its slot wants one.
+fn replace(slot: &Arc<Slot>, replacement: Option<u64>) {
+    if let Some(id) = replacement {
+        launch(slot, id);
+    }
 }
 
 fn spawn(spec: &ProcessFunction, port: u16) -> io::Result<Child> {

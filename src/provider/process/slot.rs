@@ -460,17 +460,22 @@ impl Slot {
     }
 
     /// The child is reaped: the replica leaves, and if nobody asked it to, `desired` drops.
-    pub(super) fn reaped(&self, id: u64, status: io::Result<ExitStatus>) {
+    /// Forgets the reaped replica. A ready one that exited on its own while its function stood
+    /// at or under `min_replicas` is replaced without waiting for a request: the id of the
+    /// replacement is returned for the caller to launch, and it starts when the crash-loop
+    /// back-off lets it.
+    pub(super) fn reaped(&self, id: u64, status: io::Result<ExitStatus>) -> Option<u64> {
         let status = match status {
             Ok(s) => s.to_string(),
             Err(e) => format!("status unknown: {e}"),
         };
         let name = self.replica_name(id);
-        let (phase, desired) = {
+        let (phase, desired, replacement) = {
             let mut state = self.state.lock();
             let Some(phase) = state.replicas.iter().find(|r| r.id == id).map(|r| r.phase) else {
-                return;
+                return None;
             };
+            let mut replacement = None;
             let unexpected = matches!(phase, Phase::Starting | Phase::Ready);
             if unexpected {
                 let when = if phase == Phase::Starting {
@@ -479,15 +484,32 @@ impl Slot {
                     "unexpectedly"
                 };
                 state.record_failure(id, format!("{name} exited {when} ({status})"));
-                state.desired = state.desired.saturating_sub(1);
                 self.counters.count_failed();
+                // Only a replica that served is replaced: one that never got ready is left to
+                // the waiting requests, which give up after a few such starts.
+                if phase == Phase::Ready
+                    && state.desired <= self.spec.min_replicas
+                    && !state.shut_down
+                {
+                    replacement = Some(state.add_replica());
+                    self.counters.started.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    state.desired = state.desired.saturating_sub(1);
+                }
             }
             state.replicas.retain(|r| r.id != id);
             state.refresh_endpoints();
             self.touch(&mut state);
-            (phase, state.desired)
+            (phase, state.desired, replacement)
         };
         match phase {
+            Phase::Starting | Phase::Ready if replacement.is_some() => {
+                log::warn!(
+                    "{name} exited unexpectedly ({status}); replacing it to keep {} at {desired} \
+                     replicas (min_replicas)",
+                    self.spec.function
+                );
+            }
             Phase::Starting | Phase::Ready => {
                 log::warn!(
                     "{name} exited unexpectedly ({status}); {} now wants {desired} replicas",
@@ -496,6 +518,7 @@ impl Slot {
             }
             Phase::Stopping(_) => log::info!("{name} stopped ({status})"),
         }
+        replacement
     }
 
     pub(super) fn endpoint_of(&self, id: u64) -> Option<Arc<Endpoint>> {

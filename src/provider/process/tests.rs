@@ -228,7 +228,9 @@ fn scale_is_clamped_to_max_and_spec_bounds_win() {
 #[test]
 fn kill_9_is_noticed_at_once_and_wakes_waiters() {
     let f = fref("crashy");
-    let p = provider(vec![server("crashy")], Duration::from_millis(500));
+    let mut spec = server("crashy");
+    spec.min_replicas = 0; // nothing to keep up: the crash leaves it at zero
+    let p = provider(vec![spec], Duration::from_millis(500));
     p.set_replicas(&f, 1).unwrap();
     ready(&p, &f, 1);
     let pid = pids(&p, &f, 1)[0];
@@ -257,6 +259,42 @@ fn kill_9_is_noticed_at_once_and_wakes_waiters() {
         p.replicas_started(&f),
         2,
         "the next cold start starts a new replica"
+    );
+    p.shutdown();
+}
+
+#[test]
+fn a_crashed_replica_under_min_replicas_is_replaced_unasked_and_repeated_crashes_back_off() {
+    let f = fref("kept");
+    let p = provider(vec![server("kept")], Duration::from_millis(500));
+    p.set_replicas(&f, 1).unwrap();
+    ready(&p, &f, 1);
+    let first = pids(&p, &f, 1)[0];
+    unsafe { libc::kill(first, libc::SIGKILL) };
+    // Nobody asks again: the provider starts the replacement itself.
+    wait_until(&p, &f, Duration::from_secs(20), "replaced", |s| {
+        s.available_replicas == 1 && p.replicas_started(&f) == 2
+    });
+    let second = pids(&p, &f, 1)[0];
+    assert_ne!(first, second);
+    unsafe { libc::kill(second, libc::SIGKILL) };
+    // Crashing again soon after: the next start is held back, and the status says so.
+    let held = wait_until(&p, &f, Duration::from_secs(20), "held back", |s| {
+        s.start_failure.is_some() && p.replicas_failed(&f) == 2
+    });
+    let failure = held.start_failure.expect("seen above");
+    assert!(failure.next_start_in > Duration::ZERO, "{failure:?}");
+    assert!(
+        failure.reason.contains("exited unexpectedly"),
+        "{failure:?}"
+    );
+    assert_eq!(held.replicas, 1, "still wanted");
+    wait_until(
+        &p,
+        &f,
+        Duration::from_secs(20),
+        "replaced after the hold",
+        |s| s.available_replicas == 1 && p.replicas_started(&f) == 3,
     );
     p.shutdown();
 }
