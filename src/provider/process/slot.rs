@@ -472,9 +472,11 @@ impl Slot {
         let name = self.replica_name(id);
         let (phase, desired, replacement) = {
             let mut state = self.state.lock();
-            let Some(phase) = state.replicas.iter().find(|r| r.id == id).map(|r| r.phase) else {
-                return None;
-            };
+            let phase = state
+                .replicas
+                .iter()
+                .find(|r| r.id == id)
+                .map(|r| r.phase)?;
             let mut replacement = None;
             let unexpected = matches!(phase, Phase::Starting | Phase::Ready);
             if unexpected {
