@@ -45,14 +45,14 @@ pub fn render(overview: &Overview) -> String {
     html.push_str(
         "<table id=\"functions\"><thead><tr><th>function</th><th>namespace</th>\
          <th>ready / desired</th><th>in flight</th><th>waiting</th><th>invocations</th>\
-         <th>last cold start</th></tr></thead><tbody>",
+         <th>last cold start</th><th>failing</th></tr></thead><tbody>",
     );
     let now_ms = unix_ms();
     for row in &overview.functions {
         function_row(&mut html, row, now_ms);
     }
     if overview.functions.is_empty() {
-        html.push_str("<tr><td colspan=\"7\">no functions</td></tr>");
+        html.push_str("<tr><td colspan=\"8\">no functions</td></tr>");
     }
     let _ = writeln!(
         html,
@@ -76,7 +76,7 @@ fn function_row(html: &mut String, row: &FunctionRow, now_ms: u64) {
         html,
         "<tr data-function=\"{key}\"><td>{name}</td><td>{namespace}</td><td>{ready} / {desired}</td>\
          <td>{in_flight}</td><td>{waiting}</td><td class=\"invocations\">{invocations}</td>\
-         <td>{cold}</td></tr>",
+         <td>{cold}</td><td class=\"failing\">{failing}</td></tr>",
         key = escape(row.function.key()),
         name = escape(row.function.name()),
         namespace = escape(row.function.namespace()),
@@ -85,6 +85,12 @@ fn function_row(html: &mut String, row: &FunctionRow, now_ms: u64) {
         in_flight = record.map_or(0, |r| r.in_flight()),
         waiting = row.waiting(),
         invocations = record.map_or(0, |r| r.counters().invocations()),
+        failing = row.failing.as_ref().map_or(String::new(), |f| escape(&format!(
+            "{} in a row, next start in {:.0}s: {}",
+            f.in_a_row,
+            f.next_start_in.as_secs_f64().ceil(),
+            f.reason
+        ))),
     );
 }
 
@@ -122,6 +128,11 @@ mod tests {
                 function: FunctionRef::new("echo", "team-a").unwrap(),
                 desired: Some(2),
                 ready: Some(1),
+                failing: Some(crate::provider::StartFailure {
+                    reason: "echo#3 exited <unexpectedly>".into(),
+                    in_a_row: 3,
+                    next_start_in: std::time::Duration::from_millis(1500),
+                }),
                 record: None,
             }],
             provider_error: Some("<script>".into()),
@@ -135,6 +146,10 @@ mod tests {
             "{html}"
         );
         assert!(html.contains("&lt;script&gt;") && !html.contains("<script>"));
+        assert!(
+            html.contains("3 in a row, next start in 2s: echo#3 exited &lt;unexpectedly&gt;"),
+            "{html}"
+        );
         assert!(
             !html.contains("http://") && !html.contains("https://"),
             "external asset"

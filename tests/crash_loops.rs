@@ -86,6 +86,61 @@ fn a_function_that_dies_right_after_starting_is_restarted_with_a_back_off_not_pe
 }
 
 #[test]
+fn a_crashed_replica_is_replaced_without_a_request_and_the_crash_loop_shows_on_metrics_and_status_page(
+) {
+    let mut gw = Defrost::start(&echo_function(
+        "kept",
+        r#"STARTS_FILE = "$DIR/starts""#,
+        "min_replicas = 1",
+    ));
+    assert_eq!(get(&gw.url("/function/kept")).status, 200);
+    // From here on nothing calls the function: only the management API and /metrics are asked.
+    kill_the_replica(&gw);
+    wait_replaced(&gw, 2);
+    kill_the_replica(&gw);
+    // Two failures soon after starting: a crash loop, the next start held back.
+    let in_a_row = "defrost_function_failures_in_a_row{function_name=\"kept.default\"}";
+    let held = "defrost_function_restart_held_seconds{function_name=\"kept.default\"}";
+    let scrape = gw.scrape_when(|s| s.value(in_a_row) == Some(2.0));
+    assert_eq!(scrape.value(in_a_row), Some(2.0), "{}", scrape.0);
+    assert!(scrape.get(held) > 0.0, "{}", scrape.0);
+    let page = get(&gw.url("/")).body;
+    assert!(page.contains("2 in a row, next start in"), "{page}");
+    assert!(page.contains("exited unexpectedly"), "{page}");
+    wait_replaced(&gw, 3);
+    let log = gw.log_text();
+    assert_eq!(
+        log.matches("replacing it to keep kept.default at 1 replicas")
+            .count(),
+        2,
+        "{log}"
+    );
+    assert!(gw.terminate().is_some_and(|s| s.success()));
+}
+
+fn kill_the_replica(gw: &Defrost) {
+    let [pid] = children_of(gw.child.id())[..] else {
+        panic!("not one replica: {:?}", children_of(gw.child.id()));
+    };
+    unsafe_kill(pid, "KILL");
+}
+
+/// Waits (bounded) until the function has started `starts` times and has a ready replica.
+fn wait_replaced(gw: &Defrost, starts: usize) {
+    let file = gw.dir.path().join("starts");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while lines_in(&file) < starts || !replica_ready(gw, "kept") {
+        assert!(Instant::now() < deadline, "not replaced: {}", gw.log_text());
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn replica_ready(gw: &Defrost, name: &str) -> bool {
+    let reply = get(&gw.url(&format!("/system/function/{name}")));
+    reply.status == 200 && reply.json()["availableReplicas"] == 1
+}
+
+#[test]
 fn a_start_that_fails_for_lack_of_file_descriptors_says_so_in_the_502() {
     // A descriptor limit the idle gateway fits in, with a few to spare.
     let dir = TempDir::new("emfile");

@@ -16,6 +16,7 @@ pub fn render(overview: &Overview, calls: &ProviderCalls) -> String {
     let mut out = Text(String::with_capacity(4096));
     invocations(&mut out, overview);
     replicas(&mut out, overview);
+    failing(&mut out, overview);
     load(&mut out, overview);
     cold_starts(&mut out, overview);
     provider_calls(&mut out, calls);
@@ -71,6 +72,37 @@ fn replicas(out: &mut Text, overview: &Overview) {
         "Replicas ready to take calls.",
         listed().map(|(name, _, r)| (name, r)),
     );
+}
+
+/// The crash-loop state: a function whose replicas keep failing shows how many failed in a
+/// row and how long its next start is held back (both zero once a replica has run a while).
+fn failing(out: &mut Text, overview: &Overview) {
+    let failing = || {
+        overview
+            .functions
+            .iter()
+            .filter(|r| r.desired.is_some())
+            .map(|r| (r.function.key(), r.failing.as_ref()))
+    };
+    per_function(
+        out,
+        ("defrost_function_failures_in_a_row", "gauge"),
+        "Replicas that failed one after another (exited unexpectedly or never got ready).",
+        failing().map(|(name, f)| (name, f.map_or(0, |f| u64::from(f.in_a_row)))),
+    );
+    out.head(
+        "defrost_function_restart_held_seconds",
+        "gauge",
+        "How long the next start of a failing function is held back (crash-loop back-off).",
+    );
+    for (name, f) in failing() {
+        let held = f.map_or(0.0, |f| f.next_start_in.as_secs_f64());
+        out.sample_f64(
+            "defrost_function_restart_held_seconds",
+            &[("function_name", name)],
+            held,
+        );
+    }
 }
 
 fn load(out: &mut Text, overview: &Overview) {
@@ -226,6 +258,11 @@ impl Text {
     }
 
     fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: u64) {
+        self.series(name, labels, None);
+        let _ = writeln!(self.0, " {value}");
+    }
+
+    fn sample_f64(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
         self.series(name, labels, None);
         let _ = writeln!(self.0, " {value}");
     }

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::function::FunctionRef;
-use crate::provider::Provider;
+use crate::provider::{Provider, StartFailure};
 use crate::table::{FunctionRecord, FunctionTable};
 
 /// One function's line.
@@ -17,6 +17,9 @@ pub struct FunctionRow {
     /// Replicas asked for and replicas ready, as the provider said; `None` when it did not.
     pub desired: Option<u64>,
     pub ready: Option<u64>,
+    /// Replicas failing one after another (crashing, or dying before ready), as the provider
+    /// said: how many, what happened to the last, how long the next start is held back.
+    pub failing: Option<StartFailure>,
     /// What the gateway keeps about it; `None` for a function never called through it.
     pub record: Option<Arc<FunctionRecord>>,
 }
@@ -70,6 +73,7 @@ fn row<'a>(rows: &'a mut BTreeMap<String, FunctionRow>, f: &FunctionRef) -> &'a 
             function: f.clone(),
             desired: None,
             ready: None,
+            failing: None,
             record: None,
         })
 }
@@ -91,6 +95,7 @@ fn list_replicas(
                     let line = row(rows, &summary.function);
                     line.desired = Some(summary.status.replicas);
                     line.ready = Some(summary.status.available_replicas);
+                    line.failing = summary.status.start_failure;
                 }
             }
             Err(e) => failures.push(format!("listing namespace {namespace}: {e}")),
