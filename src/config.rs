@@ -16,7 +16,7 @@ use serde::de::{self, Deserializer};
 use serde::{Deserialize, Serialize, Serializer};
 use toml::Spanned;
 
-use crate::autoscale::policy::zero_labels;
+use crate::autoscale::policy::{park_labels, zero_labels};
 use crate::autoscale::AutoscaleConfig;
 use crate::duration::{format_duration, parse_duration};
 use crate::function::{FunctionRef, DEFAULT_NAMESPACE};
@@ -254,6 +254,8 @@ pub struct FunctionSection {
     #[serde(default)]
     pub scale_to_zero: bool,
     pub zero_duration: Option<Dur>,
+    /// Freeze idle replicas (SIGSTOP) after this long without a request, thaw on the next.
+    pub park_after: Option<Dur>,
 }
 
 /// A config that could not be used, with where to look.
@@ -556,6 +558,7 @@ impl Loaded {
                     spec.scale_to_zero,
                     spec.zero_duration.map(|d| d.0),
                 ))
+                .chain(park_labels(spec.park_after.map(|d| d.0)))
                 .collect(),
             startup_timeout: spec
                 .startup_timeout

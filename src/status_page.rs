@@ -45,14 +45,14 @@ pub fn render(overview: &Overview) -> String {
     html.push_str(
         "<table id=\"functions\"><thead><tr><th>function</th><th>namespace</th>\
          <th>ready / desired</th><th>in flight</th><th>waiting</th><th>invocations</th>\
-         <th>last cold start</th><th>failing</th></tr></thead><tbody>",
+         <th>last cold start</th><th>parked</th><th>failing</th></tr></thead><tbody>",
     );
     let now_ms = unix_ms();
     for row in &overview.functions {
         function_row(&mut html, row, now_ms);
     }
     if overview.functions.is_empty() {
-        html.push_str("<tr><td colspan=\"8\">no functions</td></tr>");
+        html.push_str("<tr><td colspan=\"9\">no functions</td></tr>");
     }
     let _ = writeln!(
         html,
@@ -76,7 +76,7 @@ fn function_row(html: &mut String, row: &FunctionRow, now_ms: u64) {
         html,
         "<tr data-function=\"{key}\"><td>{name}</td><td>{namespace}</td><td>{ready} / {desired}</td>\
          <td>{in_flight}</td><td>{waiting}</td><td class=\"invocations\">{invocations}</td>\
-         <td>{cold}</td><td class=\"failing\">{failing}</td></tr>",
+         <td>{cold}</td><td class=\"parked\">{parked}</td><td class=\"failing\">{failing}</td></tr>",
         key = escape(row.function.key()),
         name = escape(row.function.name()),
         namespace = escape(row.function.namespace()),
@@ -85,6 +85,10 @@ fn function_row(html: &mut String, row: &FunctionRow, now_ms: u64) {
         in_flight = record.map_or(0, |r| r.in_flight()),
         waiting = row.waiting(),
         invocations = record.map_or(0, |r| r.counters().invocations()),
+        parked = match row.parked.replicas {
+            0 => String::new(),
+            n => format!("{n} ({:.1} MiB)", row.parked.memory_bytes as f64 / 1048576.0),
+        },
         failing = row.failing.as_ref().map_or(String::new(), |f| escape(&format!(
             "{} in a row, next start in {:.0}s: {}",
             f.in_a_row,
@@ -133,6 +137,10 @@ mod tests {
                     in_a_row: 3,
                     next_start_in: std::time::Duration::from_millis(1500),
                 }),
+                parked: crate::provider::Parked {
+                    replicas: 1,
+                    memory_bytes: 3 * 1048576,
+                },
                 record: None,
             }],
             provider_error: Some("<script>".into()),
@@ -148,6 +156,10 @@ mod tests {
         assert!(html.contains("&lt;script&gt;") && !html.contains("<script>"));
         assert!(
             html.contains("3 in a row, next start in 2s: echo#3 exited &lt;unexpectedly&gt;"),
+            "{html}"
+        );
+        assert!(
+            html.contains("<td class=\"parked\">1 (3.0 MiB)</td>"),
             "{html}"
         );
         assert!(

@@ -124,6 +124,7 @@ impl Watched {
             labels: None,
             policy: Policy {
                 zero_after: None,
+                park_after: None,
                 capacity: None,
             },
             recommended: VecDeque::new(),
@@ -191,8 +192,23 @@ fn check(
             return;
         }
     }
+    if let Some(park_after) = policy.park_after {
+        if status.available_replicas > 0 {
+            park_if_idle(scaler, record, park_after);
+        }
+    }
     if let Some(capacity) = policy.capacity {
         follow_capacity(scaler, config, record, &status, capacity, watched);
+    }
+}
+
+/// Parks the function's replicas once it has been idle for `idle`.
+fn park_if_idle(scaler: &Scaler, record: &FunctionRecord, idle: Duration) {
+    if record.activity.idle_for().is_none_or(|d| d < idle) {
+        return;
+    }
+    if let Err(e) = scaler.park(record, idle) {
+        log::warn!("{}: parking failed: {e}", record.function());
     }
 }
 

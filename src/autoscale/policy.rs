@@ -19,6 +19,9 @@ pub const LABEL_SCALE_TYPE: &str = "com.openfaas.scale.type";
 pub const LABEL_TARGET: &str = "com.openfaas.scale.target";
 /// Share of the target aimed at, leaving headroom for bursts.
 pub const LABEL_TARGET_PROPORTION: &str = "com.openfaas.scale.target-proportion";
+/// How long without a request before the function's replicas are parked (frozen, kept warm),
+/// as a Go duration (`30s`); defrost's own, read only by providers that can park.
+pub const LABEL_PARK_AFTER: &str = "com.defrost.park-after";
 
 pub const DEFAULT_ZERO_DURATION: Duration = Duration::from_secs(15 * 60);
 pub const DEFAULT_TARGET: f64 = 50.0;
@@ -29,6 +32,8 @@ pub const DEFAULT_TARGET_PROPORTION: f64 = 0.9;
 pub struct Policy {
     /// Idle time after which its replicas are stopped; `None`: never.
     pub zero_after: Option<Duration>,
+    /// Idle time after which its replicas are parked; `None`: never.
+    pub park_after: Option<Duration>,
     pub capacity: Option<Capacity>,
 }
 
@@ -70,6 +75,13 @@ impl Policy {
                 |v| parse_duration(v).ok(),
             )
         });
+        let park_after = labels.get(LABEL_PARK_AFTER).and_then(|v| {
+            let parsed = parse_duration(v).ok().filter(|d| !d.is_zero());
+            if parsed.is_none() {
+                log::warn!("{function}: label {LABEL_PARK_AFTER}={v:?} is not usable; not parking");
+            }
+            parsed
+        });
         let capacity = labels
             .get(LABEL_SCALE_TYPE)
             .is_some_and(|v| v.trim() == "capacity")
@@ -85,6 +97,7 @@ impl Policy {
             });
         Policy {
             zero_after,
+            park_after,
             capacity,
         }
     }
@@ -103,6 +116,14 @@ pub fn zero_labels(scale_to_zero: bool, zero_duration: Option<Duration>) -> Vec<
         ));
     }
     labels
+}
+
+/// The label a `[[function]]` entry's `park_after` stands for.
+pub fn park_labels(park_after: Option<Duration>) -> Vec<(String, String)> {
+    park_after
+        .map(|d| (LABEL_PARK_AFTER.to_owned(), format!("{}ms", d.as_millis())))
+        .into_iter()
+        .collect()
 }
 
 fn positive(v: &str) -> Option<f64> {
@@ -146,8 +167,22 @@ mod tests {
             policy(&[]),
             Policy {
                 zero_after: None,
+                park_after: None,
                 capacity: None
             }
+        );
+    }
+
+    #[test]
+    fn park_after_is_read_and_a_bad_one_parks_nothing() {
+        let p = policy(&[(LABEL_PARK_AFTER, "30s")]);
+        assert_eq!(p.park_after, Some(Duration::from_secs(30)));
+        assert_eq!(policy(&[(LABEL_PARK_AFTER, "soon")]).park_after, None);
+        assert_eq!(policy(&[(LABEL_PARK_AFTER, "0s")]).park_after, None);
+        let labels = park_labels(Some(Duration::from_millis(1500)));
+        assert_eq!(
+            policy(&[(LABEL_PARK_AFTER, &labels[0].1)]).park_after,
+            Some(Duration::from_millis(1500))
         );
     }
 

@@ -72,6 +72,25 @@ fn replicas(out: &mut Text, overview: &Overview) {
         "Replicas ready to take calls.",
         listed().map(|(name, _, r)| (name, r)),
     );
+    let parked = || {
+        overview
+            .functions
+            .iter()
+            .filter(|r| r.desired.is_some())
+            .map(|r| (r.function.key(), r.parked))
+    };
+    per_function(
+        out,
+        ("defrost_function_replicas_parked", "gauge"),
+        "Replicas frozen while the function is idle; the next call thaws them.",
+        parked().map(|(name, p)| (name, p.replicas)),
+    );
+    per_function(
+        out,
+        ("defrost_function_parked_memory_bytes", "gauge"),
+        "Resident memory kept by the function's parked replicas.",
+        parked().map(|(name, p)| (name, p.memory_bytes)),
+    );
 }
 
 /// The crash-loop state: a function whose replicas keep failing shows how many failed in a

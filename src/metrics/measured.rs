@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::function::FunctionRef;
 use crate::histogram::{Histogram, SLOW_BOUNDS};
-use crate::provider::{FunctionStatus, FunctionSummary, Provider, ProviderError};
+use crate::provider::{FunctionStatus, FunctionSummary, Parked, Provider, ProviderError};
 
 /// The provider calls that are measured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -148,6 +148,18 @@ impl Provider for Measured {
 
     fn shutdown(&self) {
         self.inner.shutdown()
+    }
+
+    fn park(&self, function: &FunctionRef) -> Result<u64, ProviderError> {
+        self.inner.park(function)
+    }
+
+    fn thaw(&self, function: &FunctionRef) -> Result<u64, ProviderError> {
+        self.inner.thaw(function)
+    }
+
+    fn parked(&self, function: &FunctionRef) -> Parked {
+        self.inner.parked(function)
     }
 }
 

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::function::FunctionRef;
-use crate::provider::{Provider, StartFailure};
+use crate::provider::{Parked, Provider, StartFailure};
 use crate::table::{FunctionRecord, FunctionTable};
 
 /// One function's line.
@@ -20,6 +20,8 @@ pub struct FunctionRow {
     /// Replicas failing one after another (crashing, or dying before ready), as the provider
     /// said: how many, what happened to the last, how long the next start is held back.
     pub failing: Option<StartFailure>,
+    /// Replicas frozen while the function is idle, and the memory they keep.
+    pub parked: Parked,
     /// What the gateway keeps about it; `None` for a function never called through it.
     pub record: Option<Arc<FunctionRecord>>,
 }
@@ -74,6 +76,7 @@ fn row<'a>(rows: &'a mut BTreeMap<String, FunctionRow>, f: &FunctionRef) -> &'a 
             desired: None,
             ready: None,
             failing: None,
+            parked: Parked::default(),
             record: None,
         })
 }
@@ -96,6 +99,7 @@ fn list_replicas(
                     line.desired = Some(summary.status.replicas);
                     line.ready = Some(summary.status.available_replicas);
                     line.failing = summary.status.start_failure;
+                    line.parked = provider.parked(&summary.function);
                 }
             }
             Err(e) => failures.push(format!("listing namespace {namespace}: {e}")),

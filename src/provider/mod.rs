@@ -247,6 +247,37 @@ pub trait Provider: Send + Sync + 'static {
 
     /// Stops everything the provider started; called once when the gateway shuts down.
     fn shutdown(&self) {}
+
+    /// Freezes the function's idle ready replicas without stopping them (they keep their warm
+    /// state, use no CPU, and take no requests); returns how many. Called when a function has
+    /// been idle for its `park_after`. Providers that cannot freeze park nothing.
+    fn park(&self, function: &FunctionRef) -> Result<u64, ProviderError> {
+        let _ = function;
+        Ok(0)
+    }
+
+    /// Puts the function's parked replicas back in rotation; returns how many. Called for a
+    /// request that finds no ready replica, before it waits: it must be cheap when nothing is
+    /// parked.
+    fn thaw(&self, function: &FunctionRef) -> Result<u64, ProviderError> {
+        let _ = function;
+        Ok(0)
+    }
+
+    /// The function's parked replicas, and the memory they hold in bytes.
+    fn parked(&self, function: &FunctionRef) -> Parked {
+        let _ = function;
+        Parked::default()
+    }
+}
+
+/// Replicas frozen while their function is idle (see [`Provider::park`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Parked {
+    /// Replicas frozen now.
+    pub replicas: u64,
+    /// Resident memory they keep, in bytes.
+    pub memory_bytes: u64,
 }
 
 /// Reads `com.openfaas.scale.min`/`max`, falling back (with a warning) on values that are not

@@ -176,6 +176,19 @@ impl Scaler {
         result.map(|()| stopped)
     }
 
+    /// Parks the replicas of a function idle for at least `idle`, unless a request comes in
+    /// first (it then waits for the parking, finds the replicas parked and thaws them).
+    pub fn park(&self, record: &FunctionRecord, idle: Duration) -> Result<u64, ProviderError> {
+        let mut result = Ok(0);
+        record.activity.while_idle(idle, || {
+            result = self.provider.park(record.function());
+        });
+        if result.as_ref().is_ok_and(|&parked| parked > 0) {
+            record.status.clear();
+        }
+        result
+    }
+
     /// (queries made, queries shared) and (scale calls made, scale calls shared).
     pub fn coalescing(&self) -> ((u64, u64), (u64, u64)) {
         (self.queries.counts(), self.scales.counts())
@@ -227,6 +240,9 @@ impl Scaler {
             if status.replicas == 0 {
                 self.scale_from_zero(record, &status, &mut scale_attempts)?;
                 starts += 1;
+            } else if self.thaw(record) {
+                status = self.query(record)?;
+                continue;
             }
             let now = Instant::now();
             if now >= deadline {
@@ -278,6 +294,21 @@ impl Scaler {
                 })
             }
             _ => Ok(()),
+        }
+    }
+
+    /// Thaws the function's parked replicas, if it has any: true if one was.
+    fn thaw(&self, record: &FunctionRecord) -> bool {
+        match self.provider.thaw(record.function()) {
+            Ok(0) => false,
+            Ok(thawed) => {
+                log::debug!("{}: thawed {thawed} parked replicas", record.function());
+                true
+            }
+            Err(e) => {
+                log::warn!("{}: thawing failed: {e}", record.function());
+                false
+            }
         }
     }
 

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use crate::deadline::after as deadline_after;
 use crate::function::FunctionRef;
-use crate::provider::{FunctionStatus, FunctionSummary, Provider, ProviderError};
+use crate::provider::{FunctionStatus, FunctionSummary, Parked, Provider, ProviderError};
 
 mod listening;
 mod port;
@@ -310,6 +310,27 @@ impl Provider for ProcessProvider {
                 status: slot.status(),
             })
             .collect())
+    }
+
+    fn park(&self, function: &FunctionRef) -> Result<u64, ProviderError> {
+        Ok(self.slot(function)?.park())
+    }
+
+    fn thaw(&self, function: &FunctionRef) -> Result<u64, ProviderError> {
+        Ok(self.slot(function)?.thaw())
+    }
+
+    fn parked(&self, function: &FunctionRef) -> Parked {
+        self.slot(function).map_or_else(
+            |_| Parked::default(),
+            |slot| {
+                let (replicas, memory_bytes) = slot.parked();
+                Parked {
+                    replicas,
+                    memory_bytes,
+                }
+            },
+        )
     }
 
     fn namespaces(&self) -> Result<Vec<String>, ProviderError> {

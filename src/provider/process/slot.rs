@@ -133,6 +133,9 @@ pub(super) struct Replica {
 pub(super) enum Phase {
     Starting,
     Ready,
+    /// Frozen (its process group stopped) while its function is idle, out of rotation; thawed
+    /// by the next request. It keeps its memory, its port and its pooled connections.
+    Parked,
     Stopping(StopReason),
 }
 
@@ -178,10 +181,9 @@ impl State {
 
     /// A replica that has served for a while ends the crash loop.
     fn forget_stale_failures(&mut self) {
-        let stable = self
-            .replicas
-            .iter()
-            .any(|r| r.phase == Phase::Ready && r.started.elapsed() >= STABLE_AFTER);
+        let stable = self.replicas.iter().any(|r| {
+            matches!(r.phase, Phase::Ready | Phase::Parked) && r.started.elapsed() >= STABLE_AFTER
+        });
         if stable {
             self.failures = Failures::default();
         }
@@ -197,10 +199,14 @@ impl State {
     }
 
     /// Not-ready replicas first, newest first: they serve nothing and cost the least to lose.
-    /// Then the ready one with the fewest requests in flight, newest on a tie.
+    /// Then parked ones, then the ready one with the fewest requests in flight, newest on a tie.
     pub(super) fn pick_victim(&self) -> Option<u64> {
         let starting = self.replicas.iter().filter(|r| r.phase == Phase::Starting);
         if let Some(r) = starting.max_by_key(|r| r.id) {
+            return Some(r.id);
+        }
+        let parked = self.replicas.iter().filter(|r| r.phase == Phase::Parked);
+        if let Some(r) = parked.max_by_key(|r| r.id) {
             return Some(r.id);
         }
         self.replicas
@@ -214,6 +220,12 @@ impl State {
     /// status), no readiness.
     fn begin_stop(&mut self, id: u64, reason: StopReason) {
         if let Some(r) = self.find_mut(id) {
+            // A stopped process would keep SIGTERM pending until continued.
+            if r.phase == Phase::Parked {
+                if let Some(pid) = r.pid {
+                    signal_group(pid, libc::SIGCONT);
+                }
+            }
             r.phase = Phase::Stopping(reason);
             r.halt.store(true, Ordering::Relaxed);
             if let Some(endpoint) = &r.endpoint {
@@ -238,7 +250,7 @@ impl State {
 
 impl Replica {
     fn is_active(&self) -> bool {
-        matches!(self.phase, Phase::Starting | Phase::Ready)
+        matches!(self.phase, Phase::Starting | Phase::Ready | Phase::Parked)
     }
 
     pub(super) fn in_flight(&self) -> usize {
@@ -478,7 +490,7 @@ impl Slot {
                 .find(|r| r.id == id)
                 .map(|r| r.phase)?;
             let mut replacement = None;
-            let unexpected = matches!(phase, Phase::Starting | Phase::Ready);
+            let unexpected = matches!(phase, Phase::Starting | Phase::Ready | Phase::Parked);
             if unexpected {
                 let when = if phase == Phase::Starting {
                     "before it was ready"
@@ -489,7 +501,7 @@ impl Slot {
                 self.counters.count_failed();
                 // Only a replica that served is replaced: one that never got ready is left to
                 // the waiting requests, which give up after a few such starts.
-                if phase == Phase::Ready
+                if matches!(phase, Phase::Ready | Phase::Parked)
                     && state.desired <= self.spec.min_replicas
                     && !state.shut_down
                 {
@@ -505,14 +517,14 @@ impl Slot {
             (phase, state.desired, replacement)
         };
         match phase {
-            Phase::Starting | Phase::Ready if replacement.is_some() => {
+            Phase::Starting | Phase::Ready | Phase::Parked if replacement.is_some() => {
                 log::warn!(
                     "{name} exited unexpectedly ({status}); replacing it to keep {} at {desired} \
                      replicas (min_replicas)",
                     self.spec.function
                 );
             }
-            Phase::Starting | Phase::Ready => {
+            Phase::Starting | Phase::Ready | Phase::Parked => {
                 log::warn!(
                     "{name} exited unexpectedly ({status}); {} now wants {desired} replicas",
                     self.spec.function
@@ -521,6 +533,82 @@ impl Slot {
             Phase::Stopping(_) => log::info!("{name} stopped ({status})"),
         }
         replacement
+    }
+
+    /// Freezes every ready replica with no request in flight: its endpoint is retired first,
+    /// so no request can reach it frozen (one that slipped in keeps it ready), then its
+    /// process group gets SIGSTOP. Returns how many were parked.
+    pub(super) fn park(&self) -> u64 {
+        let mut state = self.state.lock();
+        let mut parked = 0;
+        for r in state
+            .replicas
+            .iter_mut()
+            .filter(|r| r.phase == Phase::Ready)
+        {
+            let (Some(endpoint), Some(pid)) = (r.endpoint.clone(), r.pid) else {
+                continue;
+            };
+            endpoint.retire();
+            if endpoint.in_flight() > 0 {
+                r.endpoint = Some(Arc::new(Endpoint::new(endpoint.base_url())));
+                continue;
+            }
+            signal_group(pid, libc::SIGSTOP);
+            r.phase = Phase::Parked;
+            parked += 1;
+        }
+        if parked > 0 {
+            state.refresh_endpoints();
+            self.touch(&mut state);
+            log::info!("{}: parked {parked} idle replicas", self.spec.function);
+        }
+        parked
+    }
+
+    /// Continues every parked replica and puts it back in rotation under a fresh endpoint (the
+    /// retired one stays retired). One whose group cannot be signalled has died: it is left to
+    /// its reaper, which replaces it. Returns how many were thawed.
+    pub(super) fn thaw(&self) -> u64 {
+        let mut state = self.state.lock();
+        let mut thawed = 0;
+        for r in state
+            .replicas
+            .iter_mut()
+            .filter(|r| r.phase == Phase::Parked)
+        {
+            let (Some(endpoint), Some(pid)) = (r.endpoint.clone(), r.pid) else {
+                continue;
+            };
+            // A replica killed while frozen is a zombie until its reaper gets to it, and a
+            // zombie's group still takes signals: ask the process itself how it is.
+            if !signal_group(pid, libc::SIGCONT) || !runs(pid) {
+                continue;
+            }
+            r.endpoint = Some(Arc::new(Endpoint::new(endpoint.base_url())));
+            r.phase = Phase::Ready;
+            thawed += 1;
+        }
+        if thawed > 0 {
+            state.refresh_endpoints();
+            self.touch(&mut state);
+        }
+        thawed
+    }
+
+    /// Parked replicas and the memory they hold (resident set of each one's main process).
+    pub(super) fn parked(&self) -> (u64, u64) {
+        let pids: Vec<libc::pid_t> = {
+            let state = self.state.lock();
+            state
+                .replicas
+                .iter()
+                .filter(|r| r.phase == Phase::Parked)
+                .filter_map(|r| r.pid)
+                .collect()
+        };
+        let bytes = pids.iter().map(|&pid| resident_bytes(pid)).sum();
+        (pids.len() as u64, bytes)
     }
 
     pub(super) fn endpoint_of(&self, id: u64) -> Option<Arc<Endpoint>> {
@@ -597,12 +685,36 @@ impl Slot {
     }
 }
 
+/// Whether the process is alive rather than a zombie, as /proc says; where there is no /proc
+/// to ask, it is taken to be.
+fn runs(pid: libc::pid_t) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return !std::path::Path::new("/proc/self/stat").exists();
+    };
+    let state = stat
+        .rsplit(')')
+        .next()
+        .and_then(|rest| rest.split_whitespace().next());
+    !matches!(state, Some("Z" | "X" | "x"))
+}
+
+/// `VmRSS` of a process, 0 when it cannot be read.
+fn resident_bytes(pid: libc::pid_t) -> u64 {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return 0;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kib| kib.saturating_mul(1024))
+}
+
 /// Signals the whole process group led by `pid`. Callers guarantee `pid` is not yet reaped.
-pub(super) fn signal_group(pid: libc::pid_t, signal: libc::c_int) {
+/// False when the group is gone.
+pub(super) fn signal_group(pid: libc::pid_t, signal: libc::c_int) -> bool {
     // SAFETY: kill has no memory-safety preconditions.
-    unsafe {
-        libc::kill(-pid, signal);
-    }
+    unsafe { libc::kill(-pid, signal) == 0 }
 }
 
 #[cfg(test)]
