@@ -4,10 +4,15 @@
 # check: the same wrk runs against defrost (and nginx, as the yardstick) while 500 requests wait
 # on a cold function and 100 sit on a function that takes 1 s to answer.
 #
-#   benches/load.sh    # defaults: DURATION=10 ROUNDS=3 THREADS=2 CONNECTIONS=64 BASE_PORT=18080
+#   benches/load.sh    # defaults: DURATION=10 ROUNDS=3 THREADS=2 CONNECTIONS=64 IDLE=1000
+#                      #           BASE_PORT=18080
 #   BEFORE=/path/to/an/older/defrost benches/load.sh
 #                      # also measures that build's warm path, taking turns with the others,
 #                      # so that a change is judged against nginx in the same run
+#
+# Then one round each of: a plain Python http.server function (examples/plain.py) directly,
+# through nginx and through defrost; 256 connections; and the warm path with IDLE more
+# keep-alive connections sitting idle on nginx and on defrost, with defrost's threads and RSS.
 #
 # Needs wrk and nginx (Debian/Ubuntu: apt-get install wrk nginx-light); installs nothing.
 set -euo pipefail
@@ -22,6 +27,9 @@ DIRECT=$((BASE_PORT + 1))
 NGINX=$((BASE_PORT + 2))
 GATEWAY=$((BASE_PORT + 3))
 OLDER=$((BASE_PORT + 4))
+PLAIN=$((BASE_PORT + 5))
+NGINX_PLAIN=$((BASE_PORT + 6))
+IDLE=${IDLE:-1000}
 build
 
 # The upstream, reached directly and through nginx (keep-alive to the upstream, as a tuned
@@ -37,6 +45,7 @@ events { worker_connections 4096; }
 http {
   access_log off;
   upstream fn { server 127.0.0.1:$DIRECT; keepalive 128; }
+  upstream plain { server 127.0.0.1:$PLAIN; keepalive 128; }
   server {
     listen 127.0.0.1:$NGINX;
     location / {
@@ -46,8 +55,20 @@ http {
       proxy_buffering on;
     }
   }
+  server {
+    listen 127.0.0.1:$NGINX_PLAIN;
+    location / {
+      proxy_pass http://plain;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_buffering on;
+    }
+  }
 }
 CONF
+# A function as users write them (Python's http.server, keep-alive, no socket options), reached
+# directly, through nginx and through defrost.
+spawn env PORT="$PLAIN" python3 "$ROOT/examples/plain.py" 2>/dev/null # wrk hangs up mid-answer
 spawn nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf"
 
 # defrost, with the same upstream program as its warm function, a cold one that becomes ready
@@ -57,6 +78,7 @@ cold_after_ms=$(((held_for + 30) * 1000))
 cat >"$WORK/defrost.toml" <<CONF
 [gateway]
 listen = "127.0.0.1:$GATEWAY"
+max_connections = 4096  # as many as nginx's worker_connections below
 ready_timeout = "$((held_for + 60))s"
 shutdown_grace = "1s"  # the cold function's waiters need not be waited for
 
@@ -76,6 +98,12 @@ startup_timeout = "$((held_for + 60))s"
 name = "slow"
 command = ["$UPSTREAM", "--delay-ms", "1000"]
 max_replicas = 1
+
+[[function]]
+name = "plain"
+command = ["python3", "$ROOT/examples/plain.py"]
+min_replicas = 1
+max_replicas = 1
 CONF
 start_defrost "$WORK/defrost.toml"
 TARGETS=(direct nginx defrost)
@@ -89,10 +117,14 @@ fi
 wait_http "http://127.0.0.1:$DIRECT/"
 wait_http "http://127.0.0.1:$NGINX/"
 wait_http "http://127.0.0.1:$GATEWAY/function/fast"
+wait_http "http://127.0.0.1:$PLAIN/"
+wait_http "http://127.0.0.1:$NGINX_PLAIN/"
+wait_http "http://127.0.0.1:$GATEWAY/function/plain"
 
-# Runs wrk against a URL; prints "requests/s p50_ms p99_ms".
+# Runs wrk against a URL (with CONNECTIONS, or the second argument); prints
+# "requests/s p50_ms p99_ms".
 measure() {
-  wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency "$1" >"$WORK/wrk.out"
+  wrk -t"$THREADS" -c"${2:-$CONNECTIONS}" -d"${DURATION}s" --latency "$1" >"$WORK/wrk.out"
   awk '
     function ms(v) {
       if (v ~ /us$/) return v / 1000; if (v ~ /ms$/) return v + 0; if (v ~ /s$/) return v * 1000
@@ -103,6 +135,16 @@ measure() {
     $1 == "99%" {p99 = ms($2)}
     /Non-2xx|Socket errors/ {print "warning: " $0 > "/dev/stderr"}
     END {printf "%.0f %.3f %.3f\n", rps, p50, p99}' "$WORK/wrk.out"
+}
+
+threads_of() { awk '/^Threads:/ {print $2}' "/proc/$1/status"; }
+rss_mb() { awk '/^VmRSS:/ {printf "%.1f", $2 / 1024}' "/proc/$1/status"; }
+nginx_rss_mb() {
+  local kb=0
+  for pid in $(pgrep -f "nginx.*$WORK/nginx"); do
+    kb=$((kb + $(awk '/^VmRSS:/ {print $2}' "/proc/$pid/status")))
+  done
+  awk -v kb="$kb" 'BEGIN {printf "%.1f", kb / 1024}'
 }
 
 echo "wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s, $ROUNDS rounds, $(nproc) cores"
@@ -130,6 +172,44 @@ read -r direct_rps direct_p50 direct_p99 < <(median_round direct)
 read -r nginx_rps nginx_p50 nginx_p99 < <(median_round nginx)
 read -r defrost_rps defrost_p50 defrost_p99 < <(median_round defrost)
 
+# One round each, in turns: the plain Python function; 256 connections; and 64 while IDLE more
+# keep-alive connections sit idle on both nginx and defrost, with defrost's threads and memory.
+for target in plain-direct plain-nginx plain-defrost; do
+  case $target in
+    plain-direct) url="http://127.0.0.1:$PLAIN/" ;;
+    plain-nginx) url="http://127.0.0.1:$NGINX_PLAIN/" ;;
+    plain-defrost) url="http://127.0.0.1:$GATEWAY/function/plain" ;;
+  esac
+  measure "$url" >"$WORK/$target.result"
+done
+for target in direct nginx defrost; do
+  measure "${URL[$target]}" 256 >"$WORK/$target-256.result"
+done
+cat >"$WORK/idle.py" <<'PY'
+import socket, sys, time
+port, count, path = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+held = []
+for _ in range(count):
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    s.recv(65536)
+    held.append(s)
+print("holding", len(held), flush=True)
+time.sleep(3600)
+PY
+spawn python3 "$WORK/idle.py" "$NGINX" "$IDLE" /
+idle_nginx=$LAST_PID
+spawn python3 "$WORK/idle.py" "$GATEWAY" "$IDLE" /function/fast
+idle_defrost=$LAST_PID
+sleep 3
+for target in nginx defrost; do
+  measure "${URL[$target]}" >"$WORK/$target-idle.result"
+done
+idle_threads=$(threads_of "$DEFROST_PID")
+idle_rss=$(rss_mb "$DEFROST_PID")
+idle_nginx_rss=$(nginx_rss_mb)
+kill "$idle_nginx" "$idle_defrost" 2>/dev/null || true
+
 # Isolation: hold 500 requests on the cold function and 100 on the slow one, then measure the
 # warm function again, taking turns with nginx as before. nginx is the yardstick for how fast
 # the machine is meanwhile (other work on it can change that within a minute): the share
@@ -144,6 +224,8 @@ for round in $(seq "$ROUNDS"); do
 done
 read -r held_nginx_rps held_nginx_p50 held_nginx_p99 < <(median_round held-nginx)
 read -r busy_rps busy_p50 busy_p99 < <(median_round held-defrost)
+held_threads=$(threads_of "$DEFROST_PID")
+held_rss=$(rss_mb "$DEFROST_PID")
 
 printf '\n%-34s %12s %10s %10s\n' "target" "requests/s" "p50 ms" "p99 ms"
 printf '%-34s %12s %10s %10s\n' "upstream direct" "$direct_rps" "$direct_p50" "$direct_p99"
@@ -163,6 +245,20 @@ awk -v d="$defrost_rps" -v n="$nginx_rps" -v u="$direct_rps" -v dp="$defrost_p99
     printf "defrost/nginx p99         %.2f\n", dp / np
     printf "warm throughput kept while others wait: %.0f%% (%.0f%% of the earlier rounds, unadjusted)\n", 100 * (b / hn) / (d / n), 100 * b / d
   }'
+show() { read -r rps p50 p99 <"$WORK/$2.result"; printf '%-34s %12s %10s %10s\n' "$1" "$rps" "$p50" "$p99"; }
+printf '\n%-34s %12s %10s %10s\n' "plain Python function, -c$CONNECTIONS" "requests/s" "p50 ms" "p99 ms"
+show "directly" plain-direct
+show "through nginx" plain-nginx
+show "through defrost" plain-defrost
+printf '\n%-34s %12s %10s %10s\n' "fast upstream, -c256" "requests/s" "p50 ms" "p99 ms"
+show "upstream direct" direct-256
+show "nginx" nginx-256
+show "defrost" defrost-256
+printf '\n%-34s %12s %10s %10s\n' "-c$CONNECTIONS, $IDLE idle keep-alive too" "requests/s" "p50 ms" "p99 ms"
+show "nginx" nginx-idle
+show "defrost" defrost-idle
+echo "with them: defrost $idle_threads threads, ${idle_rss} MB resident; nginx ${idle_nginx_rss} MB resident (all processes)"
+echo "while 500 cold + 100 slow requests were held: defrost $held_threads threads, ${held_rss} MB resident"
 if [ -n "${BEFORE:-}" ]; then
   awk -v d="$defrost_rps" -v n="$nginx_rps" -v o="$before_rps" 'BEGIN {
     printf "older build/nginx throughput %.2f (this build %.2f)\n", o / n, d / n
