@@ -11,6 +11,7 @@ use crate::auth::Credentials;
 use crate::call::Call;
 use crate::error::Error;
 use crate::function::FunctionRef;
+use crate::logs::{Logs, LogsQuery};
 use crate::metrics::{exposition, overview::Overview, ProviderCalls};
 use crate::provider::api::{self, ApiRequest};
 use crate::provider::openfaas::RemoteApi;
@@ -39,6 +40,8 @@ pub struct Handler {
     /// Where `/system/*` and `/healthz` are forwarded when the provider is remote; `None`: they
     /// are answered here, from the provider.
     remote_api: Option<RemoteApi>,
+    /// `/system/logs`, when the provider keeps its replicas' output.
+    logs: Option<Logs>,
 }
 
 impl Handler {
@@ -61,6 +64,7 @@ impl Handler {
             metrics_route: true,
             provider_calls,
             remote_api: None,
+            logs: None,
         }
     }
 
@@ -71,6 +75,12 @@ impl Handler {
     /// Forwards `/system/*` (except scale calls) and `/healthz` to a remote provider's API.
     pub fn with_remote_api(mut self, api: Option<RemoteApi>) -> Handler {
         self.remote_api = api;
+        self
+    }
+
+    /// Serves `/system/logs` from the provider's kept output.
+    pub fn with_logs(mut self, logs: Option<Logs>) -> Handler {
+        self.logs = logs;
         self
     }
 
@@ -94,6 +104,10 @@ impl Handler {
     /// (`Connection: close`) is the server's doing: see `Pool::stop_accepting`.
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::SeqCst);
+        // Followers would otherwise hold shutdown for its whole grace period.
+        if let Some(logs) = &self.logs {
+            logs.close();
+        }
     }
 
     /// Answers one request. Never panics on what the client sent; never leaves it unanswered.
@@ -240,6 +254,13 @@ impl Handler {
         query: Option<&str>,
     ) -> Result<ResponseBox, Error> {
         self.authorize(request)?;
+        if path == "/system/logs" {
+            if let Some(logs) = &self.logs {
+                return serve_logs(logs, request, query, &self.default_namespace);
+            }
+            // A remote follow holds this worker for as long as the provider streams.
+            crate::server::blocking();
+        }
         let provider = self.scaler.provider();
         if let (Some(api), false) = (
             &self.remote_api,
@@ -318,6 +339,32 @@ impl Handler {
             Err(Miss::Method(allowed)) => Outcome::local(Err(Error::MethodNotAllowed { allowed })),
         }
     }
+}
+
+/// `/system/logs` from the embedded provider: refusals get their own status, a follow tells
+/// the pool that this worker is taken for long.
+fn serve_logs(
+    logs: &Logs,
+    request: &Request,
+    query: Option<&str>,
+    default_namespace: &str,
+) -> Result<ResponseBox, Error> {
+    if request.method().as_str() != "GET" {
+        return Err(Error::MethodNotAllowed {
+            allowed: "GET".into(),
+        });
+    }
+    let opened = LogsQuery::parse(query, default_namespace).and_then(|q| logs.open(q));
+    let (body, length) = match opened {
+        Ok(body) => body.into_reader(),
+        Err(e) => return Ok(text(e.status(), &format!("{e}\n"))),
+    };
+    if length.is_none() {
+        crate::server::blocking();
+    }
+    let mut response = Response::new(StatusCode(200), Vec::new(), body, length, None);
+    add_header(&mut response, "Content-Type", "application/x-ndjson");
+    Ok(response)
 }
 
 /// One request counted in flight until dropped, so that a handler that panics still lets

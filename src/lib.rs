@@ -106,6 +106,9 @@ mod analytics;
 /// Basic auth on /system/*.
 mod auth;
 
+/// /system/logs: the process replicas' output, plain or followed.
+mod logs;
+
 // From what the operator wrote to a running gateway.
 /// The TOML file.
 mod config;
@@ -125,6 +128,7 @@ mod duration;
 mod function;
 mod histogram;
 mod redact;
+mod rfc3339;
 
 /// What the benchmarks and the property tests drive directly: the parsers, the single-flight
 /// group, the function table. Not part of the API; it may change in any release.
@@ -303,6 +307,14 @@ impl Backend {
         }
     }
 
+    /// The replicas' output, when the provider keeps it.
+    fn logs(&self) -> Option<logs::Logs> {
+        match self {
+            Backend::Process(p) => Some(logs::Logs::new(Arc::clone(p.logs()))),
+            _ => None,
+        }
+    }
+
     fn reloadable(&self) -> Option<Arc<ProcessProvider>> {
         match self {
             Backend::Process(p) => Some(Arc::clone(p)),
@@ -382,7 +394,9 @@ impl Gateway {
         if settings.metrics_listen.is_some() {
             handler = handler.without_metrics_route();
         }
-        let handler = handler.with_remote_api(backend.remote_api());
+        let handler = handler
+            .with_remote_api(backend.remote_api())
+            .with_logs(backend.logs());
         let handler = Arc::new(handler);
         let metrics_listener = match settings.metrics_listen {
             Some(addr) => {

@@ -18,6 +18,7 @@ use crate::deadline::after as deadline_after;
 use crate::function::FunctionRef;
 use crate::provider::{FunctionStatus, FunctionSummary, Provider, ProviderError};
 
+mod logbook;
 mod port;
 mod readiness;
 mod replica;
@@ -25,6 +26,7 @@ mod slot;
 #[cfg(test)]
 mod tests;
 
+pub use logbook::{LogBook, LogLine, Ring, Waited};
 use slot::Slot;
 
 /// How long `shutdown` waits for replicas to be reaped once they have been sent SIGKILL. Only a
@@ -202,6 +204,8 @@ pub struct ProcessProvider {
     /// Slots a reload removed, still draining; `shutdown` must stop them too.
     retired: Mutex<Vec<Arc<Slot>>>,
     stop_grace: Duration,
+    /// The replicas' recent output, per function.
+    logs: Arc<LogBook>,
 }
 
 impl ProcessProvider {
@@ -210,11 +214,13 @@ impl ProcessProvider {
         functions: Vec<ProcessFunction>,
         options: ProcessOptions,
     ) -> Result<ProcessProvider, SpecError> {
-        let slots = build_slots(functions, &BTreeMap::new(), options.stop_grace)?;
+        let logs = Arc::new(LogBook::default());
+        let slots = build_slots(functions, &BTreeMap::new(), options.stop_grace, &logs)?;
         Ok(ProcessProvider {
             slots: RwLock::new(slots),
             retired: Mutex::new(Vec::new()),
             stop_grace: options.stop_grace,
+            logs,
         })
     }
 
@@ -223,12 +229,13 @@ impl ProcessProvider {
     /// to the stop grace) and stopped in the background. Nothing changes if any entry is bad.
     pub fn reconfigure(&self, functions: Vec<ProcessFunction>) -> Result<(), SpecError> {
         let mut slots = self.slots.write();
-        let next = build_slots(functions, &slots, self.stop_grace)?;
+        let next = build_slots(functions, &slots, self.stop_grace, &self.logs)?;
         let gone: Vec<Arc<Slot>> = slots
             .iter()
             .filter(|(f, old)| next.get(*f).is_none_or(|new| !Arc::ptr_eq(old, new)))
             .map(|(_, old)| Arc::clone(old))
             .collect();
+        self.logs.retain(|f| next.contains_key(f));
         *slots = next;
         drop(slots);
         for slot in gone {
@@ -258,6 +265,11 @@ impl ProcessProvider {
     /// timeouts and exits.
     pub fn replicas_failed(&self, function: &FunctionRef) -> u64 {
         self.slot(function).map_or(0, |s| s.counters.failed())
+    }
+
+    /// The replicas' recent output, per function, for `/system/logs`.
+    pub fn logs(&self) -> &Arc<LogBook> {
+        &self.logs
     }
 
     fn slot(&self, function: &FunctionRef) -> Result<Arc<Slot>, ProviderError> {
@@ -319,6 +331,7 @@ impl Provider for ProcessProvider {
 
     /// SIGTERM to every replica at once, SIGKILL to those still there after the grace period.
     fn shutdown(&self) {
+        self.logs.close();
         let slots = self.all_slots();
         for slot in &slots {
             slot.stop_all();
@@ -354,6 +367,7 @@ fn build_slots(
     functions: Vec<ProcessFunction>,
     current: &BTreeMap<FunctionRef, Arc<Slot>>,
     stop_grace: Duration,
+    logs: &LogBook,
 ) -> Result<BTreeMap<FunctionRef, Arc<Slot>>, SpecError> {
     check_functions(&functions)?;
     let mut slots = BTreeMap::new();
@@ -361,7 +375,7 @@ fn build_slots(
         let function = spec.function.clone();
         let slot = match current.get(&function) {
             Some(old) if old.spec == spec => Arc::clone(old),
-            _ => Arc::new(Slot::new(spec, stop_grace)),
+            _ => Arc::new(Slot::new(spec, stop_grace, logs.ring(&function))),
         };
         slots.insert(function, slot);
     }
