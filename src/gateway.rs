@@ -9,6 +9,7 @@ use defrost_http::{Header, Request, Response, ResponseBox, StatusCode};
 
 use crate::auth::Credentials;
 use crate::call::Call;
+use crate::deployments::Deployments;
 use crate::error::Error;
 use crate::function::FunctionRef;
 use crate::logs::{Logs, LogsQuery};
@@ -42,6 +43,8 @@ pub struct Handler {
     remote_api: Option<RemoteApi>,
     /// `/system/logs`, when the provider keeps its replicas' output.
     logs: Option<Logs>,
+    /// Deploy, update and remove on `/system/functions`, with the embedded provider.
+    deployments: Option<Arc<Deployments>>,
 }
 
 impl Handler {
@@ -65,6 +68,7 @@ impl Handler {
             provider_calls,
             remote_api: None,
             logs: None,
+            deployments: None,
         }
     }
 
@@ -81,6 +85,12 @@ impl Handler {
     /// Serves `/system/logs` from the provider's kept output.
     pub fn with_logs(mut self, logs: Option<Logs>) -> Handler {
         self.logs = logs;
+        self
+    }
+
+    /// Answers deploy, update and remove with the embedded provider's functions.
+    pub fn with_deployments(mut self, deployments: Option<Arc<Deployments>>) -> Handler {
+        self.deployments = deployments;
         self
     }
 
@@ -261,6 +271,14 @@ impl Handler {
             // A remote follow holds this worker for as long as the provider streams.
             crate::server::blocking();
         }
+        let method = request.method().as_str();
+        if let (Some(deployments), "/system/functions", "POST" | "PUT" | "DELETE") =
+            (&self.deployments, path, method)
+        {
+            let method = method.to_owned();
+            let body = read_small_body(request)?;
+            return Ok(change_functions(deployments, &method, &body));
+        }
         let provider = self.scaler.provider();
         if let (Some(api), false) = (
             &self.remote_api,
@@ -338,6 +356,20 @@ impl Handler {
             })),
             Err(Miss::Method(allowed)) => Outcome::local(Err(Error::MethodNotAllowed { allowed })),
         }
+    }
+}
+
+/// `POST`, `PUT` or `DELETE /system/functions` with the embedded provider: 202 once the
+/// change is saved and applied, as faas-netes answers.
+fn change_functions(deployments: &Deployments, method: &str, body: &[u8]) -> ResponseBox {
+    let (done, verb) = match method {
+        "POST" => (deployments.deploy(body), "deployed"),
+        "PUT" => (deployments.update(body), "updated"),
+        _ => (deployments.remove(body), "removed"),
+    };
+    match done {
+        Ok(function) => text(202, &format!("function {function} {verb}\n")),
+        Err(e) => text(e.status(), &format!("{e}\n")),
     }
 }
 

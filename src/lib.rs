@@ -119,6 +119,9 @@ mod setup;
 /// `defrost check`.
 mod check;
 
+/// Functions deployed through the API, kept in a state file.
+mod deployments;
+
 /// SIGHUP, --watch, SIGTERM.
 mod reload;
 
@@ -222,6 +225,9 @@ pub struct Settings {
     pub metrics_listen: Option<SocketAddr>,
     /// Where call counts are posted in batches, and how often.
     pub analytics: Option<(String, Duration)>,
+    /// Where functions deployed through the API (`POST /system/functions`) are kept, with the
+    /// process provider; `None`: in memory only, lost at exit.
+    pub state_file: Option<std::path::PathBuf>,
 }
 
 impl Default for Settings {
@@ -256,6 +262,7 @@ impl From<&GatewaySection> for Settings {
                 .analytics_url
                 .clone()
                 .map(|url| (url, g.analytics_interval.0)),
+            state_file: None,
         }
     }
 }
@@ -326,8 +333,9 @@ impl Backend {
 /// A running gateway: listening, with its workers started.
 pub struct Gateway {
     handler: Arc<Handler>,
-    /// The embedded provider, whose functions a reload replaces.
-    functions: Option<Arc<ProcessProvider>>,
+    /// The embedded provider's functions, from the config file and the API; a reload
+    /// replaces the config file's.
+    functions: Option<Arc<deployments::Deployments>>,
     metrics_listener: Option<metrics::listener::MetricsListener>,
     /// Posts call counts in the background; stops with the gateway.
     analytics: Option<analytics::Analytics>,
@@ -394,9 +402,18 @@ impl Gateway {
         if settings.metrics_listen.is_some() {
             handler = handler.without_metrics_route();
         }
+        let deployments = match backend.reloadable() {
+            Some(process) => Some(Arc::new(deployments::Deployments::open(
+                process,
+                settings.state_file.clone(),
+                &settings.default_namespace,
+            )?)),
+            None => None,
+        };
         let handler = handler
             .with_remote_api(backend.remote_api())
-            .with_logs(backend.logs());
+            .with_logs(backend.logs())
+            .with_deployments(deployments.clone());
         let handler = Arc::new(handler);
         let metrics_listener = match settings.metrics_listen {
             Some(addr) => {
@@ -419,7 +436,7 @@ impl Gateway {
         log::info!("defrost listening on http://{addr}");
         Ok(Gateway {
             handler,
-            functions: backend.reloadable(),
+            functions: deployments,
             metrics_listener,
             analytics,
             pool,
@@ -437,8 +454,8 @@ impl Gateway {
         let table = triggers::Triggers::build(&specs)?;
         let functions = loaded.process_functions()?;
         let count = (table.len(), functions.len());
-        if let Some(provider) = &self.functions {
-            provider.reconfigure(functions)?;
+        if let Some(deployments) = &self.functions {
+            deployments.reload_config(functions)?;
         }
         self.handler.triggers().replace(table);
         log::info!("reloaded {} triggers and {} functions", count.0, count.1);

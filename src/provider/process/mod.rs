@@ -267,6 +267,11 @@ impl ProcessProvider {
         self.slot(function).map_or(0, |s| s.counters.failed())
     }
 
+    /// The functions it runs now, as configured.
+    pub fn functions(&self) -> Vec<ProcessFunction> {
+        self.slots.read().values().map(|s| s.spec.clone()).collect()
+    }
+
     /// The replicas' recent output, per function, for `/system/logs`.
     pub fn logs(&self) -> &Arc<LogBook> {
         &self.logs
