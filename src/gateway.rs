@@ -12,7 +12,7 @@ use crate::call::Call;
 use crate::deployments::Deployments;
 use crate::error::Error;
 use crate::function::FunctionRef;
-use crate::logs::{Logs, LogsQuery};
+use crate::logs::{self, Logs, LogsQuery};
 use crate::metrics::{exposition, overview::Overview, ProviderCalls};
 use crate::provider::api::{self, ApiRequest};
 use crate::provider::openfaas::RemoteApi;
@@ -45,6 +45,8 @@ pub struct Handler {
     logs: Option<Logs>,
     /// Deploy, update and remove on `/system/functions`, with the embedded provider.
     deployments: Option<Arc<Deployments>>,
+    /// Set when draining starts: relayed log streams end then.
+    streams_closed: Arc<AtomicBool>,
 }
 
 impl Handler {
@@ -69,6 +71,7 @@ impl Handler {
             remote_api: None,
             logs: None,
             deployments: None,
+            streams_closed: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -115,6 +118,7 @@ impl Handler {
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::SeqCst);
         // Followers would otherwise hold shutdown for its whole grace period.
+        self.streams_closed.store(true, Ordering::SeqCst);
         if let Some(logs) = &self.logs {
             logs.close();
         }
@@ -268,8 +272,15 @@ impl Handler {
             if let Some(logs) = &self.logs {
                 return serve_logs(logs, request, query, &self.default_namespace);
             }
-            // A remote follow holds this worker for as long as the provider streams.
-            crate::server::blocking();
+            if let Some(api) = &self.remote_api {
+                // A remote follow holds this worker for as long as the provider streams.
+                crate::server::blocking();
+                let url = remote_url(api, path, query);
+                let response =
+                    self.proxy
+                        .pass_through(request, &url, api.authorization.as_deref())?;
+                return Ok(logs::cut_at_shutdown(response, &self.streams_closed));
+            }
         }
         let method = request.method().as_str();
         if let (Some(deployments), "/system/functions", "POST" | "PUT" | "DELETE") =
@@ -284,10 +295,7 @@ impl Handler {
             &self.remote_api,
             path.starts_with("/system/scale-function/"),
         ) {
-            let url = match query {
-                Some(q) => format!("{}{path}?{q}", api.base_url),
-                None => format!("{}{path}", api.base_url),
-            };
+            let url = remote_url(api, path, query);
             return self
                 .proxy
                 .pass_through(request, &url, api.authorization.as_deref());
@@ -356,6 +364,14 @@ impl Handler {
             })),
             Err(Miss::Method(allowed)) => Outcome::local(Err(Error::MethodNotAllowed { allowed })),
         }
+    }
+}
+
+/// Where a `/system/*` request goes on a remote provider.
+fn remote_url(api: &RemoteApi, path: &str, query: Option<&str>) -> String {
+    match query {
+        Some(q) => format!("{}{path}?{q}", api.base_url),
+        None => format!("{}{path}", api.base_url),
     }
 }
 

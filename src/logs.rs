@@ -16,6 +16,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use defrost_http::{Response, ResponseBox};
+
 use crate::function::FunctionRef;
 use crate::provider::api::query_param;
 use crate::provider::process::{LogBook, LogLine, Ring, Waited};
@@ -292,6 +294,37 @@ impl Read for Follow {
                 Waited::Nothing | Waited::Closed => return Ok(0),
             }
         }
+    }
+}
+
+/// A remote provider's logs answer, made to end when the gateway starts shutting down: a
+/// relayed follow would otherwise hold shutdown for its whole grace period. The flag is read
+/// between reads, which a follow's heartbeats (or else the upstream read timeout) keep short.
+pub fn cut_at_shutdown(response: ResponseBox, closed: &Arc<AtomicBool>) -> ResponseBox {
+    if response.data_length().is_some() {
+        return response;
+    }
+    let status = response.status_code();
+    let headers = response.headers().to_vec();
+    let inner = response.into_reader();
+    let reader = UntilClosed {
+        inner,
+        closed: Arc::clone(closed),
+    };
+    Response::new(status, headers, Box::new(reader), None, None)
+}
+
+struct UntilClosed {
+    inner: Box<dyn Read + Send>,
+    closed: Arc<AtomicBool>,
+}
+
+impl Read for UntilClosed {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if self.closed.load(Ordering::SeqCst) {
+            return Ok(0);
+        }
+        self.inner.read(out)
     }
 }
 

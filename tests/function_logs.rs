@@ -163,7 +163,7 @@ fn logs_are_asked_of_a_remote_provider() {
     let dir = TempDir::new("logs-env-gw");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_defrost"));
     cmd.arg("--listen").arg("127.0.0.1:0");
-    let front = Defrost::spawn(
+    let mut front = Defrost::spawn(
         cmd,
         &[
             ("functions_provider_url", &provider.url("/")),
@@ -176,4 +176,19 @@ fn logs_are_asked_of_a_remote_provider() {
     let seen = texts(&logs_with(&front, "name=echo&namespace=default", "through"));
     assert!(seen.contains(&"through".to_string()), "{seen:?}");
     assert_eq!(get(&front.url("/system/logs?name=ghost")).status, 404);
+
+    // A follow relayed from the provider ends when the gateway in front stops.
+    let relayed = follow(&front, "name=echo&tail=1");
+    assert!(next_message(&relayed, Duration::from_secs(10)).is_some());
+    let stopping = Instant::now();
+    assert!(front.terminate().is_some_and(|s| s.success()));
+    assert!(
+        stopping.elapsed() < Duration::from_secs(15),
+        "a relayed follow held shutdown for {:?} (grace is 30 s)",
+        stopping.elapsed()
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while relayed.recv_timeout(Duration::from_millis(100)).is_ok() {
+        assert!(Instant::now() < deadline, "the relayed follow did not end");
+    }
 }
