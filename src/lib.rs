@@ -36,7 +36,10 @@
 //!
 //! Beside the request path: one `autoscale` thread reads the records' in-flight counts to scale
 //! idle functions to zero and capacity-mode functions up and down; `reload` (SIGHUP, `--watch`)
-//! swaps triggers and functions atomically; `analytics` posts call counts in batches.
+//! swaps triggers and functions atomically; `analytics` posts call counts in batches;
+//! `deployments` adds the functions deployed through `/system/functions` to the config file's
+//! (kept in a state file, through reloads); `logs` serves the replicas' output kept per
+//! function on `/system/logs`, followed streams bounded in number and time.
 //!
 //! The library is the gateway; the `defrost` binary only reads a config file and runs it.
 //! Embedders build a [`Gateway`] from [`Settings`] and any [`Provider`]:
@@ -291,7 +294,9 @@ impl Settings {
 pub enum Backend {
     /// Any provider; `/system/*` is answered by the gateway from it.
     Provider(Arc<dyn Provider>),
-    /// The embedded process provider; [`Gateway::reload`] swaps its `[[function]]` entries.
+    /// The embedded process provider; [`Gateway::reload`] swaps its `[[function]]` entries,
+    /// `/system/functions` deploys more beside them (kept in [`Settings::state_file`]), and
+    /// `/system/logs` serves its replicas' output.
     Process(Arc<ProcessProvider>),
     /// A remote OpenFaaS provider; `/system/*` and `/healthz` are forwarded to its API.
     OpenFaas(Arc<OpenFaasProvider>),
