@@ -292,6 +292,12 @@ impl Deployments {
         self.provider
             .reconfigure(all)
             .map_err(|e| DeployError::BadRequest(e.to_string()))?;
+        let images = deployed
+            .iter()
+            .filter(|(_, (d, _))| !d.image.is_empty())
+            .map(|(f, (d, _))| (f.clone(), d.image.clone()))
+            .collect();
+        self.provider.record_images(images);
         sets.deployed = deployed;
         Ok(())
     }
@@ -310,13 +316,15 @@ impl Deployments {
                 "secrets are not supported by the process provider; pass values in envVars".into(),
             ));
         }
-        let command: Vec<String> = d
+        // The watchdog reads `fprocess` from the environment too, so a deployment that sets
+        // it there (`--env fprocess=...`) means the same.
+        let command_line = d
             .env_process
             .as_deref()
-            .unwrap_or_default()
-            .split_whitespace()
-            .map(str::to_owned)
-            .collect();
+            .filter(|c| !c.trim().is_empty())
+            .or_else(|| d.env_vars.as_ref()?.get("fprocess").map(String::as_str))
+            .unwrap_or_default();
+        let command: Vec<String> = command_line.split_whitespace().map(str::to_owned).collect();
         if command.is_empty() {
             return Err(DeployError::BadRequest(format!(
                 "{function}: envProcess is empty; the process provider runs the command line it names"
@@ -533,6 +541,16 @@ mod tests {
             409
         );
         assert_eq!(names(&d), ["fixed.default", "x.default"]);
+        d.deploy(br#"{"service":"y","envVars":{"fprocess":"cat -u"}}"#)
+            .unwrap();
+        let y = d
+            .provider
+            .functions()
+            .into_iter()
+            .find(|f| f.function.name() == "y");
+        assert_eq!(y.map(|f| f.command), Some(vec!["cat".into(), "-u".into()]));
+        d.remove(br#"{"functionName":"y","namespace":"default"}"#)
+            .unwrap();
         let refused = d.reload_config(vec![config_function("fixed"), config_function("x")]);
         assert!(refused.unwrap_err().to_string().contains("faas-cli remove"));
         d.reload_config(vec![config_function("other")]).unwrap();

@@ -82,6 +82,14 @@ fn a_user_deploys_updates_and_removes_a_process_function() {
     let deployed = send(&gw, "POST", "/system/functions", &deployment("hello", &v1));
     assert_eq!(deployed.status, 202, "{}", deployed.body);
     assert_eq!(listed(&gw), ["fixed", "hello"]);
+    let hello = get(&gw.url("/system/function/hello"));
+    assert_eq!(
+        hello.json()["image"],
+        "ghcr.io/example/hello:0.1",
+        "{}",
+        hello.body
+    );
+    assert_eq!(hello.json()["labels"]["team"], "blue", "{}", hello.body);
     let first = get(&gw.url("/function/hello/greet"));
     assert_eq!(first.status, 200, "{}", first.body);
     assert_eq!(lines_in(&v1), 1, "envVars reach the process");

@@ -206,6 +206,9 @@ pub struct ProcessProvider {
     stop_grace: Duration,
     /// The replicas' recent output, per function.
     logs: Arc<LogBook>,
+    /// Images recorded for functions deployed through the API, listed in place of the
+    /// command line; never run.
+    images: RwLock<BTreeMap<FunctionRef, String>>,
 }
 
 impl ProcessProvider {
@@ -221,6 +224,7 @@ impl ProcessProvider {
             retired: Mutex::new(Vec::new()),
             stop_grace: options.stop_grace,
             logs,
+            images: RwLock::new(BTreeMap::new()),
         })
     }
 
@@ -265,6 +269,12 @@ impl ProcessProvider {
     /// timeouts and exits.
     pub fn replicas_failed(&self, function: &FunctionRef) -> u64 {
         self.slot(function).map_or(0, |s| s.counters.failed())
+    }
+
+    /// Records the images of deployed functions, for the listing (`image` in
+    /// `/system/functions`); functions without one are listed with their command line.
+    pub fn record_images(&self, images: BTreeMap<FunctionRef, String>) {
+        *self.images.write() = images;
     }
 
     /// The functions it runs now, as configured.
@@ -315,6 +325,7 @@ impl Provider for ProcessProvider {
     }
 
     fn list(&self, namespace: &str) -> Result<Vec<FunctionSummary>, ProviderError> {
+        let images = self.images.read();
         Ok(self
             .slots
             .read()
@@ -322,7 +333,10 @@ impl Provider for ProcessProvider {
             .filter(|(f, _)| f.namespace() == namespace)
             .map(|(f, slot)| FunctionSummary {
                 function: f.clone(),
-                image: slot.spec.command.join(" "),
+                image: images
+                    .get(f)
+                    .cloned()
+                    .unwrap_or_else(|| slot.spec.command.join(" ")),
                 status: slot.status(),
             })
             .collect())
