@@ -173,6 +173,11 @@ impl Logs {
         let Some(ticket) = ticket else {
             return Ok(LogsBody::Done(backlog));
         };
+        // The response head goes out with the first piece of body: without a backlog, a
+        // newline sends it now rather than at the first line or heartbeat.
+        if backlog.is_empty() {
+            backlog.push(b'\n');
+        }
         Ok(LogsBody::Follow(Box::new(Follow {
             ring,
             query,

@@ -192,3 +192,41 @@ fn logs_are_asked_of_a_remote_provider() {
         assert!(Instant::now() < deadline, "the relayed follow did not end");
     }
 }
+
+#[test]
+fn a_follower_that_goes_away_gives_its_place_back() {
+    let gw = gateway();
+    let started = Instant::now();
+    let open = || {
+        let mut conn = RawConn::open(gw.addr, Duration::from_secs(10));
+        conn.send(b"GET /system/logs?name=echo&follow=true HTTP/1.1\r\nHost: defrost\r\n\r\n")
+            .unwrap();
+        let status = conn.response().unwrap().status;
+        (conn, status)
+    };
+    // The README's bound: 32 follows at once.
+    let held: Vec<_> = (0..32).map(|_| open()).collect();
+    assert!(held.iter().all(|(_, status)| *status == 200));
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "follows took {:?} to answer: their heads waited for a first line",
+        started.elapsed()
+    );
+    assert_eq!(open().1, 429, "a 33rd follow was let in");
+    // Calls are still answered while 32 workers follow.
+    assert_eq!(get(&gw.url("/function/echo/say/busy")).status, 200);
+    drop(held);
+    // A client gone is noticed at the next heartbeats (every 2 s); its place is then free.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_conn, status) = open();
+        if status == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "follows of closed connections kept their places"
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+}
