@@ -9,8 +9,10 @@ use defrost_http::{Header, Request, Response, ResponseBox, StatusCode};
 
 use crate::auth::Credentials;
 use crate::call::Call;
+use crate::deployments::Deployments;
 use crate::error::Error;
 use crate::function::FunctionRef;
+use crate::logs::{self, Logs, LogsQuery};
 use crate::metrics::{exposition, overview::Overview, ProviderCalls};
 use crate::provider::api::{self, ApiRequest};
 use crate::provider::openfaas::RemoteApi;
@@ -39,6 +41,12 @@ pub struct Handler {
     /// Where `/system/*` and `/healthz` are forwarded when the provider is remote; `None`: they
     /// are answered here, from the provider.
     remote_api: Option<RemoteApi>,
+    /// `/system/logs`, when the provider keeps its replicas' output.
+    logs: Option<Logs>,
+    /// Deploy, update and remove on `/system/functions`, with the embedded provider.
+    deployments: Option<Arc<Deployments>>,
+    /// Set when draining starts: relayed log streams end then.
+    streams_closed: Arc<AtomicBool>,
 }
 
 impl Handler {
@@ -61,6 +69,9 @@ impl Handler {
             metrics_route: true,
             provider_calls,
             remote_api: None,
+            logs: None,
+            deployments: None,
+            streams_closed: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -71,6 +82,18 @@ impl Handler {
     /// Forwards `/system/*` (except scale calls) and `/healthz` to a remote provider's API.
     pub fn with_remote_api(mut self, api: Option<RemoteApi>) -> Handler {
         self.remote_api = api;
+        self
+    }
+
+    /// Serves `/system/logs` from the provider's kept output.
+    pub fn with_logs(mut self, logs: Option<Logs>) -> Handler {
+        self.logs = logs;
+        self
+    }
+
+    /// Answers deploy, update and remove with the embedded provider's functions.
+    pub fn with_deployments(mut self, deployments: Option<Arc<Deployments>>) -> Handler {
+        self.deployments = deployments;
         self
     }
 
@@ -94,6 +117,11 @@ impl Handler {
     /// (`Connection: close`) is the server's doing: see `Pool::stop_accepting`.
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::SeqCst);
+        // Followers would otherwise hold shutdown for its whole grace period.
+        self.streams_closed.store(true, Ordering::SeqCst);
+        if let Some(logs) = &self.logs {
+            logs.close();
+        }
     }
 
     /// Answers one request. Never panics on what the client sent; never leaves it unanswered.
@@ -240,15 +268,34 @@ impl Handler {
         query: Option<&str>,
     ) -> Result<ResponseBox, Error> {
         self.authorize(request)?;
+        if path == "/system/logs" {
+            if let Some(logs) = &self.logs {
+                return serve_logs(logs, request, query, &self.default_namespace);
+            }
+            if let Some(api) = &self.remote_api {
+                // A remote follow holds this worker for as long as the provider streams.
+                crate::server::blocking();
+                let url = remote_url(api, path, query);
+                let response =
+                    self.proxy
+                        .pass_through(request, &url, api.authorization.as_deref())?;
+                return Ok(logs::cut_at_shutdown(response, &self.streams_closed));
+            }
+        }
+        let method = request.method().as_str();
+        if let (Some(deployments), "/system/functions", "POST" | "PUT" | "DELETE") =
+            (&self.deployments, path, method)
+        {
+            let method = method.to_owned();
+            let body = read_small_body(request)?;
+            return Ok(change_functions(deployments, &method, &body));
+        }
         let provider = self.scaler.provider();
         if let (Some(api), false) = (
             &self.remote_api,
             path.starts_with("/system/scale-function/"),
         ) {
-            let url = match query {
-                Some(q) => format!("{}{path}?{q}", api.base_url),
-                None => format!("{}{path}", api.base_url),
-            };
+            let url = remote_url(api, path, query);
             return self
                 .proxy
                 .pass_through(request, &url, api.authorization.as_deref());
@@ -318,6 +365,54 @@ impl Handler {
             Err(Miss::Method(allowed)) => Outcome::local(Err(Error::MethodNotAllowed { allowed })),
         }
     }
+}
+
+/// Where a `/system/*` request goes on a remote provider.
+fn remote_url(api: &RemoteApi, path: &str, query: Option<&str>) -> String {
+    match query {
+        Some(q) => format!("{}{path}?{q}", api.base_url),
+        None => format!("{}{path}", api.base_url),
+    }
+}
+
+/// `POST`, `PUT` or `DELETE /system/functions` with the embedded provider: 202 once the
+/// change is saved and applied, as faas-netes answers.
+fn change_functions(deployments: &Deployments, method: &str, body: &[u8]) -> ResponseBox {
+    let (done, verb) = match method {
+        "POST" => (deployments.deploy(body), "deployed"),
+        "PUT" => (deployments.update(body), "updated"),
+        _ => (deployments.remove(body), "removed"),
+    };
+    match done {
+        Ok(function) => text(202, &format!("function {function} {verb}\n")),
+        Err(e) => text(e.status(), &format!("{e}\n")),
+    }
+}
+
+/// `/system/logs` from the embedded provider: refusals get their own status, a follow tells
+/// the pool that this worker is taken for long.
+fn serve_logs(
+    logs: &Logs,
+    request: &Request,
+    query: Option<&str>,
+    default_namespace: &str,
+) -> Result<ResponseBox, Error> {
+    if request.method().as_str() != "GET" {
+        return Err(Error::MethodNotAllowed {
+            allowed: "GET".into(),
+        });
+    }
+    let opened = LogsQuery::parse(query, default_namespace).and_then(|q| logs.open(q));
+    let (body, length) = match opened {
+        Ok(body) => body.into_reader(),
+        Err(e) => return Ok(text(e.status(), &format!("{e}\n"))),
+    };
+    if length.is_none() {
+        crate::server::blocking();
+    }
+    let mut response = Response::new(StatusCode(200), Vec::new(), body, length, None);
+    add_header(&mut response, "Content-Type", "application/x-ndjson");
+    Ok(response)
 }
 
 /// One request counted in flight until dropped, so that a handler that panics still lets

@@ -36,7 +36,10 @@
 //!
 //! Beside the request path: one `autoscale` thread reads the records' in-flight counts to scale
 //! idle functions to zero and capacity-mode functions up and down; `reload` (SIGHUP, `--watch`)
-//! swaps triggers and functions atomically; `analytics` posts call counts in batches.
+//! swaps triggers and functions atomically; `analytics` posts call counts in batches;
+//! `deployments` adds the functions deployed through `/system/functions` to the config file's
+//! (kept in a state file, through reloads); `logs` serves the replicas' output kept per
+//! function on `/system/logs`, followed streams bounded in number and time.
 //!
 //! The library is the gateway; the `defrost` binary only reads a config file and runs it.
 //! Embedders build a [`Gateway`] from [`Settings`] and any [`Provider`]:
@@ -106,6 +109,9 @@ mod analytics;
 /// Basic auth on /system/*.
 mod auth;
 
+/// /system/logs: the process replicas' output, plain or followed.
+mod logs;
+
 // From what the operator wrote to a running gateway.
 /// The TOML file.
 mod config;
@@ -116,6 +122,9 @@ mod setup;
 /// `defrost check`.
 mod check;
 
+/// Functions deployed through the API, kept in a state file.
+mod deployments;
+
 /// SIGHUP, --watch, SIGTERM.
 mod reload;
 
@@ -125,6 +134,7 @@ mod duration;
 mod function;
 mod histogram;
 mod redact;
+mod rfc3339;
 
 /// What the benchmarks and the property tests drive directly: the parsers, the single-flight
 /// group, the function table. Not part of the API; it may change in any release.
@@ -219,6 +229,9 @@ pub struct Settings {
     pub metrics_listen: Option<SocketAddr>,
     /// Where call counts are posted in batches, and how often.
     pub analytics: Option<(String, Duration)>,
+    /// Where functions deployed through the API (`POST /system/functions`) are kept, with the
+    /// process provider; `None`: in memory only, lost at exit.
+    pub state_file: Option<std::path::PathBuf>,
 }
 
 impl Default for Settings {
@@ -253,6 +266,7 @@ impl From<&GatewaySection> for Settings {
                 .analytics_url
                 .clone()
                 .map(|url| (url, g.analytics_interval.0)),
+            state_file: None,
         }
     }
 }
@@ -281,7 +295,9 @@ impl Settings {
 pub enum Backend {
     /// Any provider; `/system/*` is answered by the gateway from it.
     Provider(Arc<dyn Provider>),
-    /// The embedded process provider; [`Gateway::reload`] swaps its `[[function]]` entries.
+    /// The embedded process provider; [`Gateway::reload`] swaps its `[[function]]` entries,
+    /// `/system/functions` deploys more beside them (kept in [`Settings::state_file`]), and
+    /// `/system/logs` serves its replicas' output.
     Process(Arc<ProcessProvider>),
     /// A remote OpenFaaS provider; `/system/*` and `/healthz` are forwarded to its API.
     OpenFaas(Arc<OpenFaasProvider>),
@@ -304,6 +320,14 @@ impl Backend {
         }
     }
 
+    /// The replicas' output, when the provider keeps it.
+    fn logs(&self) -> Option<logs::Logs> {
+        match self {
+            Backend::Process(p) => Some(logs::Logs::new(Arc::clone(p.logs()))),
+            _ => None,
+        }
+    }
+
     fn reloadable(&self) -> Option<Arc<ProcessProvider>> {
         match self {
             Backend::Process(p) => Some(Arc::clone(p)),
@@ -315,8 +339,9 @@ impl Backend {
 /// A running gateway: listening, with its workers started.
 pub struct Gateway {
     handler: Arc<Handler>,
-    /// The embedded provider, whose functions a reload replaces.
-    functions: Option<Arc<ProcessProvider>>,
+    /// The embedded provider's functions, from the config file and the API; a reload
+    /// replaces the config file's.
+    functions: Option<Arc<deployments::Deployments>>,
     metrics_listener: Option<metrics::listener::MetricsListener>,
     /// Posts call counts in the background; stops with the gateway.
     analytics: Option<analytics::Analytics>,
@@ -383,7 +408,18 @@ impl Gateway {
         if settings.metrics_listen.is_some() {
             handler = handler.without_metrics_route();
         }
-        let handler = handler.with_remote_api(backend.remote_api());
+        let deployments = match backend.reloadable() {
+            Some(process) => Some(Arc::new(deployments::Deployments::open(
+                process,
+                settings.state_file.clone(),
+                &settings.default_namespace,
+            )?)),
+            None => None,
+        };
+        let handler = handler
+            .with_remote_api(backend.remote_api())
+            .with_logs(backend.logs())
+            .with_deployments(deployments.clone());
         let handler = Arc::new(handler);
         let metrics_listener = match settings.metrics_listen {
             Some(addr) => {
@@ -406,7 +442,7 @@ impl Gateway {
         log::info!("defrost listening on http://{addr}");
         Ok(Gateway {
             handler,
-            functions: backend.reloadable(),
+            functions: deployments,
             metrics_listener,
             analytics,
             pool,
@@ -424,8 +460,8 @@ impl Gateway {
         let table = triggers::Triggers::build(&specs)?;
         let functions = loaded.process_functions()?;
         let count = (table.len(), functions.len());
-        if let Some(provider) = &self.functions {
-            provider.reconfigure(functions)?;
+        if let Some(deployments) = &self.functions {
+            deployments.reload_config(functions)?;
         }
         self.handler.triggers().replace(table);
         log::info!("reloaded {} triggers and {} functions", count.0, count.1);

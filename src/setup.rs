@@ -29,6 +29,8 @@ pub fn from_file(loaded: &Loaded) -> Result<(Settings, Backend), SetupError> {
     let mut settings = Settings::from(gateway);
     settings.auth = gateway_credentials(gateway)?;
     settings.triggers = loaded.trigger_specs()?;
+    let config_path = std::path::absolute(&loaded.path).unwrap_or_else(|_| loaded.path.clone());
+    settings.state_file = Some(crate::deployments::state_file_for(&config_path));
     let backend = match &loaded.config.provider {
         None => process_provider(loaded)?,
         Some(section) if section.kind == ProviderKind::Process => process_provider(loaded)?,

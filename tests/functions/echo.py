@@ -12,6 +12,7 @@ GET  /healthz        ready check (after READY_DELAY_MS, if set)
 *    /framing/headers/N  200 with N extra headers
 *    /framing/head-body  a body even when the method is HEAD, a moment after the head
 *    /framing/304    304 declaring a chunked body, and its last chunk a moment later
+*    /say/TEXT       prints TEXT on stdout and "oops TEXT" on stderr, then echoes
 *    /header-utf8    answers headers whose values hold bytes beyond ASCII (see NON_ASCII_HEADERS)
 *    anything else   200, JSON of method, path (with query), headers, body length, body sha256
 If STARTS_FILE is set, appends one line per process start to it.
@@ -96,6 +97,10 @@ class Echo(BaseHTTPRequestHandler):
             return
         if self.path.startswith("/framing/"):
             return self.misframe(self.path.split("/")[2:])
+        if self.path.startswith("/say/"):
+            text = self.path.split("/", 2)[2]
+            print(text, flush=True)
+            print("oops " + text, file=sys.stderr, flush=True)
         if self.path.startswith("/sleep/"):
             time.sleep(float(self.path.split("/")[2]))
         digest, size = hashlib.sha256(), 0

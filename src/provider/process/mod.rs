@@ -19,6 +19,7 @@ use crate::function::FunctionRef;
 use crate::provider::{FunctionStatus, FunctionSummary, Parked, Provider, ProviderError};
 
 mod listening;
+mod logbook;
 mod port;
 mod readiness;
 mod replica;
@@ -26,6 +27,7 @@ mod slot;
 #[cfg(test)]
 mod tests;
 
+pub use logbook::{LogBook, LogLine, Ring, Waited};
 use slot::Slot;
 
 /// How long `shutdown` waits for replicas to be reaped once they have been sent SIGKILL. Only a
@@ -203,6 +205,11 @@ pub struct ProcessProvider {
     /// Slots a reload removed, still draining; `shutdown` must stop them too.
     retired: Mutex<Vec<Arc<Slot>>>,
     stop_grace: Duration,
+    /// The replicas' recent output, per function.
+    logs: Arc<LogBook>,
+    /// Images recorded for functions deployed through the API, listed in place of the
+    /// command line; never run.
+    images: RwLock<BTreeMap<FunctionRef, String>>,
 }
 
 impl ProcessProvider {
@@ -211,11 +218,14 @@ impl ProcessProvider {
         functions: Vec<ProcessFunction>,
         options: ProcessOptions,
     ) -> Result<ProcessProvider, SpecError> {
-        let slots = build_slots(functions, &BTreeMap::new(), options.stop_grace)?;
+        let logs = Arc::new(LogBook::default());
+        let slots = build_slots(functions, &BTreeMap::new(), options.stop_grace, &logs)?;
         Ok(ProcessProvider {
             slots: RwLock::new(slots),
             retired: Mutex::new(Vec::new()),
             stop_grace: options.stop_grace,
+            logs,
+            images: RwLock::new(BTreeMap::new()),
         })
     }
 
@@ -224,12 +234,13 @@ impl ProcessProvider {
     /// to the stop grace) and stopped in the background. Nothing changes if any entry is bad.
     pub fn reconfigure(&self, functions: Vec<ProcessFunction>) -> Result<(), SpecError> {
         let mut slots = self.slots.write();
-        let next = build_slots(functions, &slots, self.stop_grace)?;
+        let next = build_slots(functions, &slots, self.stop_grace, &self.logs)?;
         let gone: Vec<Arc<Slot>> = slots
             .iter()
             .filter(|(f, old)| next.get(*f).is_none_or(|new| !Arc::ptr_eq(old, new)))
             .map(|(_, old)| Arc::clone(old))
             .collect();
+        self.logs.retain(|f| next.contains_key(f));
         *slots = next;
         drop(slots);
         for slot in gone {
@@ -259,6 +270,22 @@ impl ProcessProvider {
     /// timeouts and exits.
     pub fn replicas_failed(&self, function: &FunctionRef) -> u64 {
         self.slot(function).map_or(0, |s| s.counters.failed())
+    }
+
+    /// Records the images of deployed functions, for the listing (`image` in
+    /// `/system/functions`); functions without one are listed with their command line.
+    pub fn record_images(&self, images: BTreeMap<FunctionRef, String>) {
+        *self.images.write() = images;
+    }
+
+    /// The functions it runs now, as configured.
+    pub fn functions(&self) -> Vec<ProcessFunction> {
+        self.slots.read().values().map(|s| s.spec.clone()).collect()
+    }
+
+    /// The replicas' recent output, per function, for `/system/logs`.
+    pub fn logs(&self) -> &Arc<LogBook> {
+        &self.logs
     }
 
     fn slot(&self, function: &FunctionRef) -> Result<Arc<Slot>, ProviderError> {
@@ -299,6 +326,7 @@ impl Provider for ProcessProvider {
     }
 
     fn list(&self, namespace: &str) -> Result<Vec<FunctionSummary>, ProviderError> {
+        let images = self.images.read();
         Ok(self
             .slots
             .read()
@@ -306,7 +334,10 @@ impl Provider for ProcessProvider {
             .filter(|(f, _)| f.namespace() == namespace)
             .map(|(f, slot)| FunctionSummary {
                 function: f.clone(),
-                image: slot.spec.command.join(" "),
+                image: images
+                    .get(f)
+                    .cloned()
+                    .unwrap_or_else(|| slot.spec.command.join(" ")),
                 status: slot.status(),
             })
             .collect())
@@ -341,6 +372,7 @@ impl Provider for ProcessProvider {
 
     /// SIGTERM to every replica at once, SIGKILL to those still there after the grace period.
     fn shutdown(&self) {
+        self.logs.close();
         let slots = self.all_slots();
         for slot in &slots {
             slot.stop_all();
@@ -376,6 +408,7 @@ fn build_slots(
     functions: Vec<ProcessFunction>,
     current: &BTreeMap<FunctionRef, Arc<Slot>>,
     stop_grace: Duration,
+    logs: &LogBook,
 ) -> Result<BTreeMap<FunctionRef, Arc<Slot>>, SpecError> {
     check_functions(&functions)?;
     let mut slots = BTreeMap::new();
@@ -383,7 +416,7 @@ fn build_slots(
         let function = spec.function.clone();
         let slot = match current.get(&function) {
             Some(old) if old.spec == spec => Arc::clone(old),
-            _ => Arc::new(Slot::new(spec, stop_grace)),
+            _ => Arc::new(Slot::new(spec, stop_grace, logs.ring(&function))),
         };
         slots.insert(function, slot);
     }

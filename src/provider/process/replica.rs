@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use super::logbook::Ring;
 use super::port::PortLease;
 use super::readiness::{self, Outcome};
 use super::slot::{signal_group, Slot};
@@ -66,7 +67,7 @@ fn run(slot: &Arc<Slot>, id: u64) {
         Err(e) => return slot.fail_before_spawn(id, &spawn_error(&slot.spec, &e)),
     };
     let name = slot.replica_name(id);
-    forward_output(&mut child, &name);
+    forward_output(&mut child, &name, &slot.output);
     let Ok(pid) = libc::pid_t::try_from(child.id()) else {
         let _ = child.kill();
         let status = child.wait();
@@ -142,29 +143,31 @@ fn spawn_error(spec: &ProcessFunction, e: &io::Error) -> String {
     )
 }
 
-/// Copies the child's stdout (info) and stderr (warn) to the log, a line at a time.
-fn forward_output(child: &mut Child, name: &str) {
+/// Copies the child's stdout (info) and stderr (warn) to the log, a line at a time, and keeps
+/// each line in the function's ring for `/system/logs`.
+fn forward_output(child: &mut Child, name: &str, ring: &Arc<Ring>) {
     if let Some(out) = child.stdout.take() {
-        copy_lines(out, name, log::Level::Info);
+        copy_lines(out, name, log::Level::Info, ring);
     }
     if let Some(err) = child.stderr.take() {
-        copy_lines(err, name, log::Level::Warn);
+        copy_lines(err, name, log::Level::Warn, ring);
     }
 }
 
-fn copy_lines(stream: impl Read + Send + 'static, name: &str, level: log::Level) {
-    let prefix = format!("[{name}]");
+fn copy_lines(stream: impl Read + Send + 'static, name: &str, level: log::Level, ring: &Arc<Ring>) {
+    let instance = name.to_owned();
+    let ring = Arc::clone(ring);
     let spawned = thread::Builder::new()
         .name("replica-output".into())
         .stack_size(STACK_SIZE)
-        .spawn(move || log_lines(stream, &prefix, level));
+        .spawn(move || log_lines(stream, &instance, level, &ring));
     if let Err(e) = spawned {
         // The pipe is closed with the closure; the child sees EPIPE when it writes there.
         log::warn!("{name}: output not logged, cannot start a thread: {e}");
     }
 }
 
-fn log_lines(stream: impl Read, prefix: &str, level: log::Level) {
+fn log_lines(stream: impl Read, instance: &str, level: log::Level, ring: &Ring) {
     let mut reader = BufReader::new(stream);
     let mut line = Vec::new();
     loop {
@@ -173,7 +176,9 @@ fn log_lines(stream: impl Read, prefix: &str, level: log::Level) {
             Ok(0) => return,
             Ok(_) => {
                 let text = String::from_utf8_lossy(&line);
-                log::log!(level, "{prefix} {}", text.trim_end_matches(['\n', '\r']));
+                let text = text.trim_end_matches(['\n', '\r']);
+                log::log!(level, "[{instance}] {text}");
+                ring.push(instance, text.to_owned());
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(_) => return,

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
+use super::logbook::Ring;
 use super::ProcessFunction;
 use crate::deadline::after as deadline_after;
 use crate::provider::{Endpoint, FunctionStatus, ProviderError, StartFailure};
@@ -31,6 +32,8 @@ pub(super) struct Slot {
     state: Mutex<State>,
     changed: Condvar,
     pub(super) counters: Counters,
+    /// Where its replicas' output is kept for `/system/logs`.
+    pub(super) output: Arc<Ring>,
 }
 
 /// Relaxed atomics: statistics for tests and metrics, never used to decide. Each is updated
@@ -259,8 +262,9 @@ impl Replica {
 }
 
 impl Slot {
-    pub(super) fn new(spec: ProcessFunction, stop_grace: Duration) -> Slot {
+    pub(super) fn new(spec: ProcessFunction, stop_grace: Duration, output: Arc<Ring>) -> Slot {
         Slot {
+            output,
             labels: spec.reported_labels(),
             spec,
             stop_grace,
