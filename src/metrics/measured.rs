@@ -104,10 +104,15 @@ impl Measured {
         let took = started.elapsed();
         let failed = matches!(
             &result,
-            Err(ProviderError::Unavailable(_) | ProviderError::Failed(_))
+            Err(ProviderError::Unavailable(_)
+                | ProviderError::Failed(_)
+                | ProviderError::Refused(_))
         );
         self.calls.record(op, took, failed);
-        if let (true, Err(e)) = (failed, &result) {
+        // A refusal is the caller's to report: it decides what it means (a scale to zero the
+        // provider does not allow is said once per function, not once per attempt).
+        let refused = matches!(&result, Err(ProviderError::Refused(_)));
+        if let (true, false, Err(e)) = (failed, refused, &result) {
             let call = format!("{} {subject}", op.name());
             log::warn!(
                 "provider {} failed after {:.3}s: {e}",

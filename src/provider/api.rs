@@ -41,6 +41,7 @@ impl ApiReply {
     fn provider_error(what: &str, e: &ProviderError) -> ApiReply {
         let status = match e {
             ProviderError::NotFound => 404,
+            ProviderError::Refused(_) => 400,
             ProviderError::Unavailable(_) | ProviderError::Failed(_) => 502,
         };
         ApiReply::text(status, format!("{what}: {e}"))

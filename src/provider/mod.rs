@@ -182,6 +182,9 @@ pub enum ProviderError {
     Unavailable(String),
     /// The provider refused or failed the operation.
     Failed(String),
+    /// The provider understood the request and turned it down for good (a 4xx answer other
+    /// than 404, such as faas-netes CE refusing zero replicas): asking again will not help.
+    Refused(String),
 }
 
 impl fmt::Display for ProviderError {
@@ -190,6 +193,7 @@ impl fmt::Display for ProviderError {
             ProviderError::NotFound => f.write_str("function not found"),
             ProviderError::Unavailable(why) => write!(f, "provider unavailable: {why}"),
             ProviderError::Failed(why) => write!(f, "provider error: {why}"),
+            ProviderError::Refused(why) => write!(f, "provider refused: {why}"),
         }
     }
 }

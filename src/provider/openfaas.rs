@@ -156,8 +156,13 @@ fn unavailable(url: &str, e: ureq::Error) -> ProviderError {
 }
 
 fn refused(what: &str, status: u16, body: &[u8]) -> ProviderError {
+    ProviderError::Failed(answered(what, status, body))
+}
+
+/// What the provider said, cut to 200 characters.
+fn answered(what: &str, status: u16, body: &[u8]) -> String {
     let snippet: String = String::from_utf8_lossy(body).chars().take(200).collect();
-    ProviderError::Failed(format!("{what} answered {status}: {}", snippet.trim()))
+    format!("{what} answered {status}: {}", snippet.trim())
 }
 
 impl Provider for OpenFaasProvider {
@@ -204,6 +209,7 @@ impl Provider for OpenFaasProvider {
         match status {
             200 | 202 => Ok(()),
             404 => Err(ProviderError::NotFound),
+            400..=499 => Err(ProviderError::Refused(answered(&path, status, &answer))),
             s => Err(refused(&path, s, &answer)),
         }
     }
