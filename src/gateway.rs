@@ -10,7 +10,7 @@ use defrost_http::{Header, Request, Response, ResponseBox, StatusCode};
 use crate::auth::Credentials;
 use crate::call::Call;
 use crate::error::Error;
-use crate::function::FunctionRef;
+use crate::function::{FunctionRef, Namespaces};
 use crate::metrics::{exposition, overview::Overview, ProviderCalls};
 use crate::provider::api::{self, ApiRequest};
 use crate::provider::openfaas::RemoteApi;
@@ -26,7 +26,7 @@ use crate::triggers::{Miss, TriggerSet};
 pub struct Handler {
     scaler: Arc<Scaler>,
     proxy: Proxy,
-    default_namespace: String,
+    namespaces: Namespaces,
     /// Credentials `/system/*` callers must present, when basic auth is on.
     auth: Option<Credentials>,
     /// HTTP triggers, swapped whole on reload.
@@ -53,7 +53,7 @@ impl Handler {
         Handler {
             scaler,
             proxy,
-            default_namespace,
+            namespaces: Namespaces::new(default_namespace),
             auth,
             triggers,
             in_flight: AtomicUsize::new(0),
@@ -69,7 +69,11 @@ impl Handler {
     }
 
     /// Forwards `/system/*` (except scale calls) and `/healthz` to a remote provider's API.
+    /// Names are passed to a remote provider as the client wrote them (see [`Namespaces`]).
     pub fn with_remote_api(mut self, api: Option<RemoteApi>) -> Handler {
+        if api.is_some() {
+            self.namespaces = self.namespaces.clone().without_alias();
+        }
         self.remote_api = api;
         self
     }
@@ -116,20 +120,24 @@ impl Handler {
             return Outcome::local(Err(Error::ShuttingDown));
         }
         let target = request.url().to_owned();
-        let routed = crate::screen::screen(request.method().as_str(), &target)
-            .and_then(|()| router::route(&target, &self.default_namespace).map_err(Error::from));
+        let routed = crate::screen::screen(request.method().as_str(), &target).and_then(|()| {
+            router::route(&target, self.namespaces.default_namespace()).map_err(Error::from)
+        });
         match routed {
             Err(e) => Outcome::local(Err(e)),
             Ok(Route::Function {
                 function,
                 rest,
                 query,
+                namespace_named,
             }) => {
+                let function = self.namespaces.resolve_function(function);
                 let target = Target {
                     function: &function,
                     rest,
                     query,
                     params: &[],
+                    namespace_named,
                 };
                 self.call_function(request, &target)
             }
@@ -241,10 +249,7 @@ impl Handler {
     ) -> Result<ResponseBox, Error> {
         self.authorize(request)?;
         let provider = self.scaler.provider();
-        if let (Some(api), false) = (
-            &self.remote_api,
-            path.starts_with("/system/scale-function/"),
-        ) {
+        if let (Some(api), false) = (&self.remote_api, answered_here(path)) {
             let url = match query {
                 Some(q) => format!("{}{path}?{q}", api.base_url),
                 None => format!("{}{path}", api.base_url),
@@ -255,6 +260,8 @@ impl Handler {
         }
         let body = read_small_body(request)?;
         let scale = |f: &FunctionRef, n: u64| self.scaler.scale(f, n);
+        let table = self.scaler.table();
+        let invocations = |f: &FunctionRef| table.get(f).map_or(0, |r| r.counters().invocations());
         let api_request = ApiRequest {
             method: request.method().as_str(),
             path,
@@ -264,7 +271,8 @@ impl Handler {
         let reply = api::handle(
             provider.as_ref(),
             &scale,
-            &self.default_namespace,
+            &invocations,
+            &self.namespaces,
             &api_request,
         );
         Ok(bytes(reply.status, reply.content_type, reply.body))
@@ -304,11 +312,16 @@ impl Handler {
         let method = request.method().as_str().to_owned();
         match triggers.lookup(&method, host.as_deref(), path) {
             Ok(found) => {
+                // A trigger names its function in the config file: in the default namespace, it
+                // is called by its bare name, as a client naming no namespace would.
+                let namespace_named =
+                    found.function.namespace() != self.namespaces.default_namespace();
                 let target = Target {
                     function: found.function,
                     rest: path,
                     query,
                     params: &found.params,
+                    namespace_named,
                 };
                 self.call_function(request, &target)
             }
@@ -364,6 +377,13 @@ fn overview(scaler: &Scaler) -> Overview {
         scaler.provider().as_ref(),
         scaler.coalescing(),
     )
+}
+
+/// The `/system/*` routes answered by the gateway even in front of a remote provider: scale
+/// calls, which go through the scaler's single-flight, and `/system/info`, where the gateway
+/// wraps the provider's answer in its own.
+fn answered_here(path: &str) -> bool {
+    path.starts_with("/system/scale-function/") || path == "/system/info"
 }
 
 /// The provider does not know the function the client named.

@@ -153,7 +153,8 @@ pub use provider::process::{
     ProcessFunction, ProcessOptions, ProcessProvider, Readiness, SpecError,
 };
 pub use provider::{
-    Endpoint, FunctionStatus, FunctionSummary, InFlight, Provider, ProviderError, StartFailure,
+    Endpoint, FunctionStatus, FunctionSummary, InFlight, Provider, ProviderError, ProviderInfo,
+    StartFailure,
 };
 pub use proxy::trust::IpRange;
 pub use proxy::ProxyConfig;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::function::FunctionRef;
 use crate::histogram::{Histogram, SLOW_BOUNDS};
-use crate::provider::{FunctionStatus, FunctionSummary, Provider, ProviderError};
+use crate::provider::{FunctionStatus, FunctionSummary, Provider, ProviderError, ProviderInfo};
 
 /// The provider calls that are measured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -149,6 +149,10 @@ impl Provider for Measured {
 
     fn namespaces(&self) -> Result<Vec<String>, ProviderError> {
         self.measure(Operation::Namespaces, &"", || self.inner.namespaces())
+    }
+
+    fn info(&self) -> Result<ProviderInfo, ProviderError> {
+        self.inner.info()
     }
 
     fn shutdown(&self) {

@@ -31,6 +31,8 @@ pub(super) struct Slot {
     state: Mutex<State>,
     changed: Condvar,
     pub(super) counters: Counters,
+    /// When this entry was taken on: at start, or by the reload that added or changed it.
+    pub(super) created_at: std::time::SystemTime,
 }
 
 /// Relaxed atomics: statistics for tests and metrics, never used to decide. Each is updated
@@ -255,6 +257,7 @@ impl Slot {
             state: Mutex::new(State::default()),
             changed: Condvar::new(),
             counters: Counters::default(),
+            created_at: std::time::SystemTime::now(),
         }
     }
 
