@@ -249,19 +249,25 @@ impl Handler {
     ) -> Result<ResponseBox, Error> {
         self.authorize(request)?;
         let provider = self.scaler.provider();
+        let table = self.scaler.table();
+        let invocations = |f: &FunctionRef| table.get(f).map_or(0, |r| r.counters().invocations());
         if let (Some(api), false) = (&self.remote_api, answered_here(path)) {
             let url = match query {
                 Some(q) => format!("{}{path}?{q}", api.base_url),
                 None => format!("{}{path}", api.base_url),
             };
-            return self
+            let relayed = self
                 .proxy
-                .pass_through(request, &url, api.authorization.as_deref());
+                .pass_through(request, &url, api.authorization.as_deref())?;
+            let named = api::query_param(query, "namespace");
+            let namespace = self.namespaces.resolve(named.as_deref());
+            if is_listing(request.method().as_str(), path) {
+                return with_invocations(relayed, namespace, &invocations);
+            }
+            return Ok(relayed);
         }
         let body = read_small_body(request)?;
         let scale = |f: &FunctionRef, n: u64| self.scaler.scale(f, n);
-        let table = self.scaler.table();
-        let invocations = |f: &FunctionRef| table.get(f).map_or(0, |r| r.counters().invocations());
         let api_request = ApiRequest {
             method: request.method().as_str(),
             path,
@@ -384,6 +390,42 @@ fn overview(scaler: &Scaler) -> Overview {
 /// wraps the provider's answer in its own.
 fn answered_here(path: &str) -> bool {
     path.starts_with("/system/scale-function/") || path == "/system/info"
+}
+
+/// A function listing or status, whose `invocationCount` the gateway fills in.
+fn is_listing(method: &str, path: &str) -> bool {
+    method == "GET"
+        && (path == "/system/functions"
+            || path
+                .strip_prefix("/system/function/")
+                .is_some_and(|name| !name.is_empty() && !name.contains('/')))
+}
+
+/// A remote provider's listing, answered 200, with the gateway's invocation counts in it; any
+/// other answer is relayed as it came.
+fn with_invocations(
+    relayed: ResponseBox,
+    namespace: &str,
+    invocations: &dyn Fn(&FunctionRef) -> u64,
+) -> Result<ResponseBox, Error> {
+    const LIMIT: u64 = 8 << 20;
+    if relayed.status_code().0 != 200 {
+        return Ok(relayed);
+    }
+    let mut listing = Vec::new();
+    relayed
+        .into_reader()
+        .take(LIMIT + 1)
+        .read_to_end(&mut listing)
+        .map_err(|e| Error::ProviderApi(format!("reading the function listing failed: {e}")))?;
+    if listing.len() as u64 > LIMIT {
+        return Err(Error::ProviderApi(format!(
+            "function listing larger than {LIMIT} bytes"
+        )));
+    }
+    let amended = crate::provider::wire::with_invocations(&listing, namespace, invocations)
+        .unwrap_or(listing);
+    Ok(bytes(200, "application/json", amended))
 }
 
 /// The provider does not know the function the client named.

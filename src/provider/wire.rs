@@ -93,6 +93,42 @@ pub fn rfc3339(t: std::time::SystemTime) -> String {
     )
 }
 
+/// A remote provider's `/system/functions` (an array) or `/system/function/{name}` (one object)
+/// with `invocationCount` set from the gateway's own counts, as the OpenFaaS gateway fills it
+/// in from its metrics. Every other field is kept as the provider wrote it; `namespace` names
+/// entries that carry none. `None`: not the JSON of a listing, to be relayed unchanged.
+pub fn with_invocations(
+    listing: &[u8],
+    namespace: &str,
+    invocations: &dyn Fn(&crate::function::FunctionRef) -> u64,
+) -> Option<Vec<u8>> {
+    let mut value: serde_json::Value = serde_json::from_slice(listing).ok()?;
+    let count = |entry: &mut serde_json::Value| {
+        let Some(object) = entry.as_object_mut() else {
+            return;
+        };
+        let name = object.get("name").and_then(|n| n.as_str()).unwrap_or("");
+        let ns = object
+            .get("namespace")
+            .and_then(|n| n.as_str())
+            .filter(|ns| !ns.is_empty())
+            .unwrap_or(namespace);
+        let Ok(function) = crate::function::FunctionRef::new(name, ns) else {
+            return;
+        };
+        let n = invocations(&function);
+        if n > 0 {
+            object.insert("invocationCount".into(), (n as f64).into());
+        }
+    };
+    match &mut value {
+        serde_json::Value::Array(entries) => entries.iter_mut().for_each(count),
+        entry @ serde_json::Value::Object(_) => count(entry),
+        _ => return None,
+    }
+    serde_json::to_vec(&value).ok()
+}
+
 /// `types.ScaleServiceRequest`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
@@ -232,6 +268,29 @@ mod tests {
         let behind_a_gateway = serde_json::to_vec(&served).unwrap();
         assert_eq!(read_info(&behind_a_gateway).unwrap(), read);
         assert!(read_info(b"[1]").is_err());
+    }
+
+    #[test]
+    fn remote_listings_get_the_gateways_invocation_counts() {
+        let counts = |f: &crate::function::FunctionRef| match f.key() {
+            "echo.openfaas-fn" => 4,
+            "other.team" => 2,
+            _ => 0,
+        };
+        let listing = br#"[{"name":"echo","createdAt":"2026-01-01T00:00:00Z"},{"name":"other","namespace":"team"},{"name":"idle"},7]"#;
+        let amended = with_invocations(listing, "openfaas-fn", &counts).unwrap();
+        let amended: serde_json::Value = serde_json::from_slice(&amended).unwrap();
+        assert_eq!(amended[0]["invocationCount"], 4.0);
+        assert_eq!(amended[0]["createdAt"], "2026-01-01T00:00:00Z");
+        assert_eq!(amended[1]["invocationCount"], 2.0);
+        assert!(amended[2].get("invocationCount").is_none());
+        assert_eq!(amended[3], 7);
+        let one = with_invocations(br#"{"name":"echo"}"#, "openfaas-fn", &counts).unwrap();
+        assert_eq!(
+            serde_json::from_slice::<serde_json::Value>(&one).unwrap()["invocationCount"],
+            4.0
+        );
+        assert!(with_invocations(b"not json", "openfaas-fn", &counts).is_none());
     }
 
     #[test]
