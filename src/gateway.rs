@@ -68,7 +68,8 @@ impl Handler {
         &self.triggers
     }
 
-    /// Forwards `/system/*` (except scale calls) and `/healthz` to a remote provider's API.
+    /// Forwards `/system/*` (except scale calls and `/system/info`) and `/healthz` to a remote
+    /// provider's API.
     /// Names are passed to a remote provider as the client wrote them (see [`Namespaces`]).
     pub fn with_remote_api(mut self, api: Option<RemoteApi>) -> Handler {
         if api.is_some() {
