@@ -3,7 +3,9 @@
 //! The OpenFaaS gateway's FunctionScaler, with its gaps closed:
 //! - a fresh cache entry with ready replicas answers without asking the provider;
 //! - otherwise one status query per function is in flight at a time ([`SingleFlight`]), and
-//!   one scale call, retried, so a burst of cold requests costs the provider two calls;
+//!   one scale call, retried, which asks the status once more before it scales (a waiter's status
+//!   may be older than another waiter's scale call), so a burst of cold requests costs the
+//!   provider three calls;
 //! - waiting requests block their thread in [`Provider::wait_for_change`], which a provider that
 //!   knows readiness ends at once, so every waiter is released together;
 //! - running out of time is a 504, never a silent forward; waiters are bounded per function
