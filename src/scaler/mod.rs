@@ -499,6 +499,9 @@ mod tests {
         fn set_replicas(&self, _: &FunctionRef, replicas: u64) -> Result<(), ProviderError> {
             self.scale_calls.fetch_add(1, Ordering::SeqCst);
             thread::sleep(Duration::from_millis(20));
+            if self.fail_scales.load(Ordering::SeqCst) == u64::MAX {
+                return Err(ProviderError::Refused("not allowed".into()));
+            }
             if self.fail_scales.load(Ordering::SeqCst) > 0 {
                 self.fail_scales.fetch_sub(1, Ordering::SeqCst);
                 return Err(ProviderError::Failed("no capacity".into()));
@@ -665,6 +668,17 @@ mod tests {
         let err = ready(&scaler, &known()).unwrap_err();
         assert_eq!(err.status(), 502, "{err}");
         assert_eq!(provider.scale_calls.load(Ordering::SeqCst), 4);
+    }
+
+    #[test]
+    fn a_refused_scale_call_is_a_502_at_once_not_retried() {
+        let provider = Memory::new(Duration::ZERO);
+        provider.fail_scales.store(u64::MAX, Ordering::SeqCst);
+        let scaler = scaler_for(provider.clone(), config());
+        let err = ready(&scaler, &known()).unwrap_err();
+        assert_eq!(err.status(), 502, "{err}");
+        assert!(err.to_string().contains("not allowed"), "{err}");
+        assert_eq!(provider.scale_calls.load(Ordering::SeqCst), 1);
     }
 
     #[test]
