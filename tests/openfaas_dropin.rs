@@ -149,6 +149,9 @@ fn provider_down_is_a_502_not_a_404() {
     let reply = get(&gw.url("/function/echo"));
     assert_eq!(reply.status, 502, "{}", reply.body);
     assert!(reply.body.contains("echo.default"), "{}", reply.body);
+    let info = get(&gw.url("/system/info"));
+    assert_eq!(info.status, 502, "{}", info.body);
+    assert!(info.body.contains("provider info"), "{}", info.body);
 }
 
 #[test]
