@@ -24,7 +24,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
-use crate::function::FunctionRef;
+use crate::function::{FunctionRef, Namespaces};
 use crate::provider::process::{check_functions, ProcessFunction, ProcessProvider, Readiness};
 use crate::provider::scale_bounds;
 
@@ -114,7 +114,8 @@ pub struct Deployments {
     state_file: Option<PathBuf>,
     /// Where deployed functions run: the state file's folder.
     workdir: PathBuf,
-    default_namespace: String,
+    /// Names the namespace of a deployment naming none (or `openfaas-fn`, its alias).
+    namespaces: Namespaces,
     sets: Mutex<Sets>,
 }
 
@@ -130,7 +131,7 @@ impl Deployments {
     pub fn open(
         provider: Arc<ProcessProvider>,
         state_file: Option<PathBuf>,
-        default_namespace: &str,
+        namespaces: Namespaces,
     ) -> io::Result<Deployments> {
         let workdir = state_file
             .as_deref()
@@ -147,7 +148,7 @@ impl Deployments {
             provider,
             state_file,
             workdir,
-            default_namespace: default_namespace.to_owned(),
+            namespaces,
         };
         let saved = match &deployments.state_file {
             Some(path) => read_state(path)?,
@@ -225,11 +226,8 @@ impl Deployments {
         let removal: Removal = serde_json::from_slice(body).map_err(|e| {
             DeployError::BadRequest(format!("expected {{\"functionName\": ...}}: {e}"))
         })?;
-        let namespace = removal
-            .namespace
-            .filter(|ns| !ns.is_empty())
-            .unwrap_or_else(|| self.default_namespace.clone());
-        let name = FunctionRef::new(&removal.function_name, &namespace)
+        let namespace = self.namespaces.resolve(removal.namespace.as_deref());
+        let name = FunctionRef::new(&removal.function_name, namespace)
             .map_err(|e| DeployError::BadRequest(e.to_string()))?;
         let mut sets = self.sets.lock();
         if let Some(conflict) = conflict_with_config(&sets.config, &name) {
@@ -304,11 +302,7 @@ impl Deployments {
 
     /// The function a deployment describes, checked as a config entry would be.
     fn function_of(&self, d: &Deployment) -> Result<ProcessFunction, DeployError> {
-        let namespace = d
-            .namespace
-            .as_deref()
-            .filter(|ns| !ns.is_empty())
-            .unwrap_or(&self.default_namespace);
+        let namespace = self.namespaces.resolve(d.namespace.as_deref());
         let function = FunctionRef::new(&d.service, namespace)
             .map_err(|e| DeployError::BadRequest(format!("service: {e}")))?;
         if d.secrets.as_ref().is_some_and(|s| !s.is_empty()) {
@@ -466,7 +460,7 @@ mod tests {
         Deployments::open(
             Arc::new(provider),
             Some(dir.0.join("defrost.deployed.json")),
-            "default",
+            Namespaces::new("default"),
         )
         .unwrap()
     }
@@ -563,9 +557,13 @@ mod tests {
         let path = dir.0.join("defrost.deployed.json");
         std::fs::write(&path, "{not json").unwrap();
         let provider = ProcessProvider::new(Vec::new(), ProcessOptions::default()).unwrap();
-        let e = Deployments::open(Arc::new(provider), Some(path.clone()), "default")
-            .err()
-            .unwrap();
+        let e = Deployments::open(
+            Arc::new(provider),
+            Some(path.clone()),
+            Namespaces::new("default"),
+        )
+        .err()
+        .unwrap();
         assert!(e.to_string().contains("defrost.deployed.json"), "{e}");
         assert_eq!(
             state_file_for(Path::new("/etc/defrost/gw.toml")),

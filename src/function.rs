@@ -87,6 +87,65 @@ impl fmt::Display for NameError {
 
 impl std::error::Error for NameError {}
 
+/// The namespace OpenFaaS puts functions in when none is named, which its clients name
+/// outright: faas-cli 0.18 calls `/function/echo.openfaas-fn`.
+pub const OPENFAAS_NAMESPACE: &str = "openfaas-fn";
+
+/// How the namespace a request names (or leaves out) resolves.
+///
+/// A request without a namespace is for the default one. When the gateway answers for its own
+/// functions (the embedded provider) and that default is not `openfaas-fn`, `openfaas-fn` is
+/// taken as another name for it, so that OpenFaaS clients work against a config file that never
+/// mentions namespaces. In front of a remote provider names pass unchanged: there `openfaas-fn`
+/// may be a namespace of its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Namespaces {
+    default: String,
+    openfaas_alias: bool,
+}
+
+impl Namespaces {
+    /// `default` for unqualified names, with `openfaas-fn` as its alias.
+    pub fn new(default: impl Into<String>) -> Namespaces {
+        let default = default.into();
+        Namespaces {
+            openfaas_alias: default != OPENFAAS_NAMESPACE,
+            default,
+        }
+    }
+
+    /// The same, with every named namespace taken as it is.
+    pub fn without_alias(self) -> Namespaces {
+        Namespaces {
+            openfaas_alias: false,
+            ..self
+        }
+    }
+
+    /// The namespace of functions named without one.
+    pub fn default_namespace(&self) -> &str {
+        &self.default
+    }
+
+    /// The namespace meant by `named`: the default when it is absent or empty, or an alias.
+    pub fn resolve<'a>(&'a self, named: Option<&'a str>) -> &'a str {
+        match named {
+            None | Some("") => &self.default,
+            Some(OPENFAAS_NAMESPACE) if self.openfaas_alias => &self.default,
+            Some(ns) => ns,
+        }
+    }
+
+    /// `function` with its namespace resolved.
+    pub fn resolve_function(&self, function: FunctionRef) -> FunctionRef {
+        let namespace = self.resolve(Some(function.namespace()));
+        if namespace == function.namespace() {
+            return function;
+        }
+        FunctionRef::new(function.name(), namespace).unwrap_or(function)
+    }
+}
+
 /// A DNS label: 1 to 63 of `a-z`, `0-9` and `-`, neither starting nor ending with `-`.
 pub fn check_label(what: &'static str, label: &str) -> Result<(), NameError> {
     let refuse = |reason: String| Err(NameError { what, reason });
@@ -128,6 +187,22 @@ fn printable(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn openfaas_fn_names_the_default_namespace_unless_told_otherwise() {
+        let local = Namespaces::new("default");
+        assert_eq!(local.resolve(Some("openfaas-fn")), "default");
+        assert_eq!(local.resolve(Some("team")), "team");
+        assert_eq!(local.resolve(None), "default");
+        assert_eq!(local.resolve(Some("")), "default");
+        let echo = FunctionRef::parse("echo.openfaas-fn", "default").unwrap();
+        assert_eq!(local.resolve_function(echo.clone()).key(), "echo.default");
+        let remote = Namespaces::new("default").without_alias();
+        assert_eq!(remote.resolve_function(echo).key(), "echo.openfaas-fn");
+        let openfaas = Namespaces::new("openfaas-fn");
+        assert_eq!(openfaas.resolve(Some("openfaas-fn")), "openfaas-fn");
+        assert_eq!(openfaas.resolve(None), "openfaas-fn");
+    }
 
     #[test]
     fn plain_name_takes_default_namespace() {

@@ -11,7 +11,7 @@ use crate::auth::Credentials;
 use crate::call::Call;
 use crate::deployments::Deployments;
 use crate::error::Error;
-use crate::function::FunctionRef;
+use crate::function::{FunctionRef, Namespaces};
 use crate::logs::{self, Logs, LogsQuery};
 use crate::metrics::{exposition, overview::Overview, ProviderCalls};
 use crate::provider::api::{self, ApiRequest};
@@ -28,7 +28,7 @@ use crate::triggers::{Miss, TriggerSet};
 pub struct Handler {
     scaler: Arc<Scaler>,
     proxy: Proxy,
-    default_namespace: String,
+    namespaces: Namespaces,
     /// Credentials `/system/*` callers must present, when basic auth is on.
     auth: Option<Credentials>,
     /// HTTP triggers, swapped whole on reload.
@@ -61,7 +61,7 @@ impl Handler {
         Handler {
             scaler,
             proxy,
-            default_namespace,
+            namespaces: Namespaces::new(default_namespace),
             auth,
             triggers,
             in_flight: AtomicUsize::new(0),
@@ -79,8 +79,13 @@ impl Handler {
         &self.triggers
     }
 
-    /// Forwards `/system/*` (except scale calls) and `/healthz` to a remote provider's API.
+    /// Forwards `/system/*` (except scale calls and `/system/info`) and `/healthz` to a remote
+    /// provider's API.
+    /// Names are passed to a remote provider as the client wrote them (see [`Namespaces`]).
     pub fn with_remote_api(mut self, api: Option<RemoteApi>) -> Handler {
+        if api.is_some() {
+            self.namespaces = self.namespaces.clone().without_alias();
+        }
         self.remote_api = api;
         self
     }
@@ -144,20 +149,24 @@ impl Handler {
             return Outcome::local(Err(Error::ShuttingDown));
         }
         let target = request.url().to_owned();
-        let routed = crate::screen::screen(request.method().as_str(), &target)
-            .and_then(|()| router::route(&target, &self.default_namespace).map_err(Error::from));
+        let routed = crate::screen::screen(request.method().as_str(), &target).and_then(|()| {
+            router::route(&target, self.namespaces.default_namespace()).map_err(Error::from)
+        });
         match routed {
             Err(e) => Outcome::local(Err(e)),
             Ok(Route::Function {
                 function,
                 rest,
                 query,
+                namespace_named,
             }) => {
+                let function = self.namespaces.resolve_function(function);
                 let target = Target {
                     function: &function,
                     rest,
                     query,
                     params: &[],
+                    namespace_named,
                 };
                 self.call_function(request, &target)
             }
@@ -270,7 +279,7 @@ impl Handler {
         self.authorize(request)?;
         if path == "/system/logs" {
             if let Some(logs) = &self.logs {
-                return serve_logs(logs, request, query, &self.default_namespace);
+                return serve_logs(logs, request, query, &self.namespaces);
             }
             if let Some(api) = &self.remote_api {
                 // A remote follow holds this worker for as long as the provider streams.
@@ -291,14 +300,19 @@ impl Handler {
             return Ok(change_functions(deployments, &method, &body));
         }
         let provider = self.scaler.provider();
-        if let (Some(api), false) = (
-            &self.remote_api,
-            path.starts_with("/system/scale-function/"),
-        ) {
+        let table = self.scaler.table();
+        let invocations = |f: &FunctionRef| table.get(f).map_or(0, |r| r.counters().invocations());
+        if let (Some(api), false) = (&self.remote_api, answered_here(path)) {
             let url = remote_url(api, path, query);
-            return self
+            let relayed = self
                 .proxy
-                .pass_through(request, &url, api.authorization.as_deref());
+                .pass_through(request, &url, api.authorization.as_deref())?;
+            let named = api::query_param(query, "namespace");
+            let namespace = self.namespaces.resolve(named.as_deref());
+            if is_listing(request.method().as_str(), path) {
+                return with_invocations(relayed, namespace, &invocations);
+            }
+            return Ok(relayed);
         }
         let body = read_small_body(request)?;
         let scale = |f: &FunctionRef, n: u64| self.scaler.scale(f, n);
@@ -311,7 +325,8 @@ impl Handler {
         let reply = api::handle(
             provider.as_ref(),
             &scale,
-            &self.default_namespace,
+            &invocations,
+            &self.namespaces,
             &api_request,
         );
         Ok(bytes(reply.status, reply.content_type, reply.body))
@@ -351,11 +366,16 @@ impl Handler {
         let method = request.method().as_str().to_owned();
         match triggers.lookup(&method, host.as_deref(), path) {
             Ok(found) => {
+                // A trigger names its function in the config file: in the default namespace, it
+                // is called by its bare name, as a client naming no namespace would.
+                let namespace_named =
+                    found.function.namespace() != self.namespaces.default_namespace();
                 let target = Target {
                     function: found.function,
                     rest: path,
                     query,
                     params: &found.params,
+                    namespace_named,
                 };
                 self.call_function(request, &target)
             }
@@ -395,14 +415,14 @@ fn serve_logs(
     logs: &Logs,
     request: &Request,
     query: Option<&str>,
-    default_namespace: &str,
+    namespaces: &Namespaces,
 ) -> Result<ResponseBox, Error> {
     if request.method().as_str() != "GET" {
         return Err(Error::MethodNotAllowed {
             allowed: "GET".into(),
         });
     }
-    let opened = LogsQuery::parse(query, default_namespace).and_then(|q| logs.open(q));
+    let opened = LogsQuery::parse(query, namespaces).and_then(|q| logs.open(q));
     let (body, length) = match opened {
         Ok(body) => body.into_reader(),
         Err(e) => return Ok(text(e.status(), &format!("{e}\n"))),
@@ -459,6 +479,49 @@ fn overview(scaler: &Scaler) -> Overview {
         scaler.provider().as_ref(),
         scaler.coalescing(),
     )
+}
+
+/// The `/system/*` routes answered by the gateway even in front of a remote provider: scale
+/// calls, which go through the scaler's single-flight, and `/system/info`, where the gateway
+/// wraps the provider's answer in its own.
+fn answered_here(path: &str) -> bool {
+    path.starts_with("/system/scale-function/") || path == "/system/info"
+}
+
+/// A function listing or status, whose `invocationCount` the gateway fills in.
+fn is_listing(method: &str, path: &str) -> bool {
+    method == "GET"
+        && (path == "/system/functions"
+            || path
+                .strip_prefix("/system/function/")
+                .is_some_and(|name| !name.is_empty() && !name.contains('/')))
+}
+
+/// A remote provider's listing, answered 200, with the gateway's invocation counts in it; any
+/// other answer is relayed as it came.
+fn with_invocations(
+    relayed: ResponseBox,
+    namespace: &str,
+    invocations: &dyn Fn(&FunctionRef) -> u64,
+) -> Result<ResponseBox, Error> {
+    const LIMIT: u64 = 8 << 20;
+    if relayed.status_code().0 != 200 {
+        return Ok(relayed);
+    }
+    let mut listing = Vec::new();
+    relayed
+        .into_reader()
+        .take(LIMIT + 1)
+        .read_to_end(&mut listing)
+        .map_err(|e| Error::ProviderApi(format!("reading the function listing failed: {e}")))?;
+    if listing.len() as u64 > LIMIT {
+        return Err(Error::ProviderApi(format!(
+            "function listing larger than {LIMIT} bytes"
+        )));
+    }
+    let amended = crate::provider::wire::with_invocations(&listing, namespace, invocations)
+        .unwrap_or(listing);
+    Ok(bytes(200, "application/json", amended))
 }
 
 /// The provider does not know the function the client named.

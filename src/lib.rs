@@ -164,7 +164,7 @@ pub use provider::process::{
 };
 pub use provider::{
     Endpoint, FunctionStatus, FunctionSummary, InFlight, Parked, Provider, ProviderError,
-    StartFailure,
+    ProviderInfo, StartFailure,
 };
 pub use proxy::trust::IpRange;
 pub use proxy::ProxyConfig;
@@ -412,7 +412,7 @@ impl Gateway {
             Some(process) => Some(Arc::new(deployments::Deployments::open(
                 process,
                 settings.state_file.clone(),
-                &settings.default_namespace,
+                function::Namespaces::new(settings.default_namespace.clone()),
             )?)),
             None => None,
         };

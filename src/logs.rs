@@ -18,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use defrost_http::{Response, ResponseBox};
 
-use crate::function::FunctionRef;
+use crate::function::{FunctionRef, Namespaces};
 use crate::provider::api::query_param;
 use crate::provider::process::{LogBook, LogLine, Ring, Waited};
 use crate::rfc3339;
@@ -82,11 +82,11 @@ pub struct LogsQuery {
 
 impl LogsQuery {
     /// Reads the faas-provider parameters; `name` is required.
-    pub fn parse(query: Option<&str>, default_namespace: &str) -> Result<LogsQuery, LogsError> {
+    pub fn parse(query: Option<&str>, namespaces: &Namespaces) -> Result<LogsQuery, LogsError> {
         let param = |name| query_param(query, name).filter(|v| !v.is_empty());
         let name = param("name")
             .ok_or_else(|| LogsError::BadRequest("the function's `name` is required".into()))?;
-        let namespace = param("namespace").unwrap_or_else(|| default_namespace.to_owned());
+        let namespace = namespaces.resolve(param("namespace").as_deref()).to_owned();
         let function = FunctionRef::new(&name, &namespace)
             .map_err(|e| LogsError::BadRequest(e.to_string()))?;
         let since = param("since")
@@ -354,14 +354,14 @@ mod tests {
     fn parameters_follow_faas_provider() {
         let q = LogsQuery::parse(
             Some("name=echo&namespace=team&tail=-1&follow=true&instance=echo.team%231&since=2024-05-01T12:00:00Z"),
-            "default",
+            &Namespaces::new("default"),
         )
         .unwrap();
         assert_eq!(q.function.key(), "echo.team");
         assert_eq!((q.tail, q.follow), (None, true));
         assert_eq!(q.instance.as_deref(), Some("echo.team#1"));
         assert!(q.since.is_some());
-        let q = LogsQuery::parse(Some("name=echo&tail=3"), "default").unwrap();
+        let q = LogsQuery::parse(Some("name=echo&tail=3"), &Namespaces::new("default")).unwrap();
         assert_eq!(
             (q.function.key(), q.tail, q.follow),
             ("echo.default", Some(3), false)
@@ -374,7 +374,7 @@ mod tests {
             "name=echo&since=now",
             "name=echo&follow=maybe",
         ] {
-            let e = LogsQuery::parse(Some(bad), "default").unwrap_err();
+            let e = LogsQuery::parse(Some(bad), &Namespaces::new("default")).unwrap_err();
             assert_eq!(e.status(), 400, "{bad}: {e}");
         }
     }
@@ -394,7 +394,7 @@ mod tests {
             );
         }
         let logs = Logs::new(Arc::clone(&book));
-        let query = |q: &str| LogsQuery::parse(Some(q), "default").unwrap();
+        let query = |q: &str| LogsQuery::parse(Some(q), &Namespaces::new("default")).unwrap();
         let all = read_all(logs.open(query("name=echo")).unwrap());
         assert_eq!(all.len(), 5);
         assert_eq!(all[0]["name"], "echo");
@@ -425,7 +425,8 @@ mod tests {
         ring.push("echo.default#1", "old".into());
         let mut logs = Logs::new(Arc::clone(&book));
         logs.follow_limit = Duration::from_millis(300);
-        let query = LogsQuery::parse(Some("name=echo&follow=true"), "default").unwrap();
+        let query =
+            LogsQuery::parse(Some("name=echo&follow=true"), &Namespaces::new("default")).unwrap();
         let started = Instant::now();
         let writer = Arc::clone(&ring);
         let t = std::thread::spawn(move || {
@@ -459,7 +460,8 @@ mod tests {
         let book = Arc::new(LogBook::default());
         book.ring(&f());
         let logs = Logs::new(book);
-        let query = LogsQuery::parse(Some("name=echo&follow=true"), "default").unwrap();
+        let query =
+            LogsQuery::parse(Some("name=echo&follow=true"), &Namespaces::new("default")).unwrap();
         let held: Vec<_> = (0..MAX_FOLLOWERS)
             .map(|_| logs.open(query.clone()).unwrap())
             .collect();

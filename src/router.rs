@@ -5,7 +5,7 @@
 //! encoded byte into an upstream URL), while the rest of the path and the query string are handed
 //! to the function exactly as the client sent them.
 
-use crate::function::{FunctionRef, NameError};
+use crate::function::{check_label, FunctionRef, NameError};
 
 const FUNCTION_PREFIX: &str = "/function/";
 
@@ -20,6 +20,8 @@ pub enum Route<'a> {
         rest: &'a str,
         /// The query string, without `?`.
         query: Option<&'a str>,
+        /// Whether the path named the namespace (`echo.team`) or left it to the default.
+        namespace_named: bool,
     },
     /// The gateway's own liveness check.
     Healthz,
@@ -49,11 +51,21 @@ pub fn route<'a>(target: &'a str, default_namespace: &str) -> Result<Route<'a>, 
             Some(slash) => after.split_at(slash),
             None => (after, ""),
         };
+        // No name at all (`/function/`, `/function/.default`) names no function: a 404, as
+        // the OpenFaaS gateway answers, not a malformed name.
+        let no_name = qualified.is_empty()
+            || qualified
+                .strip_prefix('.')
+                .is_some_and(|ns| check_label("namespace", ns).is_ok());
+        if no_name {
+            return Ok(Route::NotFound);
+        }
         let function = FunctionRef::parse(qualified, default_namespace)?;
         return Ok(Route::Function {
             function,
             rest,
             query,
+            namespace_named: qualified.contains('.'),
         });
     }
     Ok(match path {
@@ -106,6 +118,7 @@ mod tests {
                 function,
                 rest,
                 query,
+                ..
             } => (
                 function.key().to_string(),
                 rest.to_string(),
@@ -140,15 +153,25 @@ mod tests {
     }
 
     #[test]
+    fn whether_the_namespace_was_named_is_kept() {
+        let named = |target| match route(target, "default").unwrap() {
+            Route::Function {
+                namespace_named, ..
+            } => namespace_named,
+            other => panic!("{target} routed to {other:?}"),
+        };
+        assert!(!named("/function/echo/a.b"));
+        assert!(named("/function/echo.default/a"));
+    }
+
+    #[test]
     fn bad_names_are_refused_not_routed() {
         for target in [
-            "/function/",
             "/function/Echo",
             "/function/..",
             "/function/%2e%2e/x",
             "/function/a.b.c",
             "/function/echo.",
-            "/function/.default",
         ] {
             assert!(route(target, "default").is_err(), "{target} accepted");
         }
@@ -175,6 +198,9 @@ mod tests {
             "http://evil/function/x",
             "*",
             "/healthz/x",
+            "/function/",
+            "/function/.default",
+            "/function/.default/x",
         ] {
             assert_eq!(
                 route(target, "default").unwrap(),

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use common::*;
 
 /// An OpenFaaS provider on 127.0.0.1 that answers `/system/function/good` and
-/// `/function/good.default` properly, and misbehaves for the functions named after a fault.
+/// `/function/good` properly, and misbehaves for the functions named after a fault.
 fn fake_provider() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
@@ -52,7 +52,8 @@ fn answer_as_provider(mut stream: TcpStream) {
             "200 OK",
             br#"{"name":"good","replicas":1,"availableReplicas":1}"#,
         )
-    } else if path.starts_with("/function/good.default") {
+    } else if path == "/function/good" || path.starts_with("/function/good/") {
+        // Called the way the client called the gateway: without a namespace.
         reply("200 OK", b"good\n")
     } else if path.starts_with("/system/function/hangs") {
         // Holds the connection until the gateway gives up on it.

@@ -149,6 +149,9 @@ fn provider_down_is_a_502_not_a_404() {
     let reply = get(&gw.url("/function/echo"));
     assert_eq!(reply.status, 502, "{}", reply.body);
     assert!(reply.body.contains("echo.default"), "{}", reply.body);
+    let info = get(&gw.url("/system/info"));
+    assert_eq!(info.status, 502, "{}", info.body);
+    assert!(info.body.contains("provider info"), "{}", info.body);
 }
 
 #[test]
@@ -190,5 +193,56 @@ fn basic_auth_guards_system_routes_but_not_functions() {
         get(&gw.url("/function/echo")).status,
         200,
         "functions are never behind auth"
+    );
+}
+
+/// What the OpenFaaS gateway does with a function at zero when defrost is its provider: scale
+/// it up through the API, poll until a replica is available, then forward the call. The
+/// scale-up is activity: defrost's idler must not stop the replica meanwhile.
+#[test]
+fn a_scale_up_through_the_api_is_not_undone_by_scale_to_zero() {
+    let gw = Defrost::start(&format!(
+        "[gateway]\nautoscale_interval = \"50ms\"\n{}",
+        echo_function("echo", "", "scale_to_zero = true\nzero_duration = \"2s\"")
+    ));
+    assert_eq!(get(&gw.url("/function/echo")).status, 200);
+    assert_eq!(
+        gw.log_count_settled("scaled to zero", 1),
+        1,
+        "{}",
+        gw.log_text()
+    );
+    let scaled = post_json(
+        &gw.url("/system/scale-function/echo"),
+        r#"{"serviceName":"echo","replicas":1}"#,
+    );
+    assert_eq!(scaled.status, 202, "{}", scaled.body);
+    let available = || get(&gw.url("/system/function/echo")).json()["availableReplicas"] == 1;
+    assert!(
+        eventually(Duration::from_secs(10), available),
+        "{}",
+        gw.log_text()
+    );
+    // The gateway's poll interval and its own forwarding: well within the idle time.
+    thread::sleep(Duration::from_millis(1000));
+    assert!(
+        available(),
+        "undone before the call came: {}",
+        gw.log_text()
+    );
+    assert_eq!(get(&gw.url("/function/echo")).status, 200);
+    assert_eq!(gw.log_count("scaled to zero"), 1, "{}", gw.log_text());
+    assert_eq!(
+        gw.log_count("scale echo.default: 0 -> 1"),
+        2,
+        "the call found the replica the API asked for: {}",
+        gw.log_text()
+    );
+    // The idle clock was restarted, not stopped: idle again, it goes to zero again.
+    assert_eq!(
+        gw.log_count_settled("scaled to zero", 2),
+        2,
+        "{}",
+        gw.log_text()
     );
 }

@@ -116,6 +116,10 @@ struct Watched {
     recommended: VecDeque<(Instant, u64)>,
     /// Since when the recommendations cover the function at its current scale.
     since: Instant,
+    /// The provider refused to scale the function to zero (faas-netes CE allows no fewer than
+    /// one replica): it is kept at its minimum instead, and not asked again until its labels
+    /// change, so that a refusal costs one log line, not one per check.
+    zero_refused: bool,
 }
 
 impl Watched {
@@ -129,6 +133,7 @@ impl Watched {
             },
             recommended: VecDeque::new(),
             since: Instant::now(),
+            zero_refused: false,
         }
     }
 
@@ -136,6 +141,7 @@ impl Watched {
         if self.labels.as_ref() != Some(&status.labels) {
             self.policy = Policy::from_labels(record.function(), &status.labels);
             self.labels = Some(status.labels.clone());
+            self.zero_refused = false;
         }
         &self.policy
     }
@@ -186,11 +192,19 @@ fn check(
         return;
     }
     let policy = watched.policy(record, &status).clone();
-    if let Some(idle) = policy.zero_after {
-        if scale_to_zero_if_idle(scaler, record, idle) {
-            watched.forget();
-            return;
-        }
+    match policy.zero_after {
+        Some(idle) if !watched.zero_refused => match scale_to_zero_if_idle(scaler, record, idle) {
+            Zeroing::Stopped => {
+                watched.forget();
+                return;
+            }
+            Zeroing::Refused(e) => {
+                watched.zero_refused = true;
+                settle_at_minimum(scaler, record, &status, &e);
+            }
+            Zeroing::Kept => {}
+        },
+        _ => {}
     }
     if let Some(park_after) = policy.park_after {
         if status.available_replicas > 0 {
@@ -212,26 +226,56 @@ fn park_if_idle(scaler: &Scaler, record: &FunctionRecord, idle: Duration) {
     }
 }
 
-/// True if the function's replicas were stopped.
-fn scale_to_zero_if_idle(scaler: &Scaler, record: &FunctionRecord, idle: Duration) -> bool {
+/// What a look at an idle function came to.
+enum Zeroing {
+    /// Its replicas were stopped.
+    Stopped,
+    /// It was not idle long enough, or the scale call failed and may work next time.
+    Kept,
+    /// The provider does not allow zero replicas for it.
+    Refused(ProviderError),
+}
+
+fn scale_to_zero_if_idle(scaler: &Scaler, record: &FunctionRecord, idle: Duration) -> Zeroing {
     let function = record.function();
     let idle_enough = |d: Duration| d >= idle;
     if !record.activity.idle_for().is_some_and(idle_enough) {
-        return false;
+        return Zeroing::Kept;
     }
     match scaler.scale_to_zero(record, idle) {
-        Ok(stopped) => {
-            if stopped {
-                log::info!(
-                    "{function}: no request for {:.1}s; scaled to zero",
-                    idle.as_secs_f64()
-                );
-            }
-            stopped
+        Ok(true) => {
+            log::info!(
+                "{function}: no request for {:.1}s; scaled to zero",
+                idle.as_secs_f64()
+            );
+            Zeroing::Stopped
         }
+        Ok(false) => Zeroing::Kept,
+        Err(e @ ProviderError::Refused(_)) => Zeroing::Refused(e),
         Err(e) => {
             log::warn!("{function}: scale to zero failed: {e}");
-            false
+            Zeroing::Kept
+        }
+    }
+}
+
+/// The provider will not scale the function to zero: it says so once, and the function is
+/// brought down to the fewest replicas the provider does allow, its minimum (at least one).
+fn settle_at_minimum(
+    scaler: &Scaler,
+    record: &FunctionRecord,
+    status: &FunctionStatus,
+    refusal: &ProviderError,
+) {
+    let function = record.function();
+    let floor = status.min_replicas.max(1);
+    log::warn!(
+        "{function}: the provider does not allow scaling it to zero ({refusal}); \
+         it stays at its minimum of {floor} replicas while idle"
+    );
+    if status.replicas > floor {
+        if let Err(e) = scaler.scale(function, floor) {
+            log::warn!("{function}: scaling down to its minimum of {floor} failed: {e}");
         }
     }
 }
@@ -283,6 +327,8 @@ mod tests {
         replicas: Mutex<u64>,
         calls: Mutex<Vec<u64>>,
         status_calls: AtomicU64,
+        /// Answers a scale to zero as faas-netes CE does.
+        refuse_zero: bool,
     }
 
     impl Provider for Recorder {
@@ -304,6 +350,11 @@ mod tests {
 
         fn set_replicas(&self, _: &FunctionRef, replicas: u64) -> Result<(), ProviderError> {
             self.calls.lock().push(replicas);
+            if replicas == 0 && self.refuse_zero {
+                return Err(ProviderError::Refused(
+                    "replicas cannot be set to 0 in OpenFaaS CE".into(),
+                ));
+            }
             *self.replicas.lock() = replicas;
             Ok(())
         }
@@ -322,14 +373,23 @@ mod tests {
     }
 
     fn running(labels: &[(&str, &str)]) -> (Arc<Recorder>, Arc<Scaler>, Autoscaler) {
+        running_on(labels, 1, false)
+    }
+
+    fn running_on(
+        labels: &[(&str, &str)],
+        replicas: u64,
+        refuse_zero: bool,
+    ) -> (Arc<Recorder>, Arc<Scaler>, Autoscaler) {
         let provider = Arc::new(Recorder {
             labels: labels
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
-            replicas: Mutex::new(1),
+            replicas: Mutex::new(replicas),
             calls: Mutex::new(Vec::new()),
             status_calls: AtomicU64::new(0),
+            refuse_zero,
         });
         let table = Arc::new(crate::table::FunctionTable::new());
         let scaler = Arc::new(Scaler::new(
@@ -395,6 +455,30 @@ mod tests {
         assert!(eventually(|| *provider.replicas.lock() == 0));
         autoscaler.stop();
         assert_eq!(*provider.calls.lock(), vec![0]);
+    }
+
+    #[test]
+    fn a_provider_refusing_zero_is_asked_once_and_the_function_kept_at_its_minimum() {
+        let (provider, scaler, autoscaler) = running_on(
+            &[
+                (policy::LABEL_SCALE_ZERO, "true"),
+                (policy::LABEL_ZERO_DURATION, "20ms"),
+            ],
+            3,
+            true,
+        );
+        drop(Call::begin(scaler.table(), &function()));
+        assert!(eventually(|| *provider.replicas.lock() == 1));
+        let checked = provider.status_calls.load(Ordering::SeqCst);
+        assert!(eventually(
+            || provider.status_calls.load(Ordering::SeqCst) > checked + 20
+        ));
+        autoscaler.stop();
+        assert_eq!(
+            *provider.calls.lock(),
+            vec![0, 1],
+            "one refused scale to zero, then down to the minimum, and nothing more"
+        );
     }
 
     #[test]

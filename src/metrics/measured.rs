@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use crate::function::FunctionRef;
 use crate::histogram::{Histogram, SLOW_BOUNDS};
-use crate::provider::{FunctionStatus, FunctionSummary, Parked, Provider, ProviderError};
+use crate::provider::{
+    FunctionStatus, FunctionSummary, Parked, Provider, ProviderError, ProviderInfo,
+};
 
 /// The provider calls that are measured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,10 +106,15 @@ impl Measured {
         let took = started.elapsed();
         let failed = matches!(
             &result,
-            Err(ProviderError::Unavailable(_) | ProviderError::Failed(_))
+            Err(ProviderError::Unavailable(_)
+                | ProviderError::Failed(_)
+                | ProviderError::Refused(_))
         );
         self.calls.record(op, took, failed);
-        if let (true, Err(e)) = (failed, &result) {
+        // A refusal is the caller's to report: it decides what it means (a scale to zero the
+        // provider does not allow is said once per function, not once per attempt).
+        let refused = matches!(&result, Err(ProviderError::Refused(_)));
+        if let (true, false, Err(e)) = (failed, refused, &result) {
             let call = format!("{} {subject}", op.name());
             log::warn!(
                 "provider {} failed after {:.3}s: {e}",
@@ -144,6 +151,10 @@ impl Provider for Measured {
 
     fn namespaces(&self) -> Result<Vec<String>, ProviderError> {
         self.measure(Operation::Namespaces, &"", || self.inner.namespaces())
+    }
+
+    fn info(&self) -> Result<ProviderInfo, ProviderError> {
+        self.inner.info()
     }
 
     fn shutdown(&self) {

@@ -6,7 +6,7 @@
 
 use super::wire;
 use super::{FunctionSummary, Provider, ProviderError};
-use crate::function::{check_label, FunctionRef};
+use crate::function::{check_label, FunctionRef, Namespaces};
 
 /// A reply to send as is.
 #[derive(Debug)]
@@ -41,6 +41,7 @@ impl ApiReply {
     fn provider_error(what: &str, e: &ProviderError) -> ApiReply {
         let status = match e {
             ProviderError::NotFound => 404,
+            ProviderError::Refused(_) => 400,
             ProviderError::Unavailable(_) | ProviderError::Failed(_) => 502,
         };
         ApiReply::text(status, format!("{what}: {e}"))
@@ -49,6 +50,10 @@ impl ApiReply {
 
 /// The scale operation to use: the gateway passes its coalesced scaler.
 pub type ScaleFn<'a> = &'a dyn Fn(&FunctionRef, u64) -> Result<(), ProviderError>;
+
+/// Calls the gateway has answered for a function, for `invocationCount`: the gateway counts
+/// them, not the provider.
+pub type InvocationsFn<'a> = &'a dyn Fn(&FunctionRef) -> u64;
 
 /// The request, as far as the API needs it.
 pub struct ApiRequest<'a> {
@@ -62,25 +67,33 @@ pub struct ApiRequest<'a> {
 pub fn handle(
     provider: &dyn Provider,
     scale: ScaleFn<'_>,
-    default_namespace: &str,
+    invocations: InvocationsFn<'_>,
+    namespaces: &Namespaces,
     req: &ApiRequest<'_>,
 ) -> ApiReply {
-    let namespace = query_param(req.query, "namespace").filter(|ns| !ns.is_empty());
-    let namespace = namespace.as_deref().unwrap_or(default_namespace);
+    let named = query_param(req.query, "namespace");
+    let namespace = namespaces.resolve(named.as_deref());
     let segments: Vec<&str> = req.path.trim_start_matches('/').split('/').collect();
     match (req.method, segments.as_slice()) {
-        ("GET", ["system", "functions"]) => list(provider, namespace),
+        ("GET", ["system", "functions"]) => list(provider, invocations, namespace),
         (_, ["system", "functions"]) => ApiReply::text(
             501,
             "functions of this provider are declared in its config file; deploy, update and delete are not supported",
         ),
-        ("GET", ["system", "function", name]) => function_status(provider, name, namespace),
-        ("POST", ["system", "scale-function", name]) => scale_function(scale, name, req.query, req.body, default_namespace),
+        ("GET", ["system", "function", name]) => function_status(provider, invocations, name, namespace),
+        (_, ["system", "secrets", ..]) => ApiReply::text(
+            501,
+            "secrets are not supported by this provider: a function's environment comes from its config entry (`env`)",
+        ),
+        ("POST", ["system", "scale-function", name]) => scale_function(scale, name, req.query, req.body, namespaces),
         ("GET", ["system", "namespaces"]) => match provider.namespaces() {
             Ok(namespaces) => ApiReply::json(&namespaces),
             Err(e) => ApiReply::provider_error("namespaces", &e),
         },
-        ("GET", ["system", "info"]) => ApiReply::json(&info()),
+        ("GET", ["system", "info"]) => match provider.info() {
+            Ok(info) => ApiReply::json(&wire::GatewayInfo::wrapping(&info)),
+            Err(e) => ApiReply::provider_error("provider info", &e),
+        },
         (_, ["system", "function", _]) | (_, ["system", "namespaces"]) | (_, ["system", "info"]) => {
             ApiReply::text(405, format!("{} is not allowed on {}; use GET", req.method, req.path))
         }
@@ -91,7 +104,7 @@ pub fn handle(
     }
 }
 
-fn list(provider: &dyn Provider, namespace: &str) -> ApiReply {
+fn list(provider: &dyn Provider, invocations: InvocationsFn<'_>, namespace: &str) -> ApiReply {
     if let Err(e) = check_label("namespace", namespace) {
         return ApiReply::text(400, e.to_string());
     }
@@ -99,39 +112,53 @@ fn list(provider: &dyn Provider, namespace: &str) -> ApiReply {
         Ok(functions) => ApiReply::json(
             &functions
                 .iter()
-                .map(wire::FunctionJson::from)
+                .map(|s| counted(s, invocations))
                 .collect::<Vec<_>>(),
         ),
         Err(e) => ApiReply::provider_error("functions", &e),
     }
 }
 
-fn function_status(provider: &dyn Provider, name: &str, namespace: &str) -> ApiReply {
+/// A function's JSON with the calls the gateway answered for it.
+fn counted(summary: &FunctionSummary, invocations: InvocationsFn<'_>) -> wire::FunctionJson {
+    wire::FunctionJson {
+        invocation_count: invocations(&summary.function) as f64,
+        ..wire::FunctionJson::from(summary)
+    }
+}
+
+fn function_status(
+    provider: &dyn Provider,
+    invocations: InvocationsFn<'_>,
+    name: &str,
+    namespace: &str,
+) -> ApiReply {
     let function = match FunctionRef::new(name, namespace) {
         Ok(f) => f,
         Err(e) => return ApiReply::text(400, e.to_string()),
     };
     match provider.status(&function) {
         Ok(status) => {
+            let listed = listed(provider, &function);
             let summary = FunctionSummary {
-                image: image_of(provider, &function),
+                image: listed.as_ref().map(|s| s.image.clone()).unwrap_or_default(),
+                created_at: listed.and_then(|s| s.created_at),
                 function,
                 status,
             };
-            ApiReply::json(&wire::FunctionJson::from(&summary))
+            ApiReply::json(&counted(&summary, invocations))
         }
         Err(e) => ApiReply::provider_error(&format!("function {function}"), &e),
     }
 }
 
-/// The image is only known from the listing; a failed listing costs the field, not the answer.
-fn image_of(provider: &dyn Provider, function: &FunctionRef) -> String {
+/// The image and creation time are only known from the listing; a failed listing costs the
+/// fields, not the answer.
+fn listed(provider: &dyn Provider, function: &FunctionRef) -> Option<FunctionSummary> {
     provider
         .list(function.namespace())
         .ok()
         .and_then(|all| all.into_iter().find(|s| &s.function == function))
-        .map(|s| s.image)
-        .unwrap_or_default()
 }
 
 fn scale_function(
@@ -139,7 +166,7 @@ fn scale_function(
     name: &str,
     query: Option<&str>,
     body: &[u8],
-    default_ns: &str,
+    namespaces: &Namespaces,
 ) -> ApiReply {
     let request: wire::ScaleServiceRequest = match serde_json::from_slice(body) {
         Ok(r) => r,
@@ -151,11 +178,11 @@ fn scale_function(
         }
     };
     // faas-netes reads the namespace from the query, faasd from the body: accept either.
-    let namespace = query_param(query, "namespace")
+    let named = query_param(query, "namespace")
         .filter(|ns| !ns.is_empty())
-        .or_else(|| (!request.namespace.is_empty()).then(|| request.namespace.clone()))
-        .unwrap_or_else(|| default_ns.to_owned());
-    let function = match FunctionRef::new(name, &namespace) {
+        .or_else(|| (!request.namespace.is_empty()).then(|| request.namespace.clone()));
+    let namespace = namespaces.resolve(named.as_deref());
+    let function = match FunctionRef::new(name, namespace) {
         Ok(f) => f,
         Err(e) => return ApiReply::text(400, e.to_string()),
     };
@@ -165,17 +192,6 @@ fn scale_function(
             format!("scaling {function} to {} replicas", request.replicas),
         ),
         Err(e) => ApiReply::provider_error(&format!("function {function}"), &e),
-    }
-}
-
-fn info() -> wire::ProviderInfo {
-    wire::ProviderInfo {
-        provider: "defrost".into(),
-        orchestration: "process".into(),
-        version: wire::VersionInfo {
-            sha: String::new(),
-            release: env!("CARGO_PKG_VERSION").into(),
-        },
     }
 }
 
@@ -247,6 +263,7 @@ mod tests {
                     function: FunctionRef::new(n, ns).unwrap(),
                     image: format!("python3 {n}.py"),
                     status: self.status(&FunctionRef::new(n, ns).unwrap()).unwrap(),
+                    created_at: Some(std::time::UNIX_EPOCH),
                 })
                 .collect())
         }
@@ -266,10 +283,12 @@ mod tests {
             scaled.lock().push((f.key().to_owned(), n));
             Ok(())
         };
+        let invocations = |f: &FunctionRef| u64::from(f.name() == "echo") * 7;
         let reply = handle(
             &One,
             &scale,
-            "default",
+            &invocations,
+            &Namespaces::new("default"),
             &ApiRequest {
                 method,
                 path,
@@ -290,7 +309,7 @@ mod tests {
         assert_eq!(reply.status, 200);
         assert_eq!(
             json(&reply),
-            serde_json::json!({"name":"echo","image":"python3 echo.py","namespace":"default","labels":{},"replicas":2,"availableReplicas":1})
+            serde_json::json!({"name":"echo","image":"python3 echo.py","namespace":"default","labels":{},"replicas":2,"availableReplicas":1,"invocationCount":7.0,"createdAt":"1970-01-01T00:00:00.000Z"})
         );
         let (cold, _) = call(
             "GET",
@@ -314,14 +333,27 @@ mod tests {
     fn listing_namespaces_and_info() {
         let (reply, _) = call("GET", "/system/functions", None, b"");
         assert_eq!(json(&reply).as_array().map(Vec::len), Some(2));
+        let listed = json(&reply);
+        assert_eq!(listed[0]["invocationCount"], 7.0, "{listed}");
+        assert!(listed[1].get("invocationCount").is_none(), "{listed}");
+        assert_eq!(listed[0]["createdAt"], "1970-01-01T00:00:00.000Z");
         assert_eq!(
             json(&call("GET", "/system/namespaces", None, b"").0),
             serde_json::json!(["default"])
         );
         let info = json(&call("GET", "/system/info", None, b"").0);
-        assert_eq!(info["provider"], "defrost");
+        assert_eq!(info["provider"]["provider"], "defrost");
+        assert_eq!(info["provider"]["orchestration"], "custom");
+        assert!(
+            !info["version"]["sha"].as_str().unwrap_or("").is_empty(),
+            "{info}"
+        );
         assert_eq!(call("POST", "/system/functions", None, b"{}").0.status, 501);
         assert_eq!(call("DELETE", "/system/info", None, b"").0.status, 405);
+        let secrets = call("GET", "/system/secrets", None, b"").0;
+        assert_eq!(secrets.status, 501);
+        assert!(String::from_utf8_lossy(&secrets.body).contains("not supported"));
+        assert_eq!(call("POST", "/system/secrets", None, b"{}").0.status, 501);
         assert_eq!(call("GET", "/system/nothing", None, b"").0.status, 404);
     }
 

@@ -93,6 +93,9 @@ impl FunctionStatus {
 pub struct Endpoint {
     /// `http://host:port` plus any path prefix; the request path's rest is appended to it.
     base_url: String,
+    /// For a provider's function route: the same route naming the function without its
+    /// namespace, for calls whose client named none (see [`Endpoint::with_unqualified`]).
+    unqualified_url: Option<String>,
     in_flight: AtomicUsize,
     retired: AtomicBool,
 }
@@ -106,14 +109,43 @@ impl Endpoint {
         }
         Endpoint {
             base_url,
+            unqualified_url: None,
             in_flight: AtomicUsize::new(0),
             retired: AtomicBool::new(false),
+        }
+    }
+
+    /// A provider's own function route, `base_url` naming the function with its namespace and
+    /// `unqualified_url` without. A call whose client named no namespace goes to the second, as
+    /// the OpenFaaS gateway forwards the path as it was sent: providers without namespaces
+    /// (faas-memory) know functions only by name, and a provider with them resolves a bare
+    /// name to its own default namespace.
+    pub fn with_unqualified(
+        base_url: impl Into<String>,
+        unqualified_url: impl Into<String>,
+    ) -> Endpoint {
+        let mut unqualified = unqualified_url.into();
+        while unqualified.ends_with('/') {
+            unqualified.pop();
+        }
+        Endpoint {
+            unqualified_url: Some(unqualified),
+            ..Endpoint::new(base_url)
         }
     }
 
     /// `http://host:port` plus any path prefix.
     pub fn base_url(&self) -> &str {
         &self.base_url
+    }
+
+    /// Where a call goes: the unqualified route when the client named no namespace and the
+    /// endpoint has one, the base URL otherwise.
+    pub fn url_for(&self, namespace_named: bool) -> &str {
+        match (&self.unqualified_url, namespace_named) {
+            (Some(url), false) => url,
+            _ => &self.base_url,
+        }
     }
 
     /// Requests sent to it and not yet answered.
@@ -182,6 +214,9 @@ pub enum ProviderError {
     Unavailable(String),
     /// The provider refused or failed the operation.
     Failed(String),
+    /// The provider understood the request and turned it down for good (a 4xx answer other
+    /// than 404, such as faas-netes CE refusing zero replicas): asking again will not help.
+    Refused(String),
 }
 
 impl fmt::Display for ProviderError {
@@ -190,6 +225,7 @@ impl fmt::Display for ProviderError {
             ProviderError::NotFound => f.write_str("function not found"),
             ProviderError::Unavailable(why) => write!(f, "provider unavailable: {why}"),
             ProviderError::Failed(why) => write!(f, "provider error: {why}"),
+            ProviderError::Refused(why) => write!(f, "provider refused: {why}"),
         }
     }
 }
@@ -205,6 +241,33 @@ pub struct FunctionSummary {
     pub image: String,
     /// Its replicas.
     pub status: FunctionStatus,
+    /// When the provider took the function on, if it says.
+    pub created_at: Option<std::time::SystemTime>,
+}
+
+/// What a provider says it is, for `/system/info`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderInfo {
+    /// Its name (`faas-netes`, `faasd`, `defrost`).
+    pub name: String,
+    /// What runs the functions (`kubernetes`, `containerd`, `process`).
+    pub orchestration: String,
+    /// Its release.
+    pub release: String,
+    /// The commit it was built from.
+    pub sha: String,
+}
+
+impl ProviderInfo {
+    /// A provider built into this defrost, orchestrating with `orchestration`.
+    pub fn built_in(orchestration: &str) -> ProviderInfo {
+        ProviderInfo {
+            name: "defrost".into(),
+            orchestration: orchestration.into(),
+            release: env!("CARGO_PKG_VERSION").into(),
+            sha: env!("DEFROST_GIT_SHA").into(),
+        }
+    }
 }
 
 /// The contract between the gateway and whatever runs functions.
@@ -247,6 +310,12 @@ pub trait Provider: Send + Sync + 'static {
 
     /// Stops everything the provider started; called once when the gateway shuts down.
     fn shutdown(&self) {}
+
+    /// What the provider is, shown by `/system/info` beside the gateway's own version. The
+    /// default names defrost and an orchestration of `custom`: an embedder's provider.
+    fn info(&self) -> Result<ProviderInfo, ProviderError> {
+        Ok(ProviderInfo::built_in("custom"))
+    }
 
     /// Freezes the function's idle ready replicas without stopping them (they keep their warm
     /// state, use no CPU, and take no requests); returns how many. Called when a function has

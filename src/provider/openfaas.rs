@@ -13,7 +13,9 @@ use std::time::Duration;
 use parking_lot::Mutex;
 
 use super::wire;
-use super::{scale_bounds, Endpoint, FunctionStatus, FunctionSummary, Provider, ProviderError};
+use super::{
+    scale_bounds, Endpoint, FunctionStatus, FunctionSummary, Provider, ProviderError, ProviderInfo,
+};
 use crate::auth::Credentials;
 use crate::client::{self, Timeouts};
 use crate::function::FunctionRef;
@@ -83,11 +85,10 @@ impl OpenFaasProvider {
         let endpoint = endpoints
             .entry(function.key().to_owned())
             .or_insert_with(|| {
-                Arc::new(Endpoint::new(format!(
-                    "{}/function/{}",
-                    self.base,
-                    function.key()
-                )))
+                Arc::new(Endpoint::with_unqualified(
+                    format!("{}/function/{}", self.base, function.key()),
+                    format!("{}/function/{}", self.base, function.name()),
+                ))
             });
         Arc::clone(endpoint)
     }
@@ -156,8 +157,13 @@ fn unavailable(url: &str, e: ureq::Error) -> ProviderError {
 }
 
 fn refused(what: &str, status: u16, body: &[u8]) -> ProviderError {
+    ProviderError::Failed(answered(what, status, body))
+}
+
+/// What the provider said, cut to 200 characters.
+fn answered(what: &str, status: u16, body: &[u8]) -> String {
     let snippet: String = String::from_utf8_lossy(body).chars().take(200).collect();
-    ProviderError::Failed(format!("{what} answered {status}: {}", snippet.trim()))
+    format!("{what} answered {status}: {}", snippet.trim())
 }
 
 impl Provider for OpenFaasProvider {
@@ -204,6 +210,7 @@ impl Provider for OpenFaasProvider {
         match status {
             200 | 202 => Ok(()),
             404 => Err(ProviderError::NotFound),
+            400..=499 => Err(ProviderError::Refused(answered(&path, status, &answer))),
             s => Err(refused(&path, s, &answer)),
         }
     }
@@ -234,6 +241,7 @@ impl Provider for OpenFaasProvider {
                     function,
                     image: w.image,
                     status,
+                    created_at: None,
                 })
             })
             .collect())
@@ -241,6 +249,18 @@ impl Provider for OpenFaasProvider {
 
     fn namespaces(&self) -> Result<Vec<String>, ProviderError> {
         self.get_json("/system/namespaces")
+    }
+
+    /// The provider's `/system/info`, whether it answers as a provider or, like another
+    /// defrost, as a gateway.
+    fn info(&self) -> Result<ProviderInfo, ProviderError> {
+        let path = "/system/info";
+        let (status, body) = self.call("GET", path, None)?;
+        match status {
+            200 => wire::read_info(&body)
+                .map_err(|e| ProviderError::Unavailable(format!("{path}: unreadable answer: {e}"))),
+            s => Err(refused(path, s, &body)),
+        }
     }
 }
 
@@ -389,6 +409,15 @@ mod tests {
         assert_eq!(
             status.endpoints[0].base_url(),
             format!("{url}/function/echo.team")
+        );
+        assert_eq!(
+            status.endpoints[0].url_for(true),
+            format!("{url}/function/echo.team")
+        );
+        assert_eq!(
+            status.endpoints[0].url_for(false),
+            format!("{url}/function/echo"),
+            "a call naming no namespace is forwarded as it was sent"
         );
     }
 

@@ -67,6 +67,9 @@ pub struct Target<'a> {
     pub query: Option<&'a str>,
     /// Path parameters of the trigger that matched, sent as `X-Defrost-Param-{name}`.
     pub params: &'a [(&'a str, String)],
+    /// Whether the caller named the namespace (`/function/echo.team`), so that a provider's
+    /// function route is called the way the client called the gateway.
+    pub namespace_named: bool,
 }
 
 impl Proxy {
@@ -113,7 +116,11 @@ impl Proxy {
                 continue;
             };
             let endpoint = in_flight.endpoint();
-            let url = upstream_url(endpoint.base_url(), target.rest, target.query);
+            let url = upstream_url(
+                endpoint.url_for(target.namespace_named),
+                target.rest,
+                target.query,
+            );
             let sent = self.send(&url, &outgoing, declared, &mut body);
             match sent.and_then(refuse_misframed) {
                 Ok(response) => {

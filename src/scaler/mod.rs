@@ -3,7 +3,9 @@
 //! The OpenFaaS gateway's FunctionScaler, with its gaps closed:
 //! - a fresh cache entry with ready replicas answers without asking the provider;
 //! - otherwise one status query per function is in flight at a time ([`SingleFlight`]), and
-//!   one scale call, retried, so a burst of cold requests costs the provider two calls;
+//!   one scale call, retried, which asks the status once more before it scales (a waiter's status
+//!   may be older than another waiter's scale call), so a burst of cold requests costs the
+//!   provider three calls;
 //! - waiting requests block their thread in [`Provider::wait_for_change`], which a provider that
 //!   knows readiness ends at once, so every waiter is released together;
 //! - running out of time is a 504, never a silent forward; waiters are bounded per function
@@ -149,16 +151,44 @@ impl Scaler {
     /// Sets the desired replicas through the same single-flight as scale from zero, so that a
     /// manual scale and a cold start never race each other.
     pub fn scale(&self, function: &FunctionRef, replicas: u64) -> Result<(), ProviderError> {
+        self.scale_with(function, replicas, || {
+            self.provider.set_replicas(function, replicas)
+        })
+    }
+
+    /// Runs `call`, a scale to `replicas`, in the function's scale single-flight. A scale above
+    /// zero that succeeded restarts the function's idle clock: whoever asked for replicas wants
+    /// them, and scale to zero must not undo it before their first request arrives.
+    fn scale_with(
+        &self,
+        function: &FunctionRef,
+        replicas: u64,
+        call: impl FnOnce() -> Result<(), ProviderError>,
+    ) -> Result<(), ProviderError> {
         let result = self
             .scales
-            .run(&function.key().to_owned(), || {
-                self.provider.set_replicas(function, replicas)
-            })
+            .run(&function.key().to_owned(), call)
             .unwrap_or_else(|abandoned| Err(ProviderError::Failed(abandoned.to_string())));
+        if result.is_ok() && replicas > 0 {
+            self.table.record(function).activity.touch();
+        }
         if let Some(record) = self.table.get(function) {
             record.status.clear();
         }
         result
+    }
+
+    /// A cold start's scale call. The status that sent the caller here may be stale: another
+    /// waiter's scale call can have ended between that query and this call, and a second call
+    /// would then be made for the same cold start. So the status is asked again inside the
+    /// single-flight, as the OpenFaaS scaler does, and the call made only if it is still zero.
+    fn start_from_zero(&self, function: &FunctionRef, replicas: u64) -> Result<(), ProviderError> {
+        self.scale_with(function, replicas, || {
+            if self.provider.status(function)?.replicas > 0 {
+                return Ok(());
+            }
+            self.provider.set_replicas(function, replicas)
+        })
     }
 
     /// Stops every replica of a function idle for at least `idle`, unless a request comes in
@@ -337,12 +367,15 @@ impl Scaler {
         loop {
             *attempts += 1;
             record.cold_start.lock().get_or_insert_with(Instant::now);
-            match self.scale(function, target) {
+            match self.start_from_zero(function, target) {
                 Ok(()) => return Ok(()),
                 Err(ProviderError::NotFound) => {
                     return Err(Error::FunctionNotFound(function.clone()))
                 }
-                Err(last) if *attempts >= self.config.scale_retries.max(1) => {
+                Err(last)
+                    if *attempts >= self.config.scale_retries.max(1)
+                        || matches!(last, ProviderError::Refused(_)) =>
+                {
                     record.cold_start.lock().take();
                     log::error!("{function}: scale to {target} failed {attempts} times: {last}");
                     return Err(Error::ScaleFailed {
@@ -501,6 +534,9 @@ mod tests {
         fn set_replicas(&self, _: &FunctionRef, replicas: u64) -> Result<(), ProviderError> {
             self.scale_calls.fetch_add(1, Ordering::SeqCst);
             thread::sleep(Duration::from_millis(20));
+            if self.fail_scales.load(Ordering::SeqCst) == u64::MAX {
+                return Err(ProviderError::Refused("not allowed".into()));
+            }
             if self.fail_scales.load(Ordering::SeqCst) > 0 {
                 self.fail_scales.fetch_sub(1, Ordering::SeqCst);
                 return Err(ProviderError::Failed("no capacity".into()));
@@ -566,9 +602,10 @@ mod tests {
         }
         assert_eq!(provider.scale_calls.load(Ordering::SeqCst), 1);
         assert_eq!(provider.state.lock().desired, 2, "scaled to min replicas");
-        assert_eq!(
-            provider.most_querying.load(Ordering::SeqCst),
-            1,
+        // Polls never overlap one another; the one look a cold start's scale call takes first
+        // may overlap a poll.
+        assert!(
+            provider.most_querying.load(Ordering::SeqCst) <= 2,
             "status queries overlapped"
         );
         assert!(
@@ -576,6 +613,41 @@ mod tests {
             "status queries not coalesced"
         );
         assert_eq!(scaler.waiting.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn a_stale_zero_makes_no_second_scale_call() {
+        let provider = Memory::new(Duration::from_millis(50));
+        let scaler = scaler_for(provider.clone(), config());
+        provider.set_replicas(&known(), 2).unwrap();
+        let record = scaler.table().record(&known());
+        // What a waiter holds whose query ran before another waiter's scale call ended.
+        let stale = Arc::new(FunctionStatus::default());
+        let ready = scaler.wait_until_ready(&record, stale).unwrap();
+        assert_eq!(ready.available_replicas, 1);
+        assert_eq!(
+            provider.scale_calls.load(Ordering::SeqCst),
+            1,
+            "a second scale call for one cold start"
+        );
+    }
+
+    #[test]
+    fn a_scale_up_restarts_the_idle_clock_and_a_scale_to_zero_does_not() {
+        let provider = Memory::new(Duration::ZERO);
+        let scaler = scaler_for(provider, config());
+        let idle = Duration::from_millis(300);
+        let record = scaler.table().record(&known());
+        thread::sleep(idle);
+        scaler.scale(&known(), 1).unwrap();
+        assert!(
+            !scaler.scale_to_zero(&record, idle).unwrap(),
+            "scaled to zero right after a scale-up"
+        );
+        thread::sleep(idle);
+        scaler.scale(&known(), 0).unwrap();
+        thread::sleep(Duration::from_millis(10));
+        assert!(record.activity.idle_for().is_some_and(|d| d >= idle));
     }
 
     #[test]
@@ -631,6 +703,17 @@ mod tests {
         let err = ready(&scaler, &known()).unwrap_err();
         assert_eq!(err.status(), 502, "{err}");
         assert_eq!(provider.scale_calls.load(Ordering::SeqCst), 4);
+    }
+
+    #[test]
+    fn a_refused_scale_call_is_a_502_at_once_not_retried() {
+        let provider = Memory::new(Duration::ZERO);
+        provider.fail_scales.store(u64::MAX, Ordering::SeqCst);
+        let scaler = scaler_for(provider.clone(), config());
+        let err = ready(&scaler, &known()).unwrap_err();
+        assert_eq!(err.status(), 502, "{err}");
+        assert!(err.to_string().contains("not allowed"), "{err}");
+        assert_eq!(provider.scale_calls.load(Ordering::SeqCst), 1);
     }
 
     #[test]

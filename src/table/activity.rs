@@ -68,6 +68,15 @@ impl Activity {
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 
+    /// Restarts the idle clock without a request: a scale above zero, from the API or a cold
+    /// start, says the function is wanted now. An OpenFaaS gateway in front scales a function
+    /// up and then polls for it before it forwards the request; judged by the last request
+    /// alone, the function would be stopped again before that request arrives.
+    pub(crate) fn touch(&self) {
+        self.last_active_ms
+            .store(self.millis_now(), Ordering::SeqCst);
+    }
+
     /// How long the function has had no request in flight; `None` while it has one.
     pub(crate) fn idle_for(&self) -> Option<Duration> {
         if self.in_flight() > 0 {
@@ -114,6 +123,16 @@ mod tests {
         activity.end();
         assert!(activity.idle_for().is_some());
         assert!(activity.while_idle(Duration::ZERO, || {}));
+    }
+
+    #[test]
+    fn a_touch_restarts_the_idle_clock() {
+        let activity = Activity::new();
+        let idle = Duration::from_millis(300);
+        thread::sleep(idle);
+        assert!(activity.idle_for().is_some_and(|d| d >= idle));
+        activity.touch();
+        assert!(!activity.while_idle(idle, || panic!("stopped right after a scale-up")));
     }
 
     #[test]

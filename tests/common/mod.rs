@@ -521,3 +521,84 @@ impl RawConn {
         }
     }
 }
+
+/// The fake faas-provider (`tests/functions/fake_provider.py`): a real HTTP server on
+/// loopback, in a process of its own, without namespaces like faas-memory. Stopped on drop.
+pub struct FakeProvider {
+    pub child: Child,
+    pub port: u16,
+    pub dir: TempDir,
+}
+
+impl FakeProvider {
+    /// Starts it with `env` (see the script for what each variable does).
+    pub fn start(env: &[(&str, &str)]) -> FakeProvider {
+        let dir = TempDir::new("fake-provider");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/functions/fake_provider.py");
+        let mut cmd = Command::new("python3");
+        cmd.arg(script)
+            .env("SCALE_LOG", dir.path().join("scales"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("python3 runs");
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        let port = line
+            .trim()
+            .strip_prefix("listening on ")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("fake provider did not start: {line:?}"));
+        FakeProvider { child, port, dir }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The replicas of every scale call it has received, in order.
+    pub fn scales(&self) -> Vec<u64> {
+        std::fs::read_to_string(self.dir.path().join("scales"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    }
+}
+
+impl Drop for FakeProvider {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `condition` every 20 ms for up to `limit`; true once it holds.
+pub fn eventually(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// POSTs `body` as JSON and reads the reply.
+pub fn post_json(url: &str, body: &str) -> Reply {
+    read_reply(
+        agent()
+            .post(url)
+            .header("Content-Type", "application/json")
+            .send(body)
+            .unwrap_or_else(|e| panic!("POST {url}: {e}")),
+    )
+}

@@ -16,7 +16,9 @@ use std::time::Duration;
 
 use crate::deadline::after as deadline_after;
 use crate::function::FunctionRef;
-use crate::provider::{FunctionStatus, FunctionSummary, Parked, Provider, ProviderError};
+use crate::provider::{
+    FunctionStatus, FunctionSummary, Parked, Provider, ProviderError, ProviderInfo,
+};
 
 mod listening;
 mod logbook;
@@ -339,6 +341,7 @@ impl Provider for ProcessProvider {
                     .cloned()
                     .unwrap_or_else(|| slot.spec.command.join(" ")),
                 status: slot.status(),
+                created_at: Some(slot.created_at),
             })
             .collect())
     }
@@ -368,6 +371,10 @@ impl Provider for ProcessProvider {
         let slots = self.slots.read();
         let set: BTreeSet<&str> = slots.keys().map(FunctionRef::namespace).collect();
         Ok(set.into_iter().map(str::to_owned).collect())
+    }
+
+    fn info(&self) -> Result<ProviderInfo, ProviderError> {
+        Ok(ProviderInfo::built_in("process"))
     }
 
     /// SIGTERM to every replica at once, SIGKILL to those still there after the grace period.

@@ -34,6 +34,8 @@ pub(super) struct Slot {
     pub(super) counters: Counters,
     /// Where its replicas' output is kept for `/system/logs`.
     pub(super) output: Arc<Ring>,
+    /// When this entry was taken on: at start, or by the reload that added or changed it.
+    pub(super) created_at: std::time::SystemTime,
 }
 
 /// Relaxed atomics: statistics for tests and metrics, never used to decide. Each is updated
@@ -271,6 +273,7 @@ impl Slot {
             state: Mutex::new(State::default()),
             changed: Condvar::new(),
             counters: Counters::default(),
+            created_at: std::time::SystemTime::now(),
         }
     }
 
