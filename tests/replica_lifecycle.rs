@@ -63,7 +63,8 @@ fn statuses(replies: &[Reply]) -> Vec<u16> {
 type Outcome = (u16, Option<u64>, String);
 
 #[test]
-fn killing_one_of_two_replicas_under_load_fails_at_most_its_requests_in_flight() {
+fn killing_one_of_two_replicas_under_load_fails_at_most_its_requests_in_flight_and_it_is_replaced()
+{
     const CLIENTS: usize = 4;
     let function = echo_function(
         "echo",
@@ -140,13 +141,25 @@ fn killing_one_of_two_replicas_under_load_fails_at_most_its_requests_in_flight()
         "{} failed; at most the {CLIENTS} in flight on the killed replica may: {failed:?}",
         failed.len()
     );
+    // Under min_replicas, the killed replica is replaced unasked: what comes after the kill is
+    // answered by the survivor or by that replacement, never by the dead one.
+    let replacements: Vec<u64> = pids_started(&gw)
+        .into_iter()
+        .filter(|p| !pids.contains(p))
+        .map(u64::from)
+        .collect();
+    assert!(replacements.len() <= 1, "{replacements:?}");
     let after = &seen[killed_at + CLIENTS..];
     assert!(
-        after
-            .iter()
-            .all(|(s, p, _)| *s == 200 && *p == Some(u64::from(survivor))),
-        "requests sent after the kill went to the survivor"
+        after.iter().all(|(s, p, _)| *s == 200
+            && (*p == Some(u64::from(survivor)) || p.is_some_and(|p| replacements.contains(&p)))),
+        "requests sent after the kill went to the survivor or its replacement"
     );
+    assert!(
+        eventually(Duration::from_secs(20), || replicas(&gw, "echo") == (2, 2)),
+        "the killed replica was replaced: two ready again"
+    );
+    assert_eq!(pids_started(&gw).len(), 3);
 }
 
 #[test]
