@@ -5,6 +5,9 @@ concurrent requests on a cold function.
   benches/cold.py [--starts 50] [--ready-ms 100] [--burst 1000]
                   [--python-start 0.05,0.3,1,3] [--python-starts 7]
 
+Parking: a plain Python function parked after 300 ms idle is called again; its response time
+beside that of an identical function that was idle as long but not parked.
+
 Python functions: a plain http.server function starting in --python-start seconds each (TCP and
 HTTP readiness) writes the moment it began listening; what defrost added is the response's
 arrival minus that moment, which includes forwarding the call itself.
@@ -129,6 +132,52 @@ def python_cold_starts(starts_s, count):
     return results
 
 
+def parked_value(port, name):
+    status, body = get_raw_body(port, "/metrics")
+    needle = f'defrost_function_replicas_parked{{function_name="{name}.default"}} '
+    for line in body.splitlines():
+        if line.startswith(needle):
+            return float(line[len(needle):])
+    return 0.0
+
+
+def get_raw_body(port, path):
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.request("GET", path)
+    response = conn.getresponse()
+    body = response.read().decode()
+    conn.close()
+    return response.status, body
+
+
+def parked_calls(count):
+    """(ms of calls that thawed a parked replica, ms of calls after as long an idle unparked)."""
+    work = pathlib.Path(tempfile.mkdtemp(prefix="defrost-park-"))
+    functions = 'autoscale_interval = "100ms"\n\n'
+    functions += python_function("parked", 0, work / "parked") + 'park_after = "300ms"\n\n'
+    functions += python_function("awake", 0, work / "awake")
+    gateway = Defrost(functions)
+    thawed, idle = [], []
+    for _ in range(count):
+        for name in ("parked", "awake"):
+            if get_raw(gateway.port, f"/function/{name}")[0] != 200:
+                sys.exit(f"{name} did not answer")
+        deadline = time.monotonic() + 10
+        while parked_value(gateway.port, "parked") != 1.0:
+            if time.monotonic() > deadline:
+                sys.exit("the function was never parked")
+            time.sleep(0.02)
+        for name, times in (("parked", thawed), ("awake", idle)):
+            status, seconds = get_raw(gateway.port, f"/function/{name}")
+            if status != 200:
+                sys.exit(f"{name} answered {status}")
+            times.append(seconds * 1000)
+    gateway.stop()
+    return thawed, idle
+
+
 def burst(gateway, count):
     results = [None] * count
     barrier = threading.Barrier(count)
@@ -158,6 +207,13 @@ def main():
     args = parser.parse_args()
     build()
     starts_s = [float(s) for s in args.python_start.split(",") if s]
+    thawed, idle = parked_calls(args.python_starts * 2)
+    print(f"a plain Python function parked after 300 ms idle, called {len(thawed)} times:")
+    print(
+        f"  parked (thawed by the call): p50 {percentile(thawed, 50):.2f} ms,"
+        f" p99 {percentile(thawed, 99):.2f} ms; the same idle, not parked:"
+        f" p50 {percentile(idle, 50):.2f} ms, p99 {percentile(idle, 99):.2f} ms"
+    )
     print(f"plain Python functions, {args.python_starts} cold starts each; added past listening:")
     for start, readiness, added in python_cold_starts(starts_s, args.python_starts):
         print(

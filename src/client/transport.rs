@@ -14,12 +14,13 @@
 //! a warm connection keeps its timeout from call to call. The price: a read may wait up to one
 //! grain past its deadline.
 //!
-//! Before reading each response the socket is put in quick-ACK mode. A function that writes
-//! its response head and body in two writes without `TCP_NODELAY` (Python's `http.server` does)
-//! holds the body back under Nagle's algorithm until the head is acknowledged; Linux delays
-//! that ACK on a keep-alive connection by up to 40 ms, and every warm call waited that long.
-//! Quick-ACK mode does not last (the kernel leaves it when it sees request-response traffic),
-//! so it is asked for again on every call: one `setsockopt` per call.
+//! A function that writes its response head and body in two writes without `TCP_NODELAY`
+//! (Python's `http.server` does) holds the body back under Nagle's algorithm until the head is
+//! acknowledged, and Linux delays that ACK on a keep-alive connection by up to 40 ms: every warm
+//! call waited that long. So when a response is not complete after its first read, the socket
+//! is put in quick-ACK mode before reading on, which sends the pending ACK at once and releases
+//! the body. A response that came whole (one write, or a function with `TCP_NODELAY`) costs no
+//! extra call; quick-ACK mode does not last, so it is asked for again each time it is needed.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -65,7 +66,7 @@ impl Connector for PeekingTcpConnector {
             read_timeout: None,
             write_timeout: None,
             used_since_probe: false,
-            ack_quickly: false,
+            reads_since_request: 0,
         };
         (details.register_shutdown)(Arc::downgrade(&transport.stream) as Weak<dyn ShutdownHandle>)?;
         Ok(Some(transport))
@@ -108,8 +109,9 @@ pub struct PeekingTcp {
     /// Whether the connection carried a call since it was last probed: then the next probe is
     /// the one as it goes back to the pool, which is left to the probe when it is taken out.
     used_since_probe: bool,
-    /// Whether a request went out since quick-ACK mode was last asked for.
-    ack_quickly: bool,
+    /// Reads since the last request went out, counted up to two: a second read means the
+    /// response did not come whole, and quick-ACK mode is asked for before it.
+    reads_since_request: u8,
 }
 
 impl std::fmt::Debug for PeekingTcp {
@@ -179,7 +181,7 @@ impl Transport for PeekingTcp {
 
     fn transmit_output(&mut self, amount: usize, timeout: NextTimeout) -> Result<(), Error> {
         self.used_since_probe = true;
-        self.ack_quickly = true;
+        self.reads_since_request = 0;
         let timeout = timeout.for_write();
         self.set_write_timeout(wanted(timeout)?)?;
         let output = &self.buffers.output()[..amount];
@@ -190,9 +192,10 @@ impl Transport for PeekingTcp {
 
     fn await_input(&mut self, timeout: NextTimeout) -> Result<bool, Error> {
         self.used_since_probe = true;
-        if std::mem::take(&mut self.ack_quickly) {
+        if self.reads_since_request == 1 {
             quick_ack(&self.stream);
         }
+        self.reads_since_request = self.reads_since_request.saturating_add(1).min(2);
         let timeout = timeout.for_read();
         self.set_read_timeout(wanted(timeout)?)?;
         let input = self.buffers.input_append_buf();
