@@ -176,7 +176,7 @@ fn check(
     watched: &mut Watched,
 ) {
     let function = record.function();
-    let status = match scaler.provider().status(function) {
+    let status = match scaler.status(record) {
         Ok(status) => status,
         Err(ProviderError::NotFound) => {
             scaler.table().forget_gone(function);

@@ -227,8 +227,20 @@ impl Scaler {
     /// One status query per function at a time; its answer refreshes the cache.
     fn query(&self, record: &FunctionRecord) -> Result<Arc<FunctionStatus>, Error> {
         let function = record.function();
-        let result = self
-            .queries
+        self.status(record).map_err(|e| match e {
+            ProviderError::NotFound => Error::FunctionNotFound(function.clone()),
+            e => Error::Provider(function.clone(), e),
+        })
+    }
+
+    /// The function's status, asked through the same single-flight as requests' (so the
+    /// autoscaler's looks share theirs, and count as theirs do), refreshing the cache.
+    pub(crate) fn status(
+        &self,
+        record: &FunctionRecord,
+    ) -> Result<Arc<FunctionStatus>, ProviderError> {
+        let function = record.function();
+        self.queries
             .run(&function.key().to_owned(), || {
                 let status = self.provider.status(function).map(Arc::new);
                 match &status {
@@ -238,11 +250,7 @@ impl Scaler {
                 }
                 status
             })
-            .unwrap_or_else(|abandoned| Err(ProviderError::Failed(abandoned.to_string())));
-        result.map_err(|e| match e {
-            ProviderError::NotFound => Error::FunctionNotFound(function.clone()),
-            e => Error::Provider(function.clone(), e),
-        })
+            .unwrap_or_else(|abandoned| Err(ProviderError::Failed(abandoned.to_string())))
     }
 
     /// The holding pattern: scale if nobody has, then poll until ready or out of time.
