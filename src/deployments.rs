@@ -183,13 +183,9 @@ impl Deployments {
 
     /// `POST /system/functions`: a new function.
     pub fn deploy(&self, body: &[u8]) -> Result<FunctionRef, DeployError> {
-        let deployment = parse(body)?;
-        let function = self.function_of(&deployment)?;
+        let (deployment, function) = self.read(body)?;
         let mut sets = self.sets.lock();
-        let name = function.function.clone();
-        if let Some(conflict) = conflict_with_config(&sets.config, &name) {
-            return Err(conflict);
-        }
+        let name = not_in_config(&sets, &function)?;
         if sets.deployed.contains_key(&name) {
             return Err(DeployError::Conflict(format!(
                 "function {name} is already deployed; update it with PUT"
@@ -204,13 +200,9 @@ impl Deployments {
 
     /// `PUT /system/functions`: replaces a deployed function; its old replicas drain.
     pub fn update(&self, body: &[u8]) -> Result<FunctionRef, DeployError> {
-        let deployment = parse(body)?;
-        let function = self.function_of(&deployment)?;
+        let (deployment, function) = self.read(body)?;
         let mut sets = self.sets.lock();
-        let name = function.function.clone();
-        if let Some(conflict) = conflict_with_config(&sets.config, &name) {
-            return Err(conflict);
-        }
+        let name = not_in_config(&sets, &function)?;
         if !sets.deployed.contains_key(&name) {
             return Err(DeployError::NotFound(name));
         }
@@ -300,6 +292,13 @@ impl Deployments {
         Ok(())
     }
 
+    /// A deployment body and the function it describes.
+    fn read(&self, body: &[u8]) -> Result<(Deployment, ProcessFunction), DeployError> {
+        let deployment = parse(body)?;
+        let function = self.function_of(&deployment)?;
+        Ok((deployment, function))
+    }
+
     /// The function a deployment describes, checked as a config entry would be.
     fn function_of(&self, d: &Deployment) -> Result<ProcessFunction, DeployError> {
         let namespace = self.namespaces.resolve(d.namespace.as_deref());
@@ -354,6 +353,15 @@ fn parse(body: &[u8]) -> Result<Deployment, DeployError> {
             "expected a function deployment (service, envProcess, envVars, ...): {e}"
         ))
     })
+}
+
+/// The function's name, unless a config-file function has it (the API may not change those).
+fn not_in_config(sets: &Sets, function: &ProcessFunction) -> Result<FunctionRef, DeployError> {
+    let name = function.function.clone();
+    match conflict_with_config(&sets.config, &name) {
+        Some(conflict) => Err(conflict),
+        None => Ok(name),
+    }
 }
 
 fn conflict_with_config(config: &[ProcessFunction], name: &FunctionRef) -> Option<DeployError> {

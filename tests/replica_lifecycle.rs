@@ -5,7 +5,7 @@ mod common;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use defrost::{Endpoint, FunctionRef, FunctionStatus, FunctionSummary, Provider, ProviderError};
@@ -15,20 +15,6 @@ fn replicas(gw: &Defrost, name: &str) -> (u64, u64) {
     let status = get(&gw.url(&format!("/system/function/{name}"))).json();
     let count = |field: &str| status[field].as_u64().unwrap_or(0);
     (count("replicas"), count("availableReplicas"))
-}
-
-/// Polls `condition` until it holds or `limit` has passed; returns whether it held.
-fn eventually(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    loop {
-        if condition() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// The status of a GET, or `None` if no answer came (the gateway is gone).
