@@ -49,15 +49,7 @@ fn a_provider_without_namespaces_is_called_with_the_path_the_client_sent() {
 fn listings_from_the_provider_carry_the_calls_the_gateway_answered() {
     let provider = FakeProvider::start(&[("REPLICAS", "1")]);
     let gw = env_gateway(&provider);
-    for _ in 0..3 {
-        assert_eq!(get(&gw.url("/function/echo")).status, 200);
-    }
-    let mut listed = serde_json::Value::Null;
-    let counted = eventually(Duration::from_secs(5), || {
-        listed = get(&gw.url("/system/functions")).json();
-        listed[0]["invocationCount"] == 3.0
-    });
-    assert!(counted, "{listed}");
+    let listed = listing_after_calls(&gw, "echo", 3);
     assert_eq!(
         listed[0]["image"], "fake/echo:latest",
         "the rest as the provider said"

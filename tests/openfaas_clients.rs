@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::*;
 
 fn gateway() -> Defrost {
@@ -60,15 +58,7 @@ fn openfaas_fn_names_the_default_namespace() {
 #[test]
 fn listings_count_invocations_and_say_when_functions_were_created() {
     let gw = gateway();
-    for _ in 0..3 {
-        assert_eq!(get(&gw.url("/function/echo")).status, 200);
-    }
-    let mut listed = serde_json::Value::Null;
-    let counted = eventually(Duration::from_secs(5), || {
-        listed = get(&gw.url("/system/functions")).json();
-        listed[0]["invocationCount"] == 3.0
-    });
-    assert!(counted, "{listed}");
+    let listed = listing_after_calls(&gw, "echo", 3);
     let created = listed[0]["createdAt"].as_str().unwrap_or("");
     assert!(
         created.len() == 24 && created.starts_with("20") && created.ends_with('Z'),

@@ -196,26 +196,9 @@ fn refusals_are_honest() {
     let garbage = send(&gw, "POST", "/system/functions", "{not json");
     assert_eq!(garbage.status, 400);
     assert!(garbage.body.contains("service"), "{}", garbage.body);
-    assert_eq!(
-        send(
-            &gw,
-            "POST",
-            "/system/functions",
-            &deployment("twice", &starts)
-        )
-        .status,
-        202
-    );
-    assert_eq!(
-        send(
-            &gw,
-            "POST",
-            "/system/functions",
-            &deployment("twice", &starts)
-        )
-        .status,
-        409
-    );
+    let twice = deployment("twice", &starts);
+    assert_eq!(send(&gw, "POST", "/system/functions", &twice).status, 202);
+    assert_eq!(send(&gw, "POST", "/system/functions", &twice).status, 409);
     assert_eq!(listed(&gw), ["fixed", "twice"]);
 }
 

@@ -578,6 +578,21 @@ impl Drop for FakeProvider {
     }
 }
 
+/// Calls `/function/{name}` `calls` times, each answered 200, then waits (up to 5 s) for
+/// `/system/functions` to list that many invocations for its first function; that listing.
+pub fn listing_after_calls(gw: &Defrost, name: &str, calls: u64) -> serde_json::Value {
+    for _ in 0..calls {
+        assert_eq!(get(&gw.url(&format!("/function/{name}"))).status, 200);
+    }
+    let mut listed = serde_json::Value::Null;
+    let counted = eventually(Duration::from_secs(5), || {
+        listed = get(&gw.url("/system/functions")).json();
+        listed[0]["invocationCount"] == calls as f64
+    });
+    assert!(counted, "{listed}");
+    listed
+}
+
 /// Polls `condition` every 20 ms for up to `limit`; true once it holds.
 pub fn eventually(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + limit;
