@@ -1,16 +1,16 @@
-//! Whether anything listens on a loopback port, asked of the kernel without connecting.
+//! Which loopback ports have a listener, asked of the kernel without connecting.
 //!
-//! A starting replica is probed often (see `readiness`), for as long as it takes to start.
+//! Starting replicas are looked at often (see `watch`), for as long as they take to start.
 //! Connecting to find out costs a socket, a handshake or a reset, and, once the replica
-//! listens, a connection it must accept and drop. Linux answers the question itself: one
-//! `sock_diag` netlink request looks the port up the way an incoming packet would be (so a
-//! listener on `0.0.0.0` or a dual-stack `::` counts, as it would for a connection) and
-//! answers with the socket or `ENOENT`, in a few microseconds and without touching the
+//! listens, a connection it must accept and drop. Linux answers the question itself: a
+//! `sock_diag` netlink dump lists the listening TCP sockets (the kernel walks its listening
+//! table only, however many connections are open), in microseconds and without touching any
 //! replica. Where netlink is not to be had (another OS, a sandbox that refuses it, a kernel
 //! without `inet_diag`), [`Query::open`] says so and the caller connects instead.
 
+use std::collections::HashSet;
 use std::io;
-use std::net::{Ipv4Addr, TcpListener};
+use std::net::{Ipv4Addr, Ipv6Addr, TcpListener};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::OnceLock;
 
@@ -18,6 +18,8 @@ use std::sync::OnceLock;
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
 /// `NLMSG_ERROR` (linux/netlink.h).
 const NLMSG_ERROR: u16 = 2;
+/// `NLMSG_DONE` (linux/netlink.h): the end of a dump.
+const NLMSG_DONE: u16 = 3;
 /// `TCP_LISTEN` (include/net/tcp_states.h).
 const TCP_LISTEN: u8 = 10;
 /// A netlink header (16 bytes) and an `inet_diag_req_v2` (56).
@@ -75,9 +77,19 @@ impl Query {
         Ok(Query { fd })
     }
 
-    /// Whether a TCP socket listens on 127.0.0.1:`port`.
-    pub(super) fn listens(&self, port: u16) -> io::Result<bool> {
-        let request = request(port);
+    /// Adds to `ports` every port on which a TCP socket listens that a connection to
+    /// 127.0.0.1 would reach: bound to 127.0.0.1 or 0.0.0.0, or a dual-stack `::`. One dump
+    /// per address family, however many ports the caller is waiting for: the kernel walks its
+    /// listening sockets only, not the established ones.
+    pub(super) fn listening_ports(&self, ports: &mut HashSet<u16>) -> io::Result<()> {
+        for family in [libc::AF_INET, libc::AF_INET6] {
+            self.send(&dump_request(family))?;
+            self.read_dump(ports)?;
+        }
+        Ok(())
+    }
+
+    fn send(&self, request: &[u8]) -> io::Result<()> {
         // SAFETY: the buffer is valid for its length; netlink datagrams go to the kernel
         // without an address.
         let sent = unsafe {
@@ -91,19 +103,44 @@ impl Query {
         if sent < 0 {
             return Err(io::Error::last_os_error());
         }
-        let mut answer = [0u8; 512];
+        Ok(())
+    }
+
+    /// Reads a dump's datagrams up to `NLMSG_DONE`, each holding one message per socket.
+    fn read_dump(&self, ports: &mut HashSet<u16>) -> io::Result<()> {
+        let mut buffer = [0u8; 16 * 1024];
+        loop {
+            let n = self.receive(&mut buffer)?;
+            let mut rest = &buffer[..n];
+            while let Some((kind, message, after)) = next_message(rest)? {
+                match kind {
+                    NLMSG_DONE => return Ok(()),
+                    NLMSG_ERROR => return Err(error_of(message)),
+                    SOCK_DIAG_BY_FAMILY => {
+                        if let Some(port) = reachable_listener(message) {
+                            ports.insert(port);
+                        }
+                    }
+                    _ => {}
+                }
+                rest = after;
+            }
+        }
+    }
+
+    fn receive(&self, buffer: &mut [u8]) -> io::Result<usize> {
         loop {
             // SAFETY: the buffer is valid and writable for its length.
             let n = unsafe {
                 libc::recv(
                     self.fd.as_raw_fd(),
-                    answer.as_mut_ptr().cast(),
-                    answer.len(),
+                    buffer.as_mut_ptr().cast(),
+                    buffer.len(),
                     0,
                 )
             };
             if n >= 0 {
-                return parse(&answer[..n.unsigned_abs()]);
+                return Ok(n.unsigned_abs());
             }
             let e = io::Error::last_os_error();
             if e.kind() != io::ErrorKind::Interrupted {
@@ -113,43 +150,65 @@ impl Query {
     }
 }
 
-/// One lookup of the IPv4 TCP socket 127.0.0.1:`port` seen from 0.0.0.0:0, which matches a
-/// listener only.
-fn request(port: u16) -> [u8; REQUEST_LEN] {
+/// A dump of one family's listening TCP sockets.
+fn dump_request(family: libc::c_int) -> [u8; REQUEST_LEN] {
     let mut m = [0u8; REQUEST_LEN];
     m[0..4].copy_from_slice(&(REQUEST_LEN as u32).to_ne_bytes());
     m[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-    m[6..8].copy_from_slice(&(libc::NLM_F_REQUEST as u16).to_ne_bytes());
-    // inet_diag_req_v2: family, protocol, extensions, pad, states.
-    m[16] = libc::AF_INET as u8;
+    let flags = (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16;
+    m[6..8].copy_from_slice(&flags.to_ne_bytes());
+    m[16] = family as u8;
     m[17] = libc::IPPROTO_TCP as u8;
     m[20..24].copy_from_slice(&(1u32 << TCP_LISTEN).to_ne_bytes());
-    // inet_diag_sockid: source port and address (network order); the rest zero but the
-    // cookie, which must say "none" for a lookup by address.
-    m[24..26].copy_from_slice(&port.to_be_bytes());
-    m[28..32].copy_from_slice(&Ipv4Addr::LOCALHOST.octets());
-    m[64..72].copy_from_slice(&[0xff; 8]);
     m
 }
 
-/// The answer: a socket found (listening), `ENOENT` (nothing there), or another error.
-fn parse(answer: &[u8]) -> io::Result<bool> {
-    let bad = || io::Error::new(io::ErrorKind::InvalidData, "short sock_diag answer");
-    let kind = answer.get(4..6).ok_or_else(bad)?;
-    match u16::from_ne_bytes([kind[0], kind[1]]) {
-        SOCK_DIAG_BY_FAMILY => Ok(*answer.get(17).ok_or_else(bad)? == TCP_LISTEN),
-        NLMSG_ERROR => {
-            let code = answer.get(16..20).ok_or_else(bad)?;
-            match -i32::from_ne_bytes([code[0], code[1], code[2], code[3]]) {
-                libc::ENOENT => Ok(false),
-                errno => Err(io::Error::from_raw_os_error(errno)),
-            }
-        }
-        other => Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("unexpected sock_diag answer of type {other}"),
-        )),
+/// A netlink message's type, its payload and what follows it in the datagram.
+type Message<'a> = (u16, &'a [u8], &'a [u8]);
+
+/// The first netlink message of `datagram`.
+fn next_message(datagram: &[u8]) -> io::Result<Option<Message<'_>>> {
+    if datagram.is_empty() {
+        return Ok(None);
     }
+    let bad = || io::Error::new(io::ErrorKind::InvalidData, "truncated netlink message");
+    let header = datagram.get(..16).ok_or_else(bad)?;
+    let len = u32::from_ne_bytes([header[0], header[1], header[2], header[3]]) as usize;
+    let kind = u16::from_ne_bytes([header[4], header[5]]);
+    let message = datagram.get(16..len).ok_or_else(bad)?;
+    // Messages are aligned to four bytes; the last one may end the datagram unpadded.
+    let next = len.next_multiple_of(4).min(datagram.len());
+    Ok(Some((kind, message, &datagram[next..])))
+}
+
+fn error_of(message: &[u8]) -> io::Error {
+    match message.get(..4) {
+        Some(code) => {
+            io::Error::from_raw_os_error(-i32::from_ne_bytes([code[0], code[1], code[2], code[3]]))
+        }
+        None => io::Error::new(io::ErrorKind::InvalidData, "short netlink error"),
+    }
+}
+
+/// The port of a listener in an `inet_diag_msg` if a connection to 127.0.0.1 reaches it.
+fn reachable_listener(message: &[u8]) -> Option<u16> {
+    // family, state, timer, retrans, then the sockid: source port (network order), destination
+    // port, source address (16 bytes, IPv4 in the first four).
+    let head = message.get(..24 + 16)?;
+    if head[1] != TCP_LISTEN {
+        return None;
+    }
+    let port = u16::from_be_bytes([head[4], head[5]]);
+    let address = &head[8..24];
+    let reachable = match i32::from(head[0]) {
+        libc::AF_INET => address[..4] == [127, 0, 0, 1] || address[..4] == [0; 4],
+        libc::AF_INET6 => {
+            let ip = Ipv6Addr::from(<[u8; 16]>::try_from(address).ok()?);
+            ip.is_unspecified() || ip.to_ipv4_mapped() == Some(Ipv4Addr::LOCALHOST)
+        }
+        _ => false,
+    };
+    reachable.then_some(port)
 }
 
 /// True when the kernel finds a listener of ours and, once it is closed, finds nothing.
@@ -158,9 +217,12 @@ fn self_check() -> bool {
         let query = Query::open_unchecked()?;
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
         let port = listener.local_addr()?.port();
-        let seen = query.listens(port)?;
+        let mut before = HashSet::new();
+        query.listening_ports(&mut before)?;
         drop(listener);
-        Ok(seen && !query.listens(port)?)
+        let mut after = HashSet::new();
+        query.listening_ports(&mut after)?;
+        Ok(before.contains(&port) && !after.contains(&port))
     })();
     match checked {
         Ok(true) => true,
@@ -181,39 +243,58 @@ mod tests {
     use std::net::TcpStream;
 
     #[test]
-    fn a_listener_is_seen_and_a_closed_one_is_not() {
+    fn a_closed_listener_is_no_longer_listed() {
         let query = Query::open().expect("sock_diag works on the Linux this runs on");
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
-        assert!(query.listens(port).unwrap());
+        let mut ports = HashSet::new();
+        query.listening_ports(&mut ports).unwrap();
+        assert!(ports.contains(&port));
         drop(listener);
-        assert!(!query.listens(port).unwrap());
+        ports.clear();
+        query.listening_ports(&mut ports).unwrap();
+        assert!(!ports.contains(&port));
     }
 
     #[test]
-    fn a_wildcard_listener_counts_and_a_connected_client_does_not() {
+    fn a_dump_finds_loopback_wildcard_and_dual_stack_listeners_but_not_others() {
         let query = Query::open().expect("sock_diag works on the Linux this runs on");
+        let loopback = TcpListener::bind("127.0.0.1:0").unwrap();
         let wildcard = TcpListener::bind("0.0.0.0:0").unwrap();
-        assert!(query
-            .listens(wildcard.local_addr().unwrap().port())
-            .unwrap());
-        let client =
-            TcpStream::connect(("127.0.0.1", wildcard.local_addr().unwrap().port())).unwrap();
-        let client_port = client.local_addr().unwrap().port();
-        assert!(
-            !query.listens(client_port).unwrap(),
-            "a client socket is no listener"
-        );
+        let dual = TcpListener::bind("[::]:0").unwrap();
+        let unreachable = TcpListener::bind("127.0.0.2:0").unwrap();
+        let client = TcpStream::connect(loopback.local_addr().unwrap()).unwrap();
+        let mut ports = HashSet::new();
+        query.listening_ports(&mut ports).unwrap();
+        for listener in [&loopback, &wildcard, &dual] {
+            assert!(ports.contains(&listener.local_addr().unwrap().port()));
+        }
+        assert!(!ports.contains(&unreachable.local_addr().unwrap().port()));
+        assert!(!ports.contains(&client.local_addr().unwrap().port()));
+    }
+
+    #[test]
+    fn a_dump_of_many_listeners_spans_datagrams() {
+        let query = Query::open().expect("sock_diag works on the Linux this runs on");
+        let listeners: Vec<_> = (0..400)
+            .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let mut ports = HashSet::new();
+        query.listening_ports(&mut ports).unwrap();
+        for listener in &listeners {
+            assert!(ports.contains(&listener.local_addr().unwrap().port()));
+        }
     }
 
     #[test]
     fn garbled_answers_are_errors_not_answers() {
-        assert!(parse(&[0; 3]).is_err());
-        let mut error = [0u8; 20];
-        error[4..6].copy_from_slice(&NLMSG_ERROR.to_ne_bytes());
-        error[16..20].copy_from_slice(&(-libc::EACCES).to_ne_bytes());
-        assert!(parse(&error).is_err());
-        error[16..20].copy_from_slice(&(-libc::ENOENT).to_ne_bytes());
-        assert!(!parse(&error).unwrap());
+        assert!(next_message(&[0; 3]).is_err());
+        let mut long = [0u8; 16];
+        long[0..4].copy_from_slice(&64u32.to_ne_bytes());
+        assert!(next_message(&long).is_err(), "a length past the datagram");
+        assert!(next_message(&[]).unwrap().is_none());
+        let code = (-libc::EACCES).to_ne_bytes();
+        assert_eq!(error_of(&code).raw_os_error(), Some(libc::EACCES));
+        assert!(reachable_listener(&[0; 10]).is_none());
     }
 }

@@ -28,6 +28,7 @@ mod replica;
 mod slot;
 #[cfg(test)]
 mod tests;
+mod watch;
 
 pub use logbook::{LogBook, LogLine, Ring, Waited};
 use slot::Slot;

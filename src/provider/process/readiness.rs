@@ -3,11 +3,11 @@
 //! The schedule serves the cold-start target: the gateway should add no more than a couple of
 //! milliseconds to the function's own start time, however long that is. So a starting replica
 //! is looked at every quarter of a millisecond while young and every millisecond after, until
-//! it listens. Looking is asking the kernel whether anything listens on the port
-//! ([`listening`](super::listening), a few microseconds, nothing sent to the replica), or where
-//! the kernel cannot say, a connect. The cost is bounded across replicas: the more replicas are
-//! starting at once, the longer each one's interval, so that all of them together are looked at
-//! no more than [`MOST_LOOKS_PER_SECOND`] times a second.
+//! it listens. Looking is one kernel dump of the listening ports shared by all starting replicas
+//! ([`watch`](super::watch): the cost does not grow with their number, nothing is sent to a
+//! replica), or where the kernel cannot say, a connect per replica; connecting probers are
+//! bounded together, the more of them the longer each one's interval, so that all of them
+//! together connect no more than [`MOST_LOOKS_PER_SECOND`] times a second.
 //!
 //! A replica with an HTTP readiness path is asked that path as soon as it listens, then at an
 //! interval growing with the time since (a replica that listens early and is ready late is
@@ -19,15 +19,15 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::listening::Query;
+use super::watch::{Seen, Watch};
 use super::Readiness;
 
 /// Interval while the replica is young.
-const YOUNG_INTERVAL: Duration = Duration::from_micros(250);
+pub(super) const YOUNG_INTERVAL: Duration = Duration::from_micros(250);
 /// How long the replica counts as young.
-const YOUNG: Duration = Duration::from_millis(300);
+pub(super) const YOUNG: Duration = Duration::from_millis(300);
 /// Interval for a replica past its youth that does not listen yet.
-const INTERVAL: Duration = Duration::from_millis(1);
+pub(super) const INTERVAL: Duration = Duration::from_millis(1);
 /// Longest interval between asks of a listening replica's readiness path.
 const SLOWEST_HTTP_INTERVAL: Duration = Duration::from_millis(20);
 /// All probers together look about this often at most; each one's interval stretches with
@@ -36,7 +36,7 @@ const MOST_LOOKS_PER_SECOND: u32 = 5_000;
 /// Longest a single probe may take; a listening replica answers in far less.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Probers running now, in this process.
+/// Probers connecting to find a listener now, in this process.
 static PROBERS: AtomicUsize = AtomicUsize::new(0);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,49 +71,65 @@ pub(super) fn await_ready(
     timeout: Duration,
     halt: &AtomicBool,
 ) -> Outcome {
-    let _counted = Counted::new();
-    let query = Query::open();
     let start = Instant::now();
-    let mut listening_since = None;
+    let deadline = start + timeout;
+    match until_listening(port, deadline, halt) {
+        Seen::Listening => {}
+        Seen::TimedOut => return Outcome::TimedOut,
+        Seen::Halted => return Outcome::Halted,
+    }
+    match readiness {
+        Readiness::Tcp => Outcome::Ready(start.elapsed()),
+        Readiness::Http { path } => until_http_ready(port, path, start, deadline, halt),
+    }
+}
+
+/// Waits for a listener on the port: told by the shared [`Watch`] where the kernel can list
+/// listeners, else by connecting at intervals.
+fn until_listening(port: u16, deadline: Instant, halt: &AtomicBool) -> Seen {
+    if let Some(watch) = Watch::shared() {
+        return watch.until_listening(port, deadline, halt);
+    }
+    let _counted = Counted::new();
+    let start = Instant::now();
     loop {
         if halt.load(Ordering::Relaxed) {
-            return Outcome::Halted;
+            return Seen::Halted;
         }
-        let Some(left) = timeout
-            .checked_sub(start.elapsed())
-            .filter(|d| !d.is_zero())
-        else {
-            return Outcome::TimedOut;
-        };
-        if listening_since.is_none() && listens(query.as_ref(), port, left) {
-            listening_since = Some(Instant::now());
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Seen::TimedOut;
         }
-        if listening_since.is_some() {
-            match readiness {
-                Readiness::Tcp => return Outcome::Ready(start.elapsed()),
-                Readiness::Http { path } => {
-                    if http_2xx(port, path, left.min(PROBE_TIMEOUT)).unwrap_or(false) {
-                        return Outcome::Ready(start.elapsed());
-                    }
-                }
-            }
+        if connect(port, left.min(PROBE_TIMEOUT)).is_ok() {
+            return Seen::Listening;
         }
-        let wait = match listening_since {
-            None => look_interval(start.elapsed(), PROBERS.load(Ordering::Relaxed)),
-            Some(since) => http_interval(since.elapsed()),
-        };
-        let Some(left) = timeout.checked_sub(start.elapsed()) else {
-            return Outcome::TimedOut;
-        };
+        let wait = look_interval(start.elapsed(), PROBERS.load(Ordering::Relaxed));
         thread::sleep(wait.min(left));
     }
 }
 
-/// Whether the port has a listener: asked of the kernel where it can say, else by connecting.
-fn listens(query: Option<&Query>, port: u16, left: Duration) -> bool {
-    match query.map(|q| q.listens(port)) {
-        Some(Ok(listening)) => listening,
-        _ => connect(port, left.min(PROBE_TIMEOUT)).is_ok(),
+/// Asks a listening replica's readiness path until it answers 2xx.
+fn until_http_ready(
+    port: u16,
+    path: &str,
+    start: Instant,
+    deadline: Instant,
+    halt: &AtomicBool,
+) -> Outcome {
+    let listening_since = Instant::now();
+    loop {
+        if halt.load(Ordering::Relaxed) {
+            return Outcome::Halted;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Outcome::TimedOut;
+        }
+        if http_2xx(port, path, left.min(PROBE_TIMEOUT)).unwrap_or(false) {
+            return Outcome::Ready(start.elapsed());
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        thread::sleep(http_interval(listening_since.elapsed()).min(left));
     }
 }
 
