@@ -19,15 +19,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::watch::{Seen, Watch};
+use super::watch::{Seen, Watch, INTERVAL, YOUNG, YOUNG_INTERVAL};
 use super::Readiness;
 
-/// Interval while the replica is young.
-pub(super) const YOUNG_INTERVAL: Duration = Duration::from_micros(250);
-/// How long the replica counts as young.
-pub(super) const YOUNG: Duration = Duration::from_millis(300);
-/// Interval for a replica past its youth that does not listen yet.
-pub(super) const INTERVAL: Duration = Duration::from_millis(1);
 /// Longest interval between asks of a listening replica's readiness path.
 const SLOWEST_HTTP_INTERVAL: Duration = Duration::from_millis(20);
 /// All probers together look about this often at most; each one's interval stretches with

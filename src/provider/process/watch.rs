@@ -18,8 +18,13 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex};
 
 use super::listening::Query;
-use super::readiness::{INTERVAL, YOUNG, YOUNG_INTERVAL};
 
+/// Interval while the replica is young.
+pub(super) const YOUNG_INTERVAL: Duration = Duration::from_micros(250);
+/// How long the replica counts as young.
+pub(super) const YOUNG: Duration = Duration::from_millis(300);
+/// Interval for a replica past its youth that does not listen yet.
+pub(super) const INTERVAL: Duration = Duration::from_millis(1);
 /// Longest a waiter sleeps before looking at its halt flag again: a halted replica's fate is
 /// settled elsewhere, so its prober may linger that long, and waking seldom keeps a hundred
 /// waiting probers cheap.
