@@ -66,7 +66,7 @@ pub(super) fn await_ready(
     halt: &AtomicBool,
 ) -> Outcome {
     let start = Instant::now();
-    let deadline = start + timeout;
+    let deadline = crate::deadline::from(start, timeout);
     match until_listening(port, deadline, halt) {
         Seen::Listening => {}
         Seen::TimedOut => return Outcome::TimedOut,
