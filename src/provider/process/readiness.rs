@@ -67,14 +67,15 @@ pub(super) fn await_ready(
 ) -> Outcome {
     let start = Instant::now();
     let deadline = crate::deadline::from(start, timeout);
-    match until_listening(port, deadline, halt) {
-        Seen::Listening => {}
-        Seen::TimedOut => return Outcome::TimedOut,
-        Seen::Halted => return Outcome::Halted,
-    }
-    match readiness {
-        Readiness::Tcp => Outcome::Ready(start.elapsed()),
-        Readiness::Http { path } => until_http_ready(port, path, start, deadline, halt),
+    let listening = until_listening(port, deadline, halt);
+    let ready = match (listening, readiness) {
+        (Seen::Listening, Readiness::Http { path }) => until_http_ready(port, path, deadline, halt),
+        (seen, _) => seen,
+    };
+    match ready {
+        Seen::Listening => Outcome::Ready(start.elapsed()),
+        Seen::TimedOut => Outcome::TimedOut,
+        Seen::Halted => Outcome::Halted,
     }
 }
 
@@ -86,6 +87,33 @@ fn until_listening(port: u16, deadline: Instant, halt: &AtomicBool) -> Seen {
     }
     let _counted = Counted::new();
     let start = Instant::now();
+    keep_looking(
+        deadline,
+        halt,
+        |timeout| connect(port, timeout).is_ok(),
+        || look_interval(start.elapsed(), PROBERS.load(Ordering::Relaxed)),
+    )
+}
+
+/// Asks a listening replica's readiness path until it answers 2xx (then `Seen::Listening`).
+fn until_http_ready(port: u16, path: &str, deadline: Instant, halt: &AtomicBool) -> Seen {
+    let listening_since = Instant::now();
+    keep_looking(
+        deadline,
+        halt,
+        |timeout| http_2xx(port, path, timeout).unwrap_or(false),
+        || http_interval(listening_since.elapsed()),
+    )
+}
+
+/// Calls `look` (given how long it may take) until it says yes, sleeping `wait()` between
+/// calls, unless `halt` is set or `deadline` passes first.
+fn keep_looking(
+    deadline: Instant,
+    halt: &AtomicBool,
+    mut look: impl FnMut(Duration) -> bool,
+    mut wait: impl FnMut() -> Duration,
+) -> Seen {
     loop {
         if halt.load(Ordering::Relaxed) {
             return Seen::Halted;
@@ -94,36 +122,11 @@ fn until_listening(port: u16, deadline: Instant, halt: &AtomicBool) -> Seen {
         if left.is_zero() {
             return Seen::TimedOut;
         }
-        if connect(port, left.min(PROBE_TIMEOUT)).is_ok() {
+        if look(left.min(PROBE_TIMEOUT)) {
             return Seen::Listening;
         }
-        let wait = look_interval(start.elapsed(), PROBERS.load(Ordering::Relaxed));
-        thread::sleep(wait.min(left));
-    }
-}
-
-/// Asks a listening replica's readiness path until it answers 2xx.
-fn until_http_ready(
-    port: u16,
-    path: &str,
-    start: Instant,
-    deadline: Instant,
-    halt: &AtomicBool,
-) -> Outcome {
-    let listening_since = Instant::now();
-    loop {
-        if halt.load(Ordering::Relaxed) {
-            return Outcome::Halted;
-        }
         let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Outcome::TimedOut;
-        }
-        if http_2xx(port, path, left.min(PROBE_TIMEOUT)).unwrap_or(false) {
-            return Outcome::Ready(start.elapsed());
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        thread::sleep(http_interval(listening_since.elapsed()).min(left));
+        thread::sleep(wait().min(left));
     }
 }
 

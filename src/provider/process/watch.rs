@@ -128,14 +128,13 @@ impl Watch {
         loop {
             let tick = self.next_tick();
             listening.clear();
-            if let Err(e) = query.listening_ports(&mut listening) {
+            match query.listening_ports(&mut listening) {
+                Ok(()) if self.mark(&listening) => {
+                    self.found.notify_all();
+                }
+                Ok(()) => {}
                 // A failed dump is retried next tick; the waiters' own deadlines bound them.
-                log::debug!("listener dump failed: {e}");
-                thread::sleep(tick);
-                continue;
-            }
-            if self.mark(&listening) {
-                self.found.notify_all();
+                Err(e) => log::debug!("listener dump failed: {e}"),
             }
             thread::sleep(tick);
         }
