@@ -3,14 +3,16 @@
 concurrent requests on a cold function.
 
   benches/cold.py [--starts 50] [--ready-ms 100] [--burst 1000]
-                  [--python-start 0.05,0.3,1,3] [--python-starts 7]
+                  [--python-start 0.05,0.3,1,3,10] [--python-starts 9]
 
 Parking: a plain Python function parked after 300 ms idle is called again; its response time
 beside that of an identical function that was idle as long but not parked.
 
 Python functions: a plain http.server function starting in --python-start seconds each (TCP and
-HTTP readiness) writes the moment it began listening; what defrost added is the response's
-arrival minus that moment, which includes forwarding the call itself.
+HTTP readiness) writes the moment it began listening; the response's arrival minus that moment
+includes forwarding the call and the function's own first answer. The same function started
+without defrost and called by a client that connects the moment it listens (probing every
+50 us) gives the function's own share; defrost's share is the difference.
 
 Cold starts: the function (benches' upstream, sleeping --ready-after-ms before it listens) is
 scaled to zero, then called; defrost's added latency is the response time minus T, the
@@ -19,6 +21,7 @@ prints how many scale calls defrost made, how many requests succeeded, and their
 """
 import argparse
 import json
+import os
 import pathlib
 import socket
 import subprocess
@@ -132,6 +135,48 @@ def python_cold_starts(starts_s, count):
     return results
 
 
+def direct_first_answers(start_seconds, count):
+    """ms from listening to the first answer of the function started without defrost, called
+    by a client that connects the moment it listens: the function's own share."""
+    work = pathlib.Path(tempfile.mkdtemp(prefix="defrost-direct-"))
+    request = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    added = []
+    for i in range(count):
+        port, listened = free_port(), work / f"direct{i}"
+        env = dict(os.environ, PORT=str(port), START_SECONDS=str(start_seconds))
+        env["LISTENED_FILE"] = str(listened)
+        process = subprocess.Popen(["python3", str(STARTING)], env=env)
+        try:
+            time.sleep(start_seconds * 0.9)  # no need to probe while it sleeps
+            sock = connect_when_listening(port, process)
+            with sock:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                sock.sendall(request)
+                answer = b""
+                while chunk := sock.recv(65536):
+                    answer += chunk
+            arrived = time.time()
+            if not answer.startswith(b"HTTP/1.0 200") and not answer.startswith(b"HTTP/1.1 200"):
+                sys.exit(f"the function answered {answer[:40]!r}")
+            added.append((arrived - float(listened.read_text())) * 1000)
+        finally:
+            process.kill()
+            process.wait()
+    return added
+
+
+def connect_when_listening(port, process):
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            return socket.create_connection(("127.0.0.1", port), timeout=5)
+        except OSError:
+            if process.poll() is not None:
+                sys.exit("the function exited while starting")
+            time.sleep(0.00005)
+    sys.exit("the function never listened")
+
+
 def parked_value(port, name):
     status, body = get_raw_body(port, "/metrics")
     needle = f'defrost_function_replicas_parked{{function_name="{name}.default"}} '
@@ -197,13 +242,22 @@ def burst(gateway, count):
     return scale_calls, len(ok), ok
 
 
+def share(through, direct):
+    """p50 and p99 through defrost, called directly, and their difference."""
+    parts = []
+    for p in (50, 99):
+        a, b = percentile(through, p), percentile(direct, p)
+        parts.append(f"p{p} {a:.2f} / {b:.2f} = {a - b:+.2f} ms")
+    return ", ".join(parts)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--starts", type=int, default=50)
     parser.add_argument("--ready-ms", type=int, default=100)
     parser.add_argument("--burst", type=int, default=1000)
-    parser.add_argument("--python-start", default="0.05,0.3,1,3")
-    parser.add_argument("--python-starts", type=int, default=7)
+    parser.add_argument("--python-start", default="0.05,0.3,1,3,10")
+    parser.add_argument("--python-starts", type=int, default=9)
     args = parser.parse_args()
     build()
     starts_s = [float(s) for s in args.python_start.split(",") if s]
@@ -214,12 +268,13 @@ def main():
         f" p99 {percentile(thawed, 99):.2f} ms; the same idle, not parked:"
         f" p50 {percentile(idle, 50):.2f} ms, p99 {percentile(idle, 99):.2f} ms"
     )
-    print(f"plain Python functions, {args.python_starts} cold starts each; added past listening:")
+    print(
+        f"plain Python functions, {args.python_starts} cold starts each; from listening to the"
+        " answer, through defrost / called directly the moment it listens = defrost's share:"
+    )
+    own = {start: direct_first_answers(start, args.python_starts) for start in starts_s}
     for start, readiness, added in python_cold_starts(starts_s, args.python_starts):
-        print(
-            f"  starts in {start:g} s, {readiness:4} readiness: p50 {percentile(added, 50):.2f} ms,"
-            f" p99 {percentile(added, 99):.2f} ms, max {max(added):.2f} ms"
-        )
+        print(f"  starts in {start:g} s, {readiness:4} readiness: " + share(added, own[start]))
     gateway = Defrost(
         function("cold", "--ready-after-ms", args.ready_ms)
         + function("burst", "--ready-after-ms", 1000),

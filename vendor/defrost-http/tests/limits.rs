@@ -528,7 +528,9 @@ fn write_to_stalled_client_times_out() {
     static RESULT: Mutex<Option<mpsc::Sender<Outcome>>> = Mutex::new(None);
     fn huge(rq: Request) {
         let started = Instant::now();
-        let data = vec![b'w'; 256 * 1024 * 1024];
+        // far more than loopback's socket buffers hold, small enough to fill at once on a
+        // loaded machine
+        let data = vec![b'w'; 64 * 1024 * 1024];
         let res = rq.respond(Response::from_data(data));
         if let Some(tx) = RESULT.lock().unwrap().as_ref() {
             let _ = tx.send((res, started.elapsed()));
@@ -544,12 +546,14 @@ fn write_to_stalled_client_times_out() {
     let mut s = connect(addr);
     write!(s, "GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
     // never read: the server's writes stall once the socket buffers are full
+    // a stalled write must end with TimedOut rather than hang; how soon is the write timeout's
+    // business, bounded here only loosely so that a loaded machine does not fail the test
     let (res, took) = rx
-        .recv_timeout(CLIENT_TIMEOUT)
+        .recv_timeout(Duration::from_secs(60))
         .expect("respond() did not return");
-    let err = res.expect_err("writing 256 MiB to a client that does not read");
+    let err = res.expect_err("writing 64 MiB to a client that does not read");
     assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{:?}", err);
-    assert!(took < Duration::from_secs(4), "{:?}", took);
+    assert!(took < Duration::from_secs(30), "{:?}", took);
     drop(s);
     wait_for("connections to close", || server.num_connections() == 0);
 }
