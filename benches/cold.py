@@ -12,7 +12,7 @@ Python functions: a plain http.server function starting in --python-start second
 HTTP readiness) writes the moment it began listening; the response's arrival minus that moment
 includes forwarding the call and the function's own first answer. The same function started
 without defrost and called by a client that connects the moment it listens (probing every
-50 us) gives the function's own share; defrost's share is the difference.
+100 us) gives the function's own share; defrost's share is the difference.
 
 Cold starts: the function (benches' upstream, sleeping --ready-after-ms before it listens) is
 scaled to zero, then called; defrost's added latency is the response time minus T, the
@@ -137,7 +137,8 @@ def python_cold_starts(starts_s, count):
 
 def direct_first_answers(start_seconds, count):
     """ms from listening to the first answer of the function started without defrost, called
-    by a client that connects the moment it listens: the function's own share."""
+    by a client that connects the moment it listens (probing every 100 us): the function's own
+    share."""
     work = pathlib.Path(tempfile.mkdtemp(prefix="defrost-direct-"))
     request = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
     added = []
@@ -173,7 +174,7 @@ def connect_when_listening(port, process):
         except OSError:
             if process.poll() is not None:
                 sys.exit("the function exited while starting")
-            time.sleep(0.00005)
+            time.sleep(0.0001)
     sys.exit("the function never listened")
 
 
