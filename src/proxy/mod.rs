@@ -7,7 +7,8 @@
 //!
 //! A pooled connection the replica closed or reset before any byte of its answer arrived (it
 //! closed the connection while idle, or died) is not a failure of the call: the request is sent
-//! once more, on a new connection, when sending it twice cannot do harm (see [`may_resend`]).
+//! once more, on a new connection and after the first back-off, when sending it twice cannot do
+//! harm (see [`may_resend`]).
 //! Otherwise, once any byte of the request may have reached a replica, whatever happens is
 //! relayed as is: a body is never sent twice.
 
@@ -153,6 +154,12 @@ impl Proxy {
                     log::debug!("{function}: {} ({e}); sending again", redact::url(&url));
                     call.record().counters().count_stale_retry();
                     fresh = true;
+                    // A replica being killed can still accept a connection for a moment after
+                    // its open ones closed: sent at once, the request could reach the dying
+                    // process again, on a new connection. After the first back-off its port
+                    // refuses instead, and the refusal is handled as any other (the address
+                    // forgotten, the provider asked again).
+                    std::thread::sleep(backoff(self.config.retry_backoff, 0));
                 }
                 Err(e) => return Err(self.failure(call, &url, e, &body, attempt + 1)),
             }
