@@ -111,12 +111,7 @@ fn a_crashed_function_is_restarted_by_the_next_request() {
     assert_eq!(first.status, 200);
     // A POST, never sent twice: a GET that finds its kept-alive connection closed unanswered
     // is sent once more, and would crash the replacement too.
-    let crash = read_reply(
-        agent()
-            .post(&gw.url("/function/echo/crash"))
-            .send_empty()
-            .unwrap(),
-    );
+    let crash = post_empty(&gw.url("/function/echo/crash"));
     assert_eq!(crash.status, 502, "{}", crash.body);
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut next = get(&gw.url("/function/echo"));

@@ -62,12 +62,7 @@ fn a_function_that_drops_kept_alive_connections_costs_gets_nothing_and_posts_a_5
 
     // Nor is a POST without a body: the function may have acted on it.
     assert_eq!(get(&gw.url("/function/echo/warm")).status, 200);
-    let empty = read_reply(
-        agent()
-            .post(&gw.url("/function/echo/without-body"))
-            .send_empty()
-            .unwrap(),
-    );
+    let empty = post_empty(&gw.url("/function/echo/without-body"));
     assert_eq!(empty.status, 502, "{}", empty.body);
     assert_eq!(arrivals(&gw, "/without-body"), 1);
     assert_eq!(retries(&gw, dropped), dropped, "neither was sent again");
