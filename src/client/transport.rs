@@ -188,7 +188,7 @@ fn is_closed(kind: io::ErrorKind) -> bool {
     use io::ErrorKind::*;
     matches!(
         kind,
-        ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof | NotConnected
+        ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof
     )
 }
 
