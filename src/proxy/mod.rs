@@ -8,9 +8,8 @@
 //! A pooled connection the replica closed or reset before any byte of its answer arrived (it
 //! closed the connection while idle, or died) is not a failure of the call: the request is sent
 //! once more, on a new connection and after the first back-off, when sending it twice cannot do
-//! harm (see [`may_resend`]).
-//! Otherwise, once any byte of the request may have reached a replica, whatever happens is
-//! relayed as is: a body is never sent twice.
+//! harm (see [`may_resend`]). Otherwise, once any byte of the request may have reached a replica,
+//! whatever happens is relayed as is: a body is never sent twice.
 
 pub mod headers;
 pub mod trust;
