@@ -84,6 +84,10 @@ fn a_scrape_after_known_traffic_shows_exact_counts() {
         ),
         ("defrost_waiting_requests", 0.0),
         (
+            r#"defrost_upstream_retries_total{function_name="echo.default",reason="stale_connection"}"#,
+            0.0,
+        ),
+        (
             r#"gateway_service_count{function_name="idle.default"}"#,
             0.0,
         ),

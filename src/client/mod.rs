@@ -16,15 +16,15 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
 use ureq::config::{AutoHeaderValue, Config};
-use ureq::http::Uri;
+use ureq::http::{Request, Uri};
 use ureq::unversioned::resolver::{ResolvedSocketAddrs, Resolver};
 use ureq::unversioned::transport::NextTimeout;
-use ureq::Agent;
+use ureq::{Agent, AsSendBody};
 
 use crate::deadline;
 
 mod transport;
-pub use transport::PeekingTcpConnector;
+pub use transport::{PeekingTcpConnector, StaleConnection};
 
 /// How long each phase of an outgoing call may take.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -156,6 +156,23 @@ pub fn is_connect_error(err: &ureq::Error) -> bool {
     }
 }
 
+/// True when a pooled connection was closed or reset before any byte of the answer arrived
+/// (see `transport`): the request may be sent again on a fresh connection, if it is one that
+/// can be sent twice.
+pub fn is_stale_connection(err: &ureq::Error) -> bool {
+    matches!(err, ureq::Error::Io(e) if e.get_ref().is_some_and(|e| e.is::<StaleConnection>()))
+}
+
+/// `request` set to go out on a new connection, whatever the pool holds: the agent's idle
+/// connections to its host are all too old for it (and so are closed as the pool passes them),
+/// and the new connection joins the pool afterwards as usual.
+pub fn on_fresh_connection<S: AsSendBody>(agent: &Agent, request: Request<S>) -> Request<S> {
+    agent
+        .configure_request(request)
+        .max_idle_age(Duration::ZERO)
+        .build()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -184,6 +201,76 @@ mod tests {
             vec!["[::1]:9".parse().unwrap()]
         );
         assert_eq!(resolve("http://127.0.0.1/x")[0].port(), 80);
+    }
+
+    fn test_agent() -> Agent {
+        let second = Duration::from_secs(5);
+        agent(
+            Timeouts {
+                connect: second,
+                response: second,
+                send: second,
+            },
+            4,
+        )
+    }
+
+    /// A keep-alive upstream that answers the first `answered` requests on each connection and
+    /// closes the connection on the next one, having read it, without a word.
+    fn closing_upstream(answered: usize) -> String {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                std::thread::spawn(move || {
+                    let mut writer = stream.try_clone().unwrap();
+                    let mut reader = BufReader::new(stream);
+                    let mut line = String::new();
+                    let mut heads = 0;
+                    while reader.read_line(&mut line).is_ok_and(|n| n > 0) {
+                        if line == "\r\n" {
+                            heads += 1;
+                            if heads > answered {
+                                return;
+                            }
+                            let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                            writer.write_all(answer).unwrap();
+                        }
+                        line.clear();
+                    }
+                });
+            }
+        });
+        url
+    }
+
+    fn read(response: ureq::http::Response<ureq::Body>) -> String {
+        response.into_body().read_to_string().unwrap()
+    }
+
+    #[test]
+    fn a_pooled_connection_closed_before_the_answer_is_stale_and_a_fresh_one_is_not() {
+        let agent = test_agent();
+        let url = closing_upstream(1);
+        assert_eq!(read(agent.get(&url).call().unwrap()), "ok");
+        let err = agent.get(&url).call().unwrap_err();
+        assert!(is_stale_connection(&err), "pooled: {err:?}");
+        assert!(!is_connect_error(&err));
+
+        let never_answers = closing_upstream(0);
+        let err = agent.get(&never_answers).call().unwrap_err();
+        assert!(!is_stale_connection(&err), "fresh: {err:?}");
+    }
+
+    #[test]
+    fn a_request_set_on_a_fresh_connection_passes_the_pooled_one_by() {
+        let agent = test_agent();
+        let url = closing_upstream(1);
+        assert_eq!(read(agent.get(&url).call().unwrap()), "ok");
+        let request = ureq::http::Request::get(&url).body(()).unwrap();
+        let response = agent.run(on_fresh_connection(&agent, request)).unwrap();
+        assert_eq!(read(response), "ok", "answered: not the used connection");
     }
 
     #[test]

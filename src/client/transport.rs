@@ -21,6 +21,14 @@
 //! is put in quick-ACK mode before reading on, which sends the pending ACK at once and releases
 //! the body. A response that came whole (one write, or a function with `TCP_NODELAY`) costs no
 //! extra call; quick-ACK mode does not last, so it is asked for again each time it is needed.
+//!
+//! ureq does not retry, and does not say whether a call went out on a pooled connection. The
+//! transport knows: a connection handed out by the pool has passed the probe in
+//! [`Transport::is_open`]. When such a connection is reset, or closed, before the first byte of
+//! the answer arrived, the peer most likely closed it while it sat idle (a keep-alive timeout,
+//! a replica that died): the error says so as a [`StaleConnection`], for the caller to decide
+//! whether the request may be sent again. A fresh connection failing the same way is a real
+//! failure and is reported as it is.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -67,6 +75,8 @@ impl Connector for PeekingTcpConnector {
             write_timeout: None,
             used_since_probe: false,
             reads_since_request: 0,
+            pooled: false,
+            answered: false,
         };
         (details.register_shutdown)(Arc::downgrade(&transport.stream) as Weak<dyn ShutdownHandle>)?;
         Ok(Some(transport))
@@ -112,6 +122,10 @@ pub struct PeekingTcp {
     /// Reads since the last request went out, counted up to two: a second read means the
     /// response did not come whole, and quick-ACK mode is asked for before it.
     reads_since_request: u8,
+    /// Whether the connection came out of the pool for the call it carries.
+    pooled: bool,
+    /// Whether any byte of the answer to the call it carries has arrived.
+    answered: bool,
 }
 
 impl std::fmt::Debug for PeekingTcp {
@@ -156,7 +170,45 @@ fn io_error(e: io::Error, reason: Timeout) -> Error {
     }
 }
 
+/// A pooled connection that was reset or closed before any byte of the answer arrived: the
+/// request may not have reached the peer at all (see the module docs).
+#[derive(Debug)]
+pub struct StaleConnection(io::Error);
+
+impl std::fmt::Display for StaleConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "pooled connection closed before any answer: {}", self.0)
+    }
+}
+
+impl std::error::Error for StaleConnection {}
+
+/// Whether an I/O failure is the peer having closed or reset the connection.
+fn is_closed(kind: io::ErrorKind) -> bool {
+    use io::ErrorKind::*;
+    matches!(
+        kind,
+        ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof
+    )
+}
+
+/// `e` as a [`StaleConnection`] when the peer closed a connection that may be `stale`;
+/// anything else as it is.
+fn stale_or(stale: bool, e: io::Error) -> io::Error {
+    if stale && is_closed(e.kind()) {
+        io::Error::new(e.kind(), StaleConnection(e))
+    } else {
+        e
+    }
+}
+
 impl PeekingTcp {
+    /// Whether a failure now would be that of a stale connection: it came out of the pool and
+    /// nothing of the answer has arrived.
+    fn may_be_stale(&self) -> bool {
+        self.pooled && !self.answered
+    }
+
     fn set_read_timeout(&mut self, wanted: Option<Duration>) -> io::Result<()> {
         if let Some(new) = timeout_to_set(self.read_timeout, wanted) {
             self.stream.set_read_timeout(new)?;
@@ -184,10 +236,11 @@ impl Transport for PeekingTcp {
         self.reads_since_request = 0;
         let timeout = timeout.for_write();
         self.set_write_timeout(wanted(timeout)?)?;
+        let stale = self.may_be_stale();
         let output = &self.buffers.output()[..amount];
         (&*self.stream)
             .write_all(output)
-            .map_err(|e| io_error(e, timeout.reason))
+            .map_err(|e| io_error(stale_or(stale, e), timeout.reason))
     }
 
     fn await_input(&mut self, timeout: NextTimeout) -> Result<bool, Error> {
@@ -198,8 +251,16 @@ impl Transport for PeekingTcp {
         self.reads_since_request = self.reads_since_request.saturating_add(1).min(2);
         let timeout = timeout.for_read();
         self.set_read_timeout(wanted(timeout)?)?;
+        let stale = self.may_be_stale();
         let input = self.buffers.input_append_buf();
-        let amount = read_retrying(&self.stream, input).map_err(|e| io_error(e, timeout.reason))?;
+        let amount = read_retrying(&self.stream, input)
+            .and_then(|n| match n {
+                // ureq would call this end "peer disconnected"; said here, it can say stale.
+                0 if stale => Err(io::ErrorKind::UnexpectedEof.into()),
+                n => Ok(n),
+            })
+            .map_err(|e| io_error(stale_or(stale, e), timeout.reason))?;
+        self.answered |= amount > 0;
         self.buffers.input_appended(amount);
         Ok(amount > 0)
     }
@@ -213,6 +274,9 @@ impl Transport for PeekingTcp {
         if std::mem::take(&mut self.used_since_probe) {
             return true;
         }
+        // Taken out of the pool for a new call (ureq probes only on the way in and out).
+        self.pooled = true;
+        self.answered = false;
         peek_would_block(&self.stream)
     }
 }

@@ -15,6 +15,7 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 pub fn render(overview: &Overview, calls: &ProviderCalls) -> String {
     let mut out = Text(String::with_capacity(4096));
     invocations(&mut out, overview);
+    retries(&mut out, overview);
     replicas(&mut out, overview);
     failing(&mut out, overview);
     load(&mut out, overview);
@@ -43,6 +44,20 @@ fn invocations(out: &mut Text, overview: &Overview) {
     out.head(seconds, "histogram", ANSWER_TIME);
     for (labels, h) in per_code(overview) {
         out.histogram(seconds, &labels.pairs(), &h.read());
+    }
+}
+
+fn retries(out: &mut Text, overview: &Overview) {
+    let name = "defrost_upstream_retries_total";
+    out.head(
+        name,
+        "counter",
+        "Calls sent to a replica again, by reason (stale_connection: a pooled connection the \
+         replica had closed before answering).",
+    );
+    for (function, r) in counted(overview) {
+        let labels = [("function_name", function), ("reason", "stale_connection")];
+        out.sample(name, &labels, r.counters().stale_retries());
     }
 }
 

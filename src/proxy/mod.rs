@@ -3,8 +3,13 @@
 //! The transport retries only what is safe to retry, in the manner of the Fission router's
 //! retrying round-tripper: a connection that cannot be established means the cached address is
 //! stale, so the cache entry is expired, the scaler asked again (which may start a replica), and
-//! the call retried with exponential back-off. Once any byte of the request may have reached a
-//! replica, whatever happens is relayed as is: a body is never sent twice.
+//! the call retried with exponential back-off.
+//!
+//! A pooled connection the replica closed or reset before any byte of its answer arrived (it
+//! closed the connection while idle, or died) is not a failure of the call: the request is sent
+//! once more, on a new connection and after the first back-off, when sending it twice cannot do
+//! harm (see [`may_resend`]). Otherwise, once any byte of the request may have reached a replica,
+//! whatever happens is relayed as is: a body is never sent twice.
 
 pub mod headers;
 pub mod trust;
@@ -15,10 +20,10 @@ use std::time::Duration;
 
 use defrost_http::{Header, Request, Response, ResponseBox, StatusCode};
 use ureq::http;
-use ureq::SendBody;
+use ureq::{Agent, AsSendBody, SendBody};
 
 use crate::call::Call;
-use crate::client::{is_connect_error, ShardedAgent};
+use crate::client::{is_connect_error, is_stale_connection, on_fresh_connection, ShardedAgent};
 use crate::error::Error;
 use crate::function::FunctionRef;
 use crate::redact;
@@ -99,6 +104,9 @@ impl Proxy {
         }
         let mut body = ClientBody::new(request.as_reader(), self.config.max_body_bytes);
         let mut attempt = 0;
+        // Once a pooled connection turned out stale, the others may be too: from then on each
+        // attempt opens a new connection, and none is sent again for being stale.
+        let mut fresh = false;
         loop {
             let status = self.scaler.ready(call.record())?;
             // A replica taken out of service since the status was cached is refused here; so is
@@ -121,7 +129,7 @@ impl Proxy {
                 target.rest,
                 target.query,
             );
-            let sent = self.send(&url, &outgoing, declared, &mut body);
+            let sent = self.send(&url, &outgoing, declared, &mut body, fresh);
             match sent.and_then(refuse_misframed) {
                 Ok(response) => {
                     call.hold_replica(in_flight);
@@ -136,6 +144,21 @@ impl Proxy {
                     self.scaler.invalidate(call.record());
                     std::thread::sleep(backoff(self.config.retry_backoff, attempt));
                     attempt += 1;
+                }
+                Err(e)
+                    if !fresh
+                        && is_stale_connection(&e)
+                        && may_resend(&outgoing.method, declared, body.touched()) =>
+                {
+                    log::debug!("{function}: {} ({e}); sending again", redact::url(&url));
+                    call.record().counters().count_stale_retry();
+                    fresh = true;
+                    // A replica being killed can still accept a connection for a moment after
+                    // its open ones closed: sent at once, the request could reach the dying
+                    // process again, on a new connection. After the first back-off its port
+                    // refuses instead, and the refusal is handled as any other (the address
+                    // forgotten, the provider asked again).
+                    std::thread::sleep(backoff(self.config.retry_backoff, 0));
                 }
                 Err(e) => return Err(self.failure(call, &url, e, &body, attempt + 1)),
             }
@@ -158,7 +181,7 @@ impl Proxy {
         }
         let mut body = ClientBody::new(request.as_reader(), self.config.max_body_bytes);
         match self
-            .send(url, &outgoing, declared, &mut body)
+            .send(url, &outgoing, declared, &mut body, false)
             .and_then(refuse_misframed)
         {
             Ok(response) => Ok(relay(response, &outgoing)),
@@ -185,6 +208,7 @@ impl Proxy {
         head: &OutgoingHead,
         body: Body,
         reader: &mut ClientBody<'_>,
+        fresh: bool,
     ) -> Result<http::Response<ureq::Body>, ureq::Error> {
         let uri: http::Uri = url
             .parse()
@@ -206,8 +230,11 @@ impl Proxy {
         }
         let agent = self.agents.get();
         match body {
-            Body::None => agent.run(head.request(uri, headers, ())),
-            _ => agent.run(head.request(uri, headers, SendBody::from_reader(reader))),
+            Body::None => agent.run(connection(agent, head.request(uri, headers, ()), fresh)),
+            _ => {
+                let request = head.request(uri, headers, SendBody::from_reader(reader));
+                agent.run(connection(agent, request, fresh))
+            }
         }
     }
 
@@ -260,6 +287,35 @@ impl Proxy {
                 detail: format!("call to {url} failed: {e}"),
             },
         }
+    }
+}
+
+/// `request` as it goes out: on a new connection when `fresh`, else on a pooled one if any.
+fn connection<S: AsSendBody>(
+    agent: &Agent,
+    request: http::Request<S>,
+    fresh: bool,
+) -> http::Request<S> {
+    if fresh {
+        on_fresh_connection(agent, request)
+    } else {
+        request
+    }
+}
+
+/// Whether a request may be sent again after a stale pooled connection failed it (nothing of
+/// the answer arrived). A bodyless GET, HEAD or OPTIONS may: it is idempotent, so a replica
+/// that did receive it before closing has done nothing a second one would not. Any request
+/// with a body may, as long as no byte of the body was read from the client: the replica got
+/// at most the head of a request it could not act on, and the body is still there to send.
+/// Nothing else is: a POST without a body, or a body already begun, may have been acted on.
+fn may_resend(method: &http::Method, body: Body, body_touched: bool) -> bool {
+    match body {
+        Body::None => matches!(
+            *method,
+            http::Method::GET | http::Method::HEAD | http::Method::OPTIONS
+        ),
+        Body::Length(_) | Body::Chunked => !body_touched,
     }
 }
 
@@ -564,6 +620,32 @@ mod tests {
         assert_eq!(backoff(ms(10), 3), ms(80));
         assert_eq!(backoff(Duration::from_secs(3600), 40), MAX_BACKOFF);
         assert_eq!(backoff(Duration::MAX, u32::MAX), MAX_BACKOFF);
+    }
+
+    #[test]
+    fn only_requests_that_cannot_have_been_acted_on_twice_are_resent() {
+        use http::Method;
+        let post = Method::POST;
+        for safe in [Method::GET, Method::HEAD, Method::OPTIONS] {
+            assert!(may_resend(&safe, Body::None, false), "{safe}");
+        }
+        for unsafe_ in [Method::POST, Method::PUT, Method::DELETE, Method::PATCH] {
+            assert!(
+                !may_resend(&unsafe_, Body::None, false),
+                "{unsafe_} without a body"
+            );
+        }
+        assert!(
+            may_resend(&post, Body::Length(5), false),
+            "body not read yet"
+        );
+        assert!(may_resend(&post, Body::Chunked, false), "body not read yet");
+        assert!(!may_resend(&post, Body::Length(5), true), "body begun");
+        assert!(!may_resend(&post, Body::Chunked, true), "body begun");
+        assert!(
+            !may_resend(&Method::GET, Body::Length(5), true),
+            "a GET with a body begun"
+        );
     }
 
     use crate::client::{agent, Timeouts};

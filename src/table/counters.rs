@@ -19,6 +19,8 @@ pub struct Counters {
     cold_starts: Histogram,
     last_cold_start_unix_ms: AtomicU64,
     last_cold_start_ms: AtomicU64,
+    /// Calls sent again on a new connection after a pooled one turned out closed.
+    stale_retries: AtomicU64,
 }
 
 /// A cold start as the status page shows it.
@@ -36,6 +38,7 @@ impl Counters {
             cold_starts: Histogram::new(SLOW_BOUNDS),
             last_cold_start_unix_ms: AtomicU64::new(0),
             last_cold_start_ms: AtomicU64::new(0),
+            stale_retries: AtomicU64::new(0),
         }
     }
 
@@ -67,6 +70,15 @@ impl Counters {
             at_unix_ms: at,
             took_ms: self.last_cold_start_ms.load(Ordering::Relaxed),
         })
+    }
+
+    /// Calls sent again because a pooled connection to a replica turned out closed.
+    pub fn stale_retries(&self) -> u64 {
+        self.stale_retries.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn count_stale_retry(&self) {
+        self.stale_retries.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Nothing but 404s: a name only ever called by mistake.

@@ -607,6 +607,16 @@ pub fn eventually(limit: Duration, mut condition: impl FnMut() -> bool) -> bool 
     }
 }
 
+/// POSTs nothing and reads the reply.
+pub fn post_empty(url: &str) -> Reply {
+    read_reply(
+        agent()
+            .post(url)
+            .send_empty()
+            .unwrap_or_else(|e| panic!("POST {url}: {e}")),
+    )
+}
+
 /// POSTs `body` as JSON and reads the reply.
 pub fn post_json(url: &str, body: &str) -> Reply {
     read_reply(

@@ -20,6 +20,9 @@ If REQUESTS_FILE is set, appends one line per request (other than /healthz) as i
 If CONCURRENCY_FILE is set, keeps in it the most requests (other than /healthz) it has had in
 progress at once; a request stops counting just before its answer is sent.
 If EXIT_AFTER_MS is set, exits with status 4 that long after starting (a crash loop).
+If DROP_KEPT_ALIVE is set, answers only the first request (other than /healthz) on each
+connection: a later one is read, recorded, and its connection closed without an answer, as by a
+server whose keep-alive timeout ran out just as the request arrived.
 """
 import hashlib
 import json
@@ -67,6 +70,11 @@ class Echo(BaseHTTPRequestHandler):
         if self.path != "/healthz" and os.environ.get("REQUESTS_FILE"):
             with open(os.environ["REQUESTS_FILE"], "a") as f:
                 f.write("%s\n" % self.path)
+        if self.path != "/healthz" and os.environ.get("DROP_KEPT_ALIVE"):
+            if getattr(self, "answered_one", False):
+                self.close_connection = True
+                return
+            self.answered_one = True
         self.counted = self.path != "/healthz" and bool(os.environ.get("CONCURRENCY_FILE"))
         if self.counted:
             count_in_progress(1)
