@@ -283,3 +283,33 @@ fn a_server_sending_garbage_or_a_huge_frame_closes_the_connection_with_an_error(
         fake.join().unwrap();
     }
 }
+
+#[test]
+fn an_openfaas_invocation_goes_through_the_stream_an_openfaas_queue_worker_reads() {
+    use defrost::internals::nats::openfaas::{QueueRequest, CONSUMER, QUEUE};
+    let dir = TempDir::new("nats-openfaas");
+    let server = NatsServer::start(&dir);
+    let js = jetstream(&server);
+    js.ensure_stream(&StreamConfig::work_queue(QUEUE, &[QUEUE]))
+        .unwrap();
+    js.ensure_consumer(
+        QUEUE,
+        &ConsumerConfig::durable(CONSUMER, Duration::from_secs(180)),
+    )
+    .unwrap();
+    let request = QueueRequest {
+        header: [("Content-Type".to_string(), vec!["text/plain".to_string()])].into(),
+        body: b"resize me\n".to_vec(),
+        method: "POST".into(),
+        path: "/small".into(),
+        function: "resize".into(),
+        callback_url: Some("http://127.0.0.1:9/done".into()),
+        ..QueueRequest::default()
+    };
+    js.publish(QUEUE, Some("call-1"), &request.to_json())
+        .unwrap();
+    let got = js.fetch(QUEUE, CONSUMER, 1, TIMEOUT).unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(QueueRequest::from_json(&got[0].payload).unwrap(), request);
+    js.ack(&got[0], Ack::Ack).unwrap();
+}

@@ -11,6 +11,7 @@
 //! - [`Connection`]: one connection, request/reply over a per-connection inbox, dead-server
 //!   detection.
 //! - [`JetStream`]: streams, durable pull consumers, publish with ack, fetch, ack/nak/term.
+//! - [`openfaas`]: the message the OpenFaaS gateway queues and its queue-worker consumes.
 //!
 //! Not supported: TLS, NKEY/JWT credentials, clusters (one server URL), reconnection (a
 //! connection that dies fails every later call; its owner connects again).
@@ -18,6 +19,7 @@
 mod connection;
 mod error;
 mod jetstream;
+pub mod openfaas;
 pub mod proto;
 mod url;
 
