@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::time::Duration;
 
@@ -219,9 +219,10 @@ fn refusals_say_what_was_refused() {
         "{err}"
     );
     let url = format!("nats://queue:s3cret@127.0.0.1:{}", server.port);
+    // Short: one call below waits this long for an answer that never comes.
     let js = JetStream::new(
         Connection::connect(&url, &Options::default()).unwrap(),
-        TIMEOUT,
+        Duration::from_secs(2),
     );
 
     let err = js.publish("nowhere", None, b"x").unwrap_err();
@@ -229,6 +230,50 @@ fn refusals_say_what_was_refused() {
     let err = js.stream_info("missing").unwrap_err();
     assert!(matches!(err, Error::Api { code: 404, .. }), "{err}");
     assert!(err.to_string().contains("STREAM.INFO.missing"), "{err}");
+
+    // A full queue refuses more rather than dropping what it holds.
+    let mut small = StreamConfig::work_queue("small", &["small"]);
+    small.max_msgs = 2;
+    js.ensure_stream(&small).unwrap();
+    js.publish("small", None, b"1").unwrap();
+    js.publish("small", None, b"2").unwrap();
+    let err = js.publish("small", None, b"3").unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Api {
+                code: 503,
+                err_code: 10077,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(js.stream_info("small").unwrap().state.messages, 2);
+    // What the server cannot change is refused, not ignored.
+    small.retention = defrost::internals::nats::Retention::Limits;
+    let err = js.ensure_stream(&small).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Api {
+                err_code: 10052,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    // A pull from a consumer that does not exist.
+    let err = js
+        .fetch("small", "nobody", 1, Duration::from_millis(100))
+        .unwrap_err();
+    assert!(matches!(err, Error::Api { code: 404, .. }), "{err}");
+    // Bigger than the server takes: refused before sending.
+    let err = js.publish("small", None, &vec![0; 2 << 20]).unwrap_err();
+    assert!(matches!(err, Error::TooLarge { .. }), "{err}");
+    let err = js.publish("two words", None, b"").unwrap_err();
+    assert!(matches!(err, Error::BadSubject(_)), "{err}");
+    assert!(!js.connection().is_closed());
 
     // Core publish/subscribe on the same connection.
     let sub = js.connection().subscribe("greetings.*", 10).unwrap();
@@ -270,8 +315,11 @@ fn a_server_sending_garbage_or_a_huge_frame_closes_the_connection_with_an_error(
             }
             socket.write_all(b"PONG\r\n").unwrap();
             socket.write_all(bad).unwrap();
-            // Hold the socket open: the client must give up on its own.
-            std::thread::sleep(Duration::from_secs(3));
+            // Hold the socket open: the client must give up on its own, and close it.
+            socket.set_read_timeout(Some(TIMEOUT)).unwrap();
+            let mut rest = Vec::new();
+            let closed = lines.read_to_end(&mut rest);
+            assert!(closed.is_ok(), "the client kept the connection: {closed:?}");
         });
         let url = format!("127.0.0.1:{port}");
         let connection = Connection::connect(&url, &Options::default()).unwrap();

@@ -9,6 +9,8 @@ use std::time::Duration;
 pub enum Error {
     /// The server URL cannot be used.
     Url(String),
+    /// A subject the server would refuse (empty, spaces, control characters).
+    BadSubject(String),
     /// No TCP connection to the server.
     Connect {
         /// The address as given.
@@ -84,6 +86,10 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::Url(why) => write!(f, "NATS server URL: {why}"),
+            Error::BadSubject(subject) => write!(
+                f,
+                "{subject:?} is not a NATS subject (printable ASCII without spaces)"
+            ),
             Error::Connect { address, source } => {
                 write!(
                     f,

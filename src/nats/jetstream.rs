@@ -403,6 +403,8 @@ impl JetStream {
         while messages.len() < batch {
             let Some(message) = inbox.recv(deadline)? else {
                 if messages.is_empty() {
+                    // A server does not answer a pull from a consumer it does not have: say so.
+                    self.consumer_info(stream, consumer)?;
                     return Err(Error::Timeout {
                         what: format!("a fetch from {stream}.{consumer}"),
                         after: expires.saturating_add(self.timeout),

@@ -286,10 +286,7 @@ pub fn check_subject(subject: &str) -> Result<(), Error> {
     if ok {
         Ok(())
     } else {
-        Err(Error::Protocol(format!(
-            "{:?} is not a NATS subject (printable ASCII without spaces)",
-            clip(subject)
-        )))
+        Err(Error::BadSubject(clip(subject).to_string()))
     }
 }
 
