@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use super::url::percent_decode;
 use super::Error;
 
 /// The stream, and the subject it captures, that the OpenFaaS gateway publishes to and its
@@ -266,7 +267,7 @@ impl GoUrl {
 /// A path or fragment decoded, with its raw form when that is not what escaping the decoded
 /// form gives back.
 fn decoded_and_raw(raw: &str) -> (String, String) {
-    let decoded = unescape(raw).unwrap_or_else(|| raw.to_string());
+    let decoded = percent_decode(raw).unwrap_or_else(|| raw.to_string());
     let raw = if escape(&decoded) == raw { "" } else { raw };
     (decoded, raw.to_string())
 }
@@ -282,21 +283,6 @@ fn escape(s: &str) -> String {
         }
     }
     out
-}
-
-/// Percent-decoding; `None` for a bad escape or a result that is not UTF-8.
-fn unescape(s: &str) -> Option<String> {
-    let mut out = Vec::with_capacity(s.len());
-    let mut bytes = s.bytes();
-    while let Some(b) = bytes.next() {
-        if b == b'%' {
-            let hex = [bytes.next()?, bytes.next()?];
-            out.push(u8::from_str_radix(std::str::from_utf8(&hex).ok()?, 16).ok()?);
-        } else {
-            out.push(b);
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 /// The callback URL: written as Go's struct; read from the struct or from plain text.

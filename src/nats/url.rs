@@ -84,33 +84,34 @@ impl ServerUrl {
         let auth = match userinfo {
             None => Auth::None,
             Some(u) => match u.split_once(':') {
-                Some((user, password)) => Auth::UserPassword(decode(user)?, decode(password)?),
-                None => Auth::Token(decode(u)?),
+                Some((user, password)) => {
+                    Auth::UserPassword(credential(user)?, credential(password)?)
+                }
+                None => Auth::Token(credential(u)?),
             },
         };
         Ok(ServerUrl { address, auth })
     }
 }
 
-/// Percent-decoding, for credentials holding `@`, `:` or `/`.
-fn decode(s: &str) -> Result<String, Error> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = s
-                .get(i + 1..i + 3)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| Error::Url("a credential has a bad %-escape".into()))?;
-            out.push(hex);
-            i += 3;
+/// A credential, percent-decoded: it may hold `@`, `:` or `/`.
+fn credential(s: &str) -> Result<String, Error> {
+    percent_decode(s).ok_or_else(|| Error::Url("a credential has a bad %-escape".into()))
+}
+
+/// Percent-decoding; `None` for a bad escape or a result that is not UTF-8.
+pub fn percent_decode(s: &str) -> Option<String> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut bytes = s.bytes();
+    while let Some(b) = bytes.next() {
+        if b == b'%' {
+            let hex = [bytes.next()?, bytes.next()?];
+            out.push(u8::from_str_radix(std::str::from_utf8(&hex).ok()?, 16).ok()?);
         } else {
-            out.push(bytes[i]);
-            i += 1;
+            out.push(b);
         }
     }
-    String::from_utf8(out).map_err(|_| Error::Url("a credential is not UTF-8".into()))
+    String::from_utf8(out).ok()
 }
 
 #[cfg(test)]
