@@ -195,8 +195,7 @@ impl Connection {
         payload: &[u8],
         timeout: Duration,
     ) -> Result<Message, Error> {
-        let inbox = self.inbox(1)?;
-        self.publish_to(subject, Some(inbox.subject()), headers, payload)?;
+        let inbox = self.ask(subject, headers, payload, 1, Some(1))?;
         let answer = inbox
             .recv(crate::deadline::after(timeout))?
             .ok_or_else(|| Error::Timeout {
@@ -209,41 +208,72 @@ impl Connection {
         Ok(answer)
     }
 
-    /// A subscription to a fresh reply subject ([`Subscription::subject`]), at most
-    /// `capacity` messages waiting (more are dropped, and logged).
-    pub fn inbox(&self, capacity: usize) -> Result<Subscription, Error> {
+    /// Publishes with a fresh inbox as the reply subject and returns that inbox's
+    /// subscription, at most `capacity` answers waiting; with `answers`, the server ends the
+    /// subscription after that many. Subscribing and publishing take one write.
+    pub fn ask(
+        &self,
+        subject: &str,
+        headers: &Headers,
+        payload: &[u8],
+        capacity: usize,
+        answers: Option<u64>,
+    ) -> Result<Subscription, Error> {
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
-        self.subscribe(&format!("{}.{id}", self.shared.inbox_prefix), capacity)
+        let mut inbox = self.register(&format!("{}.{id}", self.shared.inbox_prefix), capacity)?;
+        let mut frames = inbox.sub_line();
+        if let Some(n) = answers {
+            frames.extend_from_slice(format!("UNSUB {} {n}\r\n", inbox.sid).as_bytes());
+            inbox.answers = answers;
+        }
+        let reply = Some(inbox.subject.as_str());
+        frames.extend(proto::publish(
+            subject,
+            reply,
+            headers,
+            payload,
+            self.shared.info.max_payload,
+        )?);
+        self.shared.write(&frames)?;
+        Ok(inbox)
     }
 
     /// Subscribes to `subject` (wildcards allowed), at most `capacity` messages waiting (more
     /// are dropped, and logged). Dropping the subscription unsubscribes.
     pub fn subscribe(&self, subject: &str, capacity: usize) -> Result<Subscription, Error> {
+        let subscription = self.register(subject, capacity)?;
+        self.shared.write(&subscription.sub_line())?;
+        Ok(subscription)
+    }
+
+    /// A subscription's route, before the server is told.
+    fn register(&self, subject: &str, capacity: usize) -> Result<Subscription, Error> {
         proto::check_subject(subject)?;
         let sid = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = channel::bounded(capacity.max(1));
         {
             let mut routes = self.shared.routes.lock();
-            if routes.closed.is_none() {
-                routes.subs.insert(sid, tx);
+            if routes.closed.is_some() {
+                drop(routes);
+                return Err(self.shared.closed_error());
             }
+            routes.subs.insert(sid, tx);
         }
-        let subscription = Subscription {
+        Ok(Subscription {
             subject: subject.to_string(),
             sid,
             rx,
             shared: Arc::clone(&self.shared),
-        };
-        // On a closed connection this fails and says why.
-        self.shared
-            .write(format!("SUB {subject} {sid}\r\n").as_bytes())?;
-        Ok(subscription)
+            answers: None,
+            received: AtomicU64::new(0),
+        })
     }
 
     /// Round trip to the server: every message published before has been read by it.
     pub fn flush(&self, timeout: Duration) -> Result<(), Error> {
-        // A request to our own inbox comes back only after everything before it.
-        let inbox = self.inbox(1)?;
+        // A message to our own inbox comes back only after everything before it.
+        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let inbox = self.subscribe(&format!("{}.{id}", self.shared.inbox_prefix), 1)?;
         self.publish(inbox.subject(), &Headers::default(), b"")?;
         match inbox.recv(crate::deadline::after(timeout))? {
             Some(_) => Ok(()),
@@ -270,6 +300,9 @@ pub struct Subscription {
     sid: u64,
     rx: Receiver<Message>,
     shared: Arc<Shared>,
+    /// After how many messages the server ends it by itself.
+    answers: Option<u64>,
+    received: AtomicU64,
 }
 
 impl Subscription {
@@ -281,16 +314,28 @@ impl Subscription {
     /// The next message, or `None` at `deadline`; [`Error::Closed`] when the connection goes.
     pub fn recv(&self, deadline: Instant) -> Result<Option<Message>, Error> {
         match self.rx.recv_deadline(deadline) {
-            Ok(message) => Ok(Some(message)),
+            Ok(message) => {
+                self.received.fetch_add(1, Ordering::Relaxed);
+                Ok(Some(message))
+            }
             Err(RecvTimeoutError::Timeout) => Ok(None),
             Err(RecvTimeoutError::Disconnected) => Err(self.shared.closed_error()),
         }
     }
 }
 
+impl Subscription {
+    fn sub_line(&self) -> Vec<u8> {
+        format!("SUB {} {}\r\n", self.subject, self.sid).into_bytes()
+    }
+}
+
 impl Drop for Subscription {
     fn drop(&mut self) {
         self.shared.routes.lock().subs.remove(&self.sid);
+        if self.answers.is_some_and(|n| *self.received.get_mut() >= n) {
+            return;
+        }
         let _ = self
             .shared
             .write(format!("UNSUB {}\r\n", self.sid).as_bytes());

@@ -391,12 +391,12 @@ impl JetStream {
             serde_json::json!({ "batch": batch, "expires": nanos::of(expires) })
         };
         // Room for the batch and the status that may end it, so the reader never drops one.
-        let inbox = self.connection.inbox(batch + 4)?;
-        self.connection.publish_to(
+        let inbox = self.connection.ask(
             &call,
-            Some(inbox.subject()),
             &Headers::default(),
             request.to_string().as_bytes(),
+            batch + 4,
+            None,
         )?;
         let deadline = crate::deadline::after(expires.saturating_add(self.timeout));
         let mut messages = Vec::new();
