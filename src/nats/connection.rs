@@ -111,6 +111,9 @@ struct Shared {
     max_payload: usize,
 }
 
+/// Read beyond the server's `max_payload`: room for headers a server adds to what it stored.
+const READ_HEADROOM: usize = 64 * 1024;
+
 impl Connection {
     /// Connects, logs in with the URL's credentials, and waits for the server to accept.
     pub fn connect(url: &str, options: &Options) -> Result<Connection, Error> {
@@ -126,7 +129,7 @@ impl Connection {
             routes: Mutex::new(Routes::default()),
             inbox_prefix: format!("_INBOX.{:016x}", random()),
             next_id: AtomicU64::new(1),
-            max_payload: info.max_payload.min(options.max_payload),
+            max_payload: info.max_payload.min(options.max_payload) + READ_HEADROOM,
             info,
         });
         let reader = {

@@ -26,7 +26,7 @@ mod url;
 pub use connection::{Connection, Options, ServerInfo, Subscription};
 pub use error::Error;
 pub use jetstream::{
-    Ack, ConsumerConfig, ConsumerInfo, JetStream, JsMessage, PubAck, Retention, Storage,
-    StreamConfig, StreamInfo,
+    Ack, ConsumerConfig, ConsumerInfo, Discard, JetStream, JsMessage, PubAck, Retention, Storage,
+    StreamConfig, StreamInfo, StreamState,
 };
 pub use proto::{Headers, Message};
