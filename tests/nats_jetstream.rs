@@ -363,3 +363,30 @@ fn an_openfaas_invocation_goes_through_the_stream_an_openfaas_queue_worker_reads
     assert_eq!(QueueRequest::from_json(&got[0].payload).unwrap(), request);
     js.ack(&got[0], Ack::Ack).unwrap();
 }
+
+#[test]
+fn the_servers_pings_are_answered() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let fake = std::thread::spawn(move || {
+        let (mut socket, _) = listener.accept().unwrap();
+        socket.set_read_timeout(Some(TIMEOUT)).unwrap();
+        socket
+            .write_all(b"INFO {\"server_id\":\"fake\",\"headers\":true}\r\n")
+            .unwrap();
+        let mut lines = BufReader::new(socket.try_clone().unwrap());
+        let mut line = String::new();
+        while !line.starts_with("PING") {
+            line.clear();
+            lines.read_line(&mut line).unwrap();
+        }
+        socket.write_all(b"PONG\r\nPING\r\n").unwrap();
+        line.clear();
+        lines.read_line(&mut line).unwrap();
+        line
+    });
+    let connection =
+        Connection::connect(&format!("127.0.0.1:{port}"), &Options::default()).unwrap();
+    assert_eq!(fake.join().unwrap(), "PONG\r\n");
+    drop(connection);
+}
