@@ -129,6 +129,9 @@ mod deployments;
 mod reload;
 
 // Leaves.
+/// A synchronous NATS JetStream client, for the async invocation queue on more than one machine.
+mod nats;
+
 mod deadline;
 mod duration;
 mod function;
@@ -142,6 +145,10 @@ mod rfc3339;
 pub mod internals {
     pub use crate::call::Call;
     pub use crate::config::Loaded;
+    /// The NATS JetStream client, driven by `tests/nats_jetstream.rs` against a real server.
+    pub mod nats {
+        pub use crate::nats::*;
+    }
     pub use crate::duration::parse_duration;
     pub use crate::provider::wire::{FunctionJson, ScaleServiceRequest};
     pub use crate::proxy::headers::{outgoing, Forwarding};

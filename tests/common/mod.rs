@@ -1,6 +1,8 @@
 //! Runs the real `defrost` binary against real function processes, on loopback only.
 #![allow(dead_code)]
 
+pub mod nats_server;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
