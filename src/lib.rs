@@ -81,6 +81,9 @@ mod table;
 /// Forwarding to a replica, relaying its answer.
 mod proxy;
 
+/// `/async-function/*`: calls stored durably, run later by workers, retried, called back.
+mod queue;
+
 /// A ready replica, or a cold start, for each call.
 mod scaler;
 
@@ -168,6 +171,7 @@ pub use provider::{
 };
 pub use proxy::trust::IpRange;
 pub use proxy::ProxyConfig;
+pub use queue::{Bounds as QueueBounds, QueueConfig};
 pub use reload::serve_until_stopped;
 pub use scaler::ScalingConfig;
 pub use server::PoolConfig;
@@ -232,6 +236,8 @@ pub struct Settings {
     /// Where functions deployed through the API (`POST /system/functions`) are kept, with the
     /// process provider; `None`: in memory only, lost at exit.
     pub state_file: Option<std::path::PathBuf>,
+    /// The async queue (`/async-function/*`); `None`: no queue, that route answers 404.
+    pub queue: Option<QueueConfig>,
 }
 
 impl Default for Settings {
@@ -267,6 +273,7 @@ impl From<&GatewaySection> for Settings {
                 .clone()
                 .map(|url| (url, g.analytics_interval.0)),
             state_file: None,
+            queue: None,
         }
     }
 }
@@ -285,6 +292,13 @@ impl Settings {
             ..defrost_http::Limits::default()
         }
     }
+}
+
+/// Opens the queue's embedded store and what it kept from the last run.
+fn open_queue(config: &QueueConfig) -> io::Result<queue::Queue> {
+    let store = queue::embedded::Embedded::open(&config.path).map_err(io::Error::other)?;
+    log::info!("async queue stored in {}", config.path.display());
+    queue::Queue::open(config.clone(), Box::new(store)).map_err(io::Error::other)
 }
 
 /// What runs the functions, and what the gateway does with it beyond asking it for replicas.
@@ -339,6 +353,8 @@ impl Backend {
 /// A running gateway: listening, with its workers started.
 pub struct Gateway {
     handler: Arc<Handler>,
+    /// The async queue, whose workers stop with the gateway.
+    queue: Option<Arc<queue::Queue>>,
     /// The embedded provider's functions, from the config file and the API; a reload
     /// replaces the config file's.
     functions: Option<Arc<deployments::Deployments>>,
@@ -416,11 +432,23 @@ impl Gateway {
             )?)),
             None => None,
         };
+        let queue = match &settings.queue {
+            Some(config) => Some(Arc::new(open_queue(config)?)),
+            None => None,
+        };
         let handler = handler
             .with_remote_api(backend.remote_api())
             .with_logs(backend.logs())
-            .with_deployments(deployments.clone());
+            .with_deployments(deployments.clone())
+            .with_queue(queue.clone());
         let handler = Arc::new(handler);
+        if let (Some(queue), Some(config)) = (&queue, &settings.queue) {
+            let invoker = Arc::clone(&handler);
+            let limit = config.max_response_bytes;
+            queue.start(Arc::new(move |call: &queue::store::Queued| {
+                invoker.invoke_queued(call, limit)
+            }))?;
+        }
         let metrics_listener = match settings.metrics_listen {
             Some(addr) => {
                 let scrape = Arc::clone(&handler);
@@ -442,6 +470,7 @@ impl Gateway {
         log::info!("defrost listening on http://{addr}");
         Ok(Gateway {
             handler,
+            queue,
             functions: deployments,
             metrics_listener,
             analytics,
@@ -506,8 +535,16 @@ impl Gateway {
         autoscaler.stop();
         self.pool.stop_accepting();
         self.handler.start_draining();
+        if let Some(queue) = &self.queue {
+            queue.stop_taking();
+        }
         let deadline = deadline::after(self.shutdown_grace);
-        let busy = || self.handler.in_flight() > 0 || self.pool.connections_in_use() > 0;
+        let queued_running = || self.queue.as_ref().map_or(0, |q| q.running());
+        let busy = || {
+            self.handler.in_flight() > 0
+                || self.pool.connections_in_use() > 0
+                || queued_running() > 0
+        };
         while busy() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -522,6 +559,9 @@ impl Gateway {
         // The workers are joined next: none may still be waiting for a replica.
         self.handler.scaler().abandon_waits();
         self.pool.stop();
+        if let Some(queue) = self.queue.take() {
+            queue.close();
+        }
         if let Some(listener) = self.metrics_listener.take() {
             listener.stop();
         }

@@ -13,6 +13,7 @@ use crate::config::{
 use crate::duration::parse_duration;
 use crate::provider::openfaas::{OpenFaasOptions, OpenFaasProvider};
 use crate::provider::process::{ProcessOptions, ProcessProvider};
+use crate::queue::QueueConfig;
 use crate::{Backend, Settings};
 
 /// Reads `config` when given; otherwise the OpenFaaS environment variables.
@@ -31,6 +32,7 @@ pub fn from_file(loaded: &Loaded) -> Result<(Settings, Backend), SetupError> {
     settings.triggers = loaded.trigger_specs()?;
     let config_path = std::path::absolute(&loaded.path).unwrap_or_else(|_| loaded.path.clone());
     settings.state_file = Some(crate::deployments::state_file_for(&config_path));
+    settings.queue = Some(loaded.queue_config()?);
     let backend = match &loaded.config.provider {
         None => process_provider(loaded)?,
         Some(section) if section.kind == ProviderKind::Process => process_provider(loaded)?,
@@ -144,6 +146,7 @@ pub fn from_env(var: &dyn Fn(&str) -> Option<String>) -> Result<(Settings, Backe
     settings.client_read_timeout = read_timeout;
     settings.client_write_timeout = write_timeout;
     settings.auth = gateway_credentials(&gateway)?;
+    settings.queue = Some(queue_from_env(var, &duration, &number)?);
     let backend = match var("functions_provider_url").filter(|u| !u.is_empty()) {
         Some(url) => Backend::OpenFaas(Arc::new(OpenFaasProvider::new(OpenFaasOptions {
             base_url: url,
@@ -161,6 +164,39 @@ pub fn from_env(var: &dyn Fn(&str) -> Option<String>) -> Result<(Settings, Backe
         }
     };
     Ok((settings, backend))
+}
+
+/// The async queue from the environment: the store in `queue_path` (default
+/// `defrost.queue.redb` in the working directory), and the OpenFaaS queue-worker's own
+/// variables for what they mean there: `max_inflight` (calls of one function at once),
+/// `max_retry_attempts`, `initial_retry_wait`.
+fn queue_from_env(
+    var: &dyn Fn(&str) -> Option<String>,
+    duration: &dyn Fn(&str, Duration) -> Result<Duration, SetupError>,
+    number: &dyn Fn(&str, usize) -> Result<usize, SetupError>,
+) -> Result<QueueConfig, SetupError> {
+    let defaults = QueueConfig::default();
+    let at_least_one = |name: &str, default: usize| match number(name, default)? {
+        0 => Err(SetupError::Environment {
+            variable: name.into(),
+            message: "must be at least 1".into(),
+        }),
+        n => Ok(n),
+    };
+    let path = var("queue_path")
+        .filter(|p| !p.is_empty())
+        .map_or_else(|| PathBuf::from("defrost.queue.redb"), PathBuf::from);
+    Ok(QueueConfig {
+        path: std::path::absolute(&path).unwrap_or(path),
+        concurrency: at_least_one("max_inflight", defaults.concurrency)?,
+        max_attempts: u32::try_from(at_least_one(
+            "max_retry_attempts",
+            defaults.max_attempts as usize,
+        )?)
+        .unwrap_or(u32::MAX),
+        retry_backoff: duration("initial_retry_wait", defaults.retry_backoff)?,
+        ..defaults
+    })
 }
 
 #[cfg(test)]
