@@ -827,4 +827,29 @@ labels = { "com.openfaas.scale.zero" = "true" }
         assert_eq!(err.line, Some(5));
         assert!(err.message.contains("declared twice"), "{err}");
     }
+
+    #[test]
+    fn the_queue_lives_beside_the_config_file_with_each_functions_concurrency() {
+        let loaded = Loaded::parse(
+            Path::new("/etc/defrost/gw.toml"),
+            "[queue]\nmax_attempts = 3\n[[function]]\nname = \"a\"\ncommand = [\"x\"]\nasync_concurrency = 4\n".into(),
+        )
+        .unwrap();
+        let queue = loaded.queue_config().unwrap();
+        assert_eq!(queue.path, Path::new("/etc/defrost/gw.queue.redb"));
+        assert_eq!(queue.max_attempts, 3);
+        assert_eq!(queue.function_concurrency.get("a.default"), Some(&4));
+        let text = "[[function]]\nname = \"a\"\ncommand = [\"x\"]\nasync_concurrency = 0\n";
+        let err = parse(text).unwrap().queue_config().err().unwrap();
+        assert_eq!(
+            (err.line, err.key.as_deref()),
+            (Some(4), Some("async_concurrency"))
+        );
+        let err = parse("[queue]\nworkers = 0\n")
+            .unwrap()
+            .queue_config()
+            .err()
+            .unwrap();
+        assert_eq!(err.key.as_deref(), Some("queue.workers"));
+    }
 }

@@ -142,8 +142,11 @@ impl Error {
             | Error::Overloaded { .. }
             | Error::CrashLooping { .. }
             | Error::ShuttingDown
-            | Error::Queue(_) => 503,
+            | Error::Queue(QueueError::Full { .. } | QueueError::Store(_) | QueueError::Stopped) => {
+                503
+            }
             Error::NotReady { .. } | Error::UpstreamTimeout { .. } => 504,
+            Error::Queue(QueueError::Off) => 501,
         }
     }
 
@@ -158,7 +161,9 @@ impl Error {
             Error::ShuttingDown | Error::Queue(QueueError::Stopped) => {
                 vec![("Retry-After", "1".into())]
             }
-            Error::Queue(_) => vec![("Retry-After", whole_seconds(RETRY_AFTER).to_string())],
+            Error::Queue(QueueError::Full { .. } | QueueError::Store(_)) => {
+                vec![("Retry-After", whole_seconds(RETRY_AFTER).to_string())]
+            }
             Error::Unauthorized => vec![("WWW-Authenticate", "Basic realm=\"Restricted\"".into())],
             Error::MethodNotAllowed { allowed } => vec![("Allow", allowed.clone())],
             _ => Vec::new(),
@@ -231,6 +236,7 @@ impl fmt::Display for Error {
             Error::ProviderApi(why) => write!(f, "provider unavailable: {why}"),
             Error::Unauthorized => f.write_str("authentication required"),
             Error::ShuttingDown => f.write_str("the gateway is shutting down"),
+            Error::Queue(e @ QueueError::Off) => e.fmt(f),
             Error::Queue(e) => write!(f, "{e}; retry later"),
         }
     }

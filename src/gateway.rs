@@ -422,9 +422,7 @@ impl Handler {
     /// limit; 202 with its `X-Call-Id` once it is stored durably.
     fn enqueue(&self, request: &mut Request, target: &Target<'_>) -> Result<ResponseBox, Error> {
         let Some(queue) = &self.queue else {
-            return Err(Error::NoRoute {
-                path: printable_path(request.url()),
-            });
+            return Err(Error::Queue(queue::QueueError::Off));
         };
         let function = target.function;
         let callback = request_header(request, "X-Callback-Url").map(str::to_owned);

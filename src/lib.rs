@@ -236,7 +236,7 @@ pub struct Settings {
     /// Where functions deployed through the API (`POST /system/functions`) are kept, with the
     /// process provider; `None`: in memory only, lost at exit.
     pub state_file: Option<std::path::PathBuf>,
-    /// The async queue (`/async-function/*`); `None`: no queue, that route answers 404.
+    /// The async queue (`/async-function/*`); `None`: no queue, that route answers 501.
     pub queue: Option<QueueConfig>,
 }
 

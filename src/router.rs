@@ -189,6 +189,25 @@ mod tests {
     }
 
     #[test]
+    fn async_function_routes_are_parsed_as_function_routes() {
+        let Ok(Route::AsyncFunction {
+            function,
+            rest,
+            query,
+            namespace_named,
+        }) = route("/async-function/echo.team-a/x?y=1", "default")
+        else {
+            panic!("not an async function route");
+        };
+        assert_eq!(
+            (function.key(), rest, query, namespace_named),
+            ("echo.team-a", "/x", Some("y=1"), true)
+        );
+        assert_eq!(route("/async-function/", "default"), Ok(Route::NotFound));
+        assert!(route("/async-function/Bad_Name", "default").is_err());
+    }
+
+    #[test]
     fn whether_the_namespace_was_named_is_kept() {
         let named = |target| match route(target, "default").unwrap() {
             Route::Function {

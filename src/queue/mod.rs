@@ -103,6 +103,8 @@ pub enum QueueError {
     Store(StoreError),
     /// The queue stopped taking calls (shutting down).
     Stopped,
+    /// The gateway runs without a queue.
+    Off,
 }
 
 /// Which bound a call would break, with its value.
@@ -123,6 +125,11 @@ impl std::fmt::Display for QueueError {
             },
             QueueError::Store(e) => e.fmt(f),
             QueueError::Stopped => write!(f, "the async queue is stopping"),
+            QueueError::Off => write!(
+                f,
+                "asynchronous calls are off: no queue is configured ([queue] in the config file, \
+                 or queue_path in the environment)"
+            ),
         }
     }
 }
