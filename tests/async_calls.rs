@@ -392,3 +392,40 @@ fn a_full_queue_answers_503_with_retry_after_and_bad_calls_are_refused_at_once()
     });
     assert_eq!(post_async(&gw, "a", &[], "x").status, 202);
 }
+
+#[test]
+fn sigterm_leaves_queued_calls_for_the_next_start() {
+    let dir = TempDir::new("async-term");
+    let config = format!(
+        "[gateway]\nshutdown_grace = \"1s\"\n{}",
+        queued_function("later", dir.path(), true, "")
+    );
+    let mut gw = start_in(&dir, &config);
+    let ids: Vec<String> = (0..3)
+        .map(|n| {
+            let reply = post_async(&gw, &format!("later/{n}"), &[], "");
+            assert_eq!(reply.status, 202);
+            reply.header("X-Call-Id").unwrap().to_owned()
+        })
+        .collect();
+    // The first call is running (held at the gate) when the gateway is told to stop.
+    wait_for("the first call to start", Duration::from_secs(30), || {
+        calls(dir.path()).len() == 1
+    });
+    unsafe_kill(gw.child.id(), "TERM");
+    let status = wait_exit(&mut gw.child, Duration::from_secs(20)).expect("defrost stopped");
+    assert!(status.success(), "{status:?}: {}", gw.log_text());
+    assert_eq!(
+        calls(dir.path()).len(),
+        1,
+        "no call was started while stopping"
+    );
+
+    std::fs::write(dir.path().join("gate"), "open").unwrap();
+    let gw = start_in(&dir, &config);
+    assert_eq!(gw.log_count_settled("3 calls left from the last run", 1), 1);
+    wait_for("the three calls to run", Duration::from_secs(30), || {
+        let ran: BTreeSet<String> = calls(dir.path()).into_iter().map(|(id, _)| id).collect();
+        ids.iter().all(|id| ran.contains(id))
+    });
+}

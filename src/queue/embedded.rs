@@ -108,9 +108,9 @@ impl Embedded {
 }
 
 impl Store for Embedded {
-    fn push(&self, call: &Queued) -> Result<Id, StoreError> {
+    fn push(&self, call: Queued) -> Result<Id, StoreError> {
         let (tx, rx) = channel::bounded(1);
-        if !self.send(Op::Push(Box::new(call.clone()), tx)) {
+        if !self.send(Op::Push(Box::new(call), tx)) {
             return Err(closed());
         }
         rx.recv()
@@ -353,7 +353,7 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         let ids: Vec<Id> = {
             let store = Embedded::open(&path).unwrap();
-            let ids = (0..3).map(|n| store.push(&call(n)).unwrap()).collect();
+            let ids = (0..3).map(|n| store.push(call(n)).unwrap()).collect();
             store.close();
             ids
         };
@@ -365,7 +365,7 @@ mod tests {
         let mut retried = call(1).meta;
         retried.attempts = 2;
         store.retry_later(ids[1], &retried);
-        let later = store.push(&call(4)).unwrap();
+        let later = store.push(call(4)).unwrap();
         assert!(later > ids[2], "ids keep increasing across opens");
         store.close();
         let store = Embedded::open(&path).unwrap();
@@ -390,7 +390,7 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         let store = Embedded::open(&path).unwrap();
         let ids: Vec<Id> = (0..200)
-            .map(|_| store.push(&call(64 << 10)).unwrap())
+            .map(|_| store.push(call(64 << 10)).unwrap())
             .collect();
         let full = store.disk_bytes();
         assert!(full > 12 << 20, "{full}");
@@ -400,7 +400,7 @@ mod tests {
         store.close();
         let store = Embedded::open(&path).unwrap();
         // The compaction runs after the group that emptied the queue; a flush follows it.
-        store.push(&call(1)).map(|id| store.done(id)).unwrap();
+        store.push(call(1)).map(|id| store.done(id)).unwrap();
         store.close();
         assert!(
             store.disk_bytes() < full / 2,

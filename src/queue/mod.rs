@@ -254,14 +254,15 @@ impl Queue {
                 function: function.clone(),
                 bound,
             })?;
-        let stored = shared.store.push(&call);
+        let call_id = call.meta.call_id.clone();
+        let stored = shared.store.push(call);
         shared
             .board
             .lock()
             .settle(key, bytes, stored.as_ref().ok().copied());
         let _ = stored.map_err(QueueError::Store)?;
         shared.wake.notify_one();
-        Ok(call.meta.call_id)
+        Ok(call_id)
     }
 
     /// The largest body a queued call may have.

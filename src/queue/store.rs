@@ -95,7 +95,7 @@ impl std::error::Error for StoreError {}
 pub trait Store: Send + Sync {
     /// Keeps `call`; returns only once it survives a crash of the process (and, for the
     /// embedded store, of the machine: the commit is fsynced).
-    fn push(&self, call: &Queued) -> Result<Id, StoreError>;
+    fn push(&self, call: Queued) -> Result<Id, StoreError>;
     /// Every call kept and not done, oldest first: what was left when the process last stopped.
     fn pending(&self) -> Result<Vec<Pending>, StoreError>;
     /// One kept call, whole; `None` when it is no longer kept.
