@@ -163,14 +163,23 @@ impl Handler {
         let routed = crate::screen::screen(request.method().as_str(), &target).and_then(|()| {
             router::route(&target, self.namespaces.default_namespace()).map_err(Error::from)
         });
+        let queued = matches!(routed, Ok(Route::AsyncFunction { .. }));
         match routed {
             Err(e) => Outcome::local(Err(e)),
-            Ok(Route::Function {
-                function,
-                rest,
-                query,
-                namespace_named,
-            }) => {
+            Ok(
+                Route::Function {
+                    function,
+                    rest,
+                    query,
+                    namespace_named,
+                }
+                | Route::AsyncFunction {
+                    function,
+                    rest,
+                    query,
+                    namespace_named,
+                },
+            ) => {
                 let function = self.namespaces.resolve_function(function);
                 let target = Target {
                     function: &function,
@@ -179,23 +188,11 @@ impl Handler {
                     params: &[],
                     namespace_named,
                 };
-                self.call_function(request, &target)
-            }
-            Ok(Route::AsyncFunction {
-                function,
-                rest,
-                query,
-                namespace_named,
-            }) => {
-                let function = self.namespaces.resolve_function(function);
-                let target = Target {
-                    function: &function,
-                    rest,
-                    query,
-                    params: &[],
-                    namespace_named,
-                };
-                Outcome::local(self.enqueue(request, &target))
+                if queued {
+                    Outcome::local(self.enqueue(request, &target))
+                } else {
+                    self.call_function(request, &target)
+                }
             }
             Ok(Route::NotFound) => self.trigger(request, &target),
             Ok(route) => Outcome::local(self.local(request, route, &target)),

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::mpsc::{self, Receiver};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 
@@ -71,11 +71,24 @@ fn calls(dir: &Path) -> Vec<(String, String)> {
 }
 
 fn wait_for(what: &str, limit: Duration, done: impl Fn() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        thread::sleep(Duration::from_millis(25));
-    }
+    assert!(eventually(limit, done), "timed out waiting for {what}");
+}
+
+/// The function's async counters once its calls have settled: completed, failed, retried,
+/// callback failures.
+fn assert_counts(gw: &Defrost, function: &str, [completed, failed, retried, callbacks]: [f64; 4]) {
+    let series =
+        |name: &str| format!("defrost_async_{name}{{function_name=\"{function}.default\"}}");
+    let settled = |s: &Scrape| {
+        s.value(&series("completed_total")) == Some(completed)
+            && s.value(&series("failed_total")) == Some(failed)
+    };
+    gw.scrape_when(settled).assert_values(&[
+        (&series("completed_total"), completed),
+        (&series("failed_total"), failed),
+        (&series("retried_total"), retried),
+        (&series("callback_failures_total"), callbacks),
+    ]);
 }
 
 #[test]
@@ -257,27 +270,7 @@ fn callbacks_carry_the_answer_with_the_queue_workers_headers() {
             .count(),
         1
     );
-    gw.scrape_when(|s| {
-        s.value("defrost_async_failed_total{function_name=\"cb.default\"}") == Some(1.0)
-    })
-    .assert_values(&[
-        (
-            "defrost_async_failed_total{function_name=\"cb.default\"}",
-            1.0,
-        ),
-        (
-            "defrost_async_completed_total{function_name=\"cb.default\"}",
-            1.0,
-        ),
-        (
-            "defrost_async_retried_total{function_name=\"cb.default\"}",
-            0.0,
-        ),
-        (
-            "defrost_async_callback_failures_total{function_name=\"cb.default\"}",
-            0.0,
-        ),
-    ]);
+    assert_counts(&gw, "cb", [1.0, 1.0, 0.0, 0.0]);
 }
 
 #[test]
@@ -300,23 +293,7 @@ fn a_function_that_fails_twice_is_retried_until_it_answers() {
     let attempts = calls(dir.path());
     assert_eq!(attempts.len(), 3, "{attempts:?}");
     assert!(attempts.iter().all(|(id, _)| *id == call_id));
-    gw.scrape_when(|s| {
-        s.value("defrost_async_completed_total{function_name=\"flaky.default\"}") == Some(1.0)
-    })
-    .assert_values(&[
-        (
-            "defrost_async_retried_total{function_name=\"flaky.default\"}",
-            2.0,
-        ),
-        (
-            "defrost_async_completed_total{function_name=\"flaky.default\"}",
-            1.0,
-        ),
-        (
-            "defrost_async_failed_total{function_name=\"flaky.default\"}",
-            0.0,
-        ),
-    ]);
+    assert_counts(&gw, "flaky", [1.0, 0.0, 2.0, 0.0]);
 
     // Out of attempts: a call failing every time is given up after max_attempts.
     let reply = post_async(&gw, "flaky/status/502", &[("X-Callback-Url", &url)], "");
