@@ -327,23 +327,7 @@ mod tests {
     use super::*;
 
     fn call(n: usize) -> Queued {
-        Queued {
-            meta: Meta {
-                call_id: format!("call-{n}"),
-                function: "echo".into(),
-                namespace: "default".into(),
-                namespace_named: false,
-                method: "POST".into(),
-                rest: "/x".into(),
-                query: Some("a=1".into()),
-                headers: vec![("Content-Type".into(), "text/plain".into())],
-                client: Some("127.0.0.1:1234".into()),
-                callback: None,
-                attempts: 0,
-                accepted_ms: 1,
-            },
-            body: vec![b'x'; n],
-        }
+        super::super::store::sample("/x", n)
     }
 
     #[test]

@@ -373,7 +373,13 @@ impl Shared {
         };
         call.meta.attempts += 1;
         let started = Instant::now();
-        let answer = invoke(&call);
+        // A panic in the request path must not take the worker, and the lane's slot, with it.
+        let answer = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| invoke(&call)))
+            .unwrap_or_else(|_| Answer {
+                status: 500,
+                content_type: Some("text/plain; charset=utf-8".into()),
+                body: b"the gateway failed while running this call\n".to_vec(),
+            });
         let took = started.elapsed();
         let meta = &call.meta;
         let attempts = meta.attempts;
@@ -424,6 +430,44 @@ impl Shared {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use store::sample;
+
+    #[test]
+    fn a_call_that_panics_fails_alone_and_its_lane_goes_on() {
+        let dir = std::env::temp_dir().join(format!("defrost-queue-panic-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let config = QueueConfig {
+            path: dir.join("q.redb"),
+            workers: 1,
+            ..QueueConfig::default()
+        };
+        let store = embedded::Embedded::open(&config.path).unwrap();
+        let queue = Queue::open(config, Box::new(store)).unwrap();
+        let echo = FunctionRef::new("echo", "default").unwrap();
+        queue.accept(&echo, sample("/panic", 1)).unwrap();
+        queue.accept(&echo, sample("/ok", 1)).unwrap();
+        queue
+            .start(Arc::new(|call: &Queued| {
+                assert_ne!(call.meta.rest, "/panic", "a bug in the request path");
+                Answer {
+                    status: 200,
+                    content_type: None,
+                    body: Vec::new(),
+                }
+            }))
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let settled = || {
+            let row = queue.stats().functions.pop();
+            row.is_some_and(|r| (r.completed, r.failed, r.queued) == (1, 1, 0))
+        };
+        while !settled() {
+            assert!(Instant::now() < deadline, "{:?}", queue.stats());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        queue.close();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn only_not_now_statuses_are_retried_with_growing_pauses() {

@@ -109,3 +109,25 @@ pub trait Store: Send + Sync {
     /// Makes everything done so far durable and stops; called once, at shutdown.
     fn close(&self);
 }
+
+/// A call to `echo.default` with a body of `body` bytes, for tests.
+#[cfg(test)]
+pub fn sample(rest: &str, body: usize) -> Queued {
+    Queued {
+        meta: Meta {
+            call_id: format!("call{rest}"),
+            function: "echo".into(),
+            namespace: "default".into(),
+            namespace_named: false,
+            method: "POST".into(),
+            rest: rest.into(),
+            query: Some("a=1".into()),
+            headers: vec![("Content-Type".into(), "text/plain".into())],
+            client: Some("127.0.0.1:1234".into()),
+            callback: None,
+            attempts: 0,
+            accepted_ms: 1,
+        },
+        body: vec![b'x'; body],
+    }
+}
