@@ -102,8 +102,8 @@ impl Proxy {
     ) -> Result<ResponseBox, Error> {
         let declared = self.declared_body(request)?;
         let outgoing = OutgoingHead::from_request(request, &self.config.trusted_proxies)?;
-        let mut body = ClientBody::new(request.as_reader(), self.config.max_body_bytes);
-        self.deliver(outgoing, declared, &mut body, target, call)
+        let body = ClientBody::new(request.as_reader(), self.config.max_body_bytes);
+        self.deliver(outgoing, declared, body, target, call)
     }
 
     /// The largest request body forwarded.
@@ -140,8 +140,8 @@ impl Proxy {
             n => Body::Length(n),
         };
         let mut reader = stored.body;
-        let mut body = ClientBody::new(&mut reader, u64::MAX);
-        self.deliver(outgoing, declared, &mut body, target, call)
+        let body = ClientBody::new(&mut reader, u64::MAX);
+        self.deliver(outgoing, declared, body, target, call)
     }
 
     /// Sends the request to a ready replica, retrying what is safe to retry.
@@ -149,7 +149,7 @@ impl Proxy {
         &self,
         mut outgoing: OutgoingHead,
         declared: Body,
-        body: &mut ClientBody<'_>,
+        mut body: ClientBody<'_>,
         target: &Target<'_>,
         call: &mut Call,
     ) -> Result<ResponseBox, Error> {
@@ -182,7 +182,7 @@ impl Proxy {
                 target.rest,
                 target.query,
             );
-            let sent = self.send(&url, &outgoing, declared, body);
+            let sent = self.send(&url, &outgoing, declared, &mut body);
             match sent.and_then(refuse_misframed) {
                 Ok(response) => {
                     call.hold_replica(in_flight);
@@ -198,7 +198,7 @@ impl Proxy {
                     std::thread::sleep(backoff(self.config.retry_backoff, attempt));
                     attempt += 1;
                 }
-                Err(e) => return Err(self.failure(call, &url, e, body, attempt + 1)),
+                Err(e) => return Err(self.failure(call, &url, e, &body, attempt + 1)),
             }
         }
     }
