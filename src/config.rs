@@ -51,8 +51,8 @@ pub struct FileConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct QueueSection {
     /// The store's file; relative to the config file's folder. Default: beside the config
-    /// file, `<name>.queue.redb`.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// file, `<name>.queue.redb`. Shown resolved by `defrost check`, not as written.
+    #[serde(skip_serializing)]
     pub path: Option<PathBuf>,
     pub workers: usize,
     /// `async_concurrency` of functions that do not set their own.
