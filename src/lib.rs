@@ -39,7 +39,10 @@
 //! swaps triggers and functions atomically; `analytics` posts call counts in batches;
 //! `deployments` adds the functions deployed through `/system/functions` to the config file's
 //! (kept in a state file, through reloads); `logs` serves the replicas' output kept per
-//! function on `/system/logs`, followed streams bounded in number and time.
+//! function on `/system/logs`, followed streams bounded in number and time; `queue` answers
+//! `/async-function/*` with 202 once the request is committed to its redb file, and runs the
+//! calls with workers of its own through `Call::begin` and `Proxy` as above, retrying and
+//! calling back.
 //!
 //! The library is the gateway; the `defrost` binary only reads a config file and runs it.
 //! Embedders build a [`Gateway`] from [`Settings`] and any [`Provider`]:
