@@ -406,3 +406,22 @@ fn sigterm_leaves_queued_calls_for_the_next_start() {
         ids.iter().all(|id| ran.contains(id))
     });
 }
+
+#[test]
+fn calls_to_one_function_run_in_the_order_they_were_accepted() {
+    let dir = TempDir::new("async-order");
+    let gw = start_in(&dir, &queued_function("ordered", dir.path(), true, ""));
+    for n in 0..8 {
+        assert_eq!(
+            post_async(&gw, &format!("ordered/{n}"), &[], "").status,
+            202
+        );
+    }
+    std::fs::write(dir.path().join("gate"), "open").unwrap();
+    wait_for("the eight calls to run", Duration::from_secs(30), || {
+        calls(dir.path()).len() == 8
+    });
+    let order: Vec<String> = calls(dir.path()).into_iter().map(|(_, p)| p).collect();
+    let expected: Vec<String> = (0..8).map(|n| format!("/{n}")).collect();
+    assert_eq!(order, expected);
+}
