@@ -116,8 +116,14 @@ def main():
             sys.exit("the queue did not drain in 10 minutes")
         time.sleep(0.2)
     drained = time.monotonic() - drain_started
-    time.sleep(1)
-    size_after = store.stat().st_size
+    # The store is compacted after the commit that empties it: wait for the file to settle.
+    size_after, settle_deadline = store.stat().st_size, time.monotonic() + 15
+    while time.monotonic() < settle_deadline:
+        time.sleep(0.5)
+        size_now = store.stat().st_size
+        if size_now == size_after and size_now < size_full:
+            break
+        size_after = size_now
     rss_after = gw.rss_mb()
     report = {
         "clients": per_proc * args.procs,
