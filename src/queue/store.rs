@@ -15,6 +15,11 @@
 //! | [`Store::retry_later`] | nak with the back-off as its delay; the attempt count is the delivery count |
 //!
 //! Disk use is then the stream's `max_bytes`/`max_msgs`, compaction the server's business.
+//! Two things the embedded store does not need would come with it: calls pushed by other
+//! gateways reach this one only through the consumer, so the queue would poll the store (and
+//! leave its own pushes to come back the same way) instead of listing what it pushed; and a
+//! fetched call waiting its turn must be kept from redelivery (in-progress acks, or a consumer
+//! `max_ack_pending` no larger than what the workers run at once).
 
 use std::fmt;
 
