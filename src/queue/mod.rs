@@ -288,7 +288,10 @@ impl Queue {
         let workers = std::mem::take(&mut *self.workers.lock());
         let left = workers.iter().filter(|w| !w.is_finished()).count();
         if left > 0 {
-            log::warn!("async queue: {left} calls still running; they run again at the next start");
+            log::warn!(
+                "async queue: {left} workers still busy (a call, or its callback); calls not \
+                 done run again at the next start"
+            );
         }
         for worker in workers.into_iter().filter(|w| w.is_finished()) {
             let _ = worker.join();
