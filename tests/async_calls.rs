@@ -425,3 +425,43 @@ fn calls_to_one_function_run_in_the_order_they_were_accepted() {
     let expected: Vec<String> = (0..8).map(|n| format!("/{n}")).collect();
     assert_eq!(order, expected);
 }
+
+#[test]
+fn a_callback_that_cannot_be_delivered_is_tried_a_bounded_number_of_times_and_logged() {
+    let dir = TempDir::new("async-callback-down");
+    // A port that was just free: nothing listens there.
+    let closed = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/done", closed.local_addr().unwrap());
+    drop(closed);
+    let gw = start_in(
+        &dir,
+        &format!(
+            "[queue]\ncallback_attempts = 2\nretry_backoff = \"50ms\"\n{}",
+            queued_function("lonely", dir.path(), false, "")
+        ),
+    );
+    let reply = post_async(&gw, "lonely", &[("X-Callback-Url", &url)], "");
+    assert_eq!(reply.status, 202);
+    let failures = "defrost_async_callback_failures_total{function_name=\"lonely.default\"}";
+    gw.scrape_when(|s| s.value(failures) == Some(1.0))
+        .assert_values(&[
+            (failures, 1.0),
+            (
+                "defrost_async_completed_total{function_name=\"lonely.default\"}",
+                1.0,
+            ),
+        ]);
+    assert_eq!(gw.log_count_settled("(attempt 2 of 2)", 1), 1);
+    let id = reply.header("X-Call-Id").unwrap();
+    for attempt in ["attempt 1 of 2", "attempt 2 of 2"] {
+        let line = format!("callback for call {id} of lonely.default");
+        assert!(
+            gw.log_text()
+                .lines()
+                .any(|l| l.contains(&line) && l.contains(attempt)),
+            "{attempt}: {}",
+            gw.log_text()
+        );
+    }
+    assert_eq!(calls(dir.path()).len(), 1, "the call itself ran once");
+}
