@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::config::{ConfigError, Dur, GatewaySection, Loaded, ProviderKind, SetupError};
+use crate::config::{
+    ConfigError, Dur, GatewaySection, Loaded, ProviderKind, QueueSection, SetupError,
+};
 use crate::provider::process::{ProcessFunction, Readiness};
 use crate::setup;
 
@@ -26,8 +28,13 @@ pub fn check(path: &Path) -> Result<String, SetupError> {
         ProviderKind::Process => loaded.process_functions()?,
         ProviderKind::Openfaas => Vec::new(),
     };
+    let queue = settings.queue.as_ref().map(|q| EffectiveQueue {
+        path: q.path.clone(),
+        section: &loaded.config.queue,
+    });
     let effective = Effective {
         gateway: &loaded.config.gateway,
+        queue,
         provider: effective_provider(&loaded),
         functions: functions.iter().map(EffectiveFunction::from).collect(),
     };
@@ -52,9 +59,19 @@ fn kind(loaded: &Loaded) -> ProviderKind {
 #[derive(Serialize)]
 struct Effective<'a> {
     gateway: &'a GatewaySection,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    queue: Option<EffectiveQueue<'a>>,
     provider: EffectiveProvider,
     #[serde(rename = "function", skip_serializing_if = "Vec::is_empty")]
     functions: Vec<EffectiveFunction>,
+}
+
+/// `[queue]` with the store's path resolved.
+#[derive(Serialize)]
+struct EffectiveQueue<'a> {
+    path: PathBuf,
+    #[serde(flatten)]
+    section: &'a QueueSection,
 }
 
 #[derive(Serialize)]

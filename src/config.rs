@@ -26,6 +26,7 @@ use crate::provider::process::{
 use crate::provider::ProviderError;
 use crate::proxy::trust::IpRange;
 use crate::proxy::ProxyConfig;
+use crate::queue::{Bounds, QueueConfig};
 use crate::scaler::ScalingConfig;
 use crate::server::PoolConfig;
 use crate::triggers::{TriggerError, TriggerSpec};
@@ -41,6 +42,48 @@ pub struct FileConfig {
     pub functions: Vec<FunctionSection>,
     #[serde(default, rename = "trigger")]
     pub triggers: Vec<TriggerSection>,
+    #[serde(default)]
+    pub queue: QueueSection,
+}
+
+/// `[queue]`: where asynchronous calls are kept, and how they are bounded and run.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueSection {
+    /// The store's file; relative to the config file's folder. Default: beside the config
+    /// file, `<name>.queue.redb`. Shown resolved by `defrost check`, not as written.
+    #[serde(skip_serializing)]
+    pub path: Option<PathBuf>,
+    pub workers: usize,
+    /// `async_concurrency` of functions that do not set their own.
+    pub concurrency: usize,
+    pub max_attempts: u32,
+    pub retry_backoff: Dur,
+    pub max_queued: usize,
+    pub max_queued_per_function: usize,
+    pub max_queued_bytes: u64,
+    pub callback_attempts: u32,
+    pub callback_timeout: Dur,
+    pub max_response_bytes: u64,
+}
+
+impl Default for QueueSection {
+    fn default() -> Self {
+        let q = QueueConfig::default();
+        QueueSection {
+            path: None,
+            workers: q.workers,
+            concurrency: q.concurrency,
+            max_attempts: q.max_attempts,
+            retry_backoff: Dur(q.retry_backoff),
+            max_queued: q.bounds.max_queued,
+            max_queued_per_function: q.bounds.max_queued_per_function,
+            max_queued_bytes: q.bounds.max_queued_bytes,
+            callback_attempts: q.callback_attempts,
+            callback_timeout: Dur(q.callback_timeout),
+            max_response_bytes: q.max_response_bytes,
+        }
+    }
 }
 
 /// `[[trigger]]`: a URL pattern routed to one function, or split between several by weight.
@@ -256,6 +299,8 @@ pub struct FunctionSection {
     pub zero_duration: Option<Dur>,
     /// Freeze idle replicas (SIGSTOP) after this long without a request, thaw on the next.
     pub park_after: Option<Dur>,
+    /// Queued (asynchronous) calls of this function run at once.
+    pub async_concurrency: Option<Spanned<usize>>,
 }
 
 /// A config that could not be used, with where to look.
@@ -452,6 +497,70 @@ impl Loaded {
             host: t.host.clone(),
             targets,
             origin,
+        })
+    }
+
+    /// The `[queue]` section, with each function's `async_concurrency`; zero where at least
+    /// one is needed is refused.
+    pub fn queue_config(&self) -> Result<QueueConfig, ConfigError> {
+        let q = &self.config.queue;
+        let at_least_one = [
+            ("workers", q.workers as u64),
+            ("concurrency", q.concurrency as u64),
+            ("max_attempts", u64::from(q.max_attempts)),
+            ("max_queued", q.max_queued as u64),
+            ("max_queued_per_function", q.max_queued_per_function as u64),
+            ("max_queued_bytes", q.max_queued_bytes),
+            ("callback_attempts", u64::from(q.callback_attempts)),
+        ];
+        if let Some((key, _)) = at_least_one.iter().find(|(_, v)| *v == 0) {
+            return Err(ConfigError {
+                file: self.path.clone(),
+                line: None,
+                key: Some(format!("queue.{key}")),
+                message: "must be at least 1".into(),
+            });
+        }
+        let mut function_concurrency = BTreeMap::new();
+        for spec in &self.config.functions {
+            let Some(n) = &spec.async_concurrency else {
+                continue;
+            };
+            if *n.get_ref() == 0 {
+                return Err(self.error_at(
+                    n.span(),
+                    "async_concurrency",
+                    "must be at least 1".into(),
+                ));
+            }
+            let function = self.function_ref(spec, &self.config.gateway.default_namespace)?;
+            function_concurrency.insert(function.key().to_owned(), *n.get_ref());
+        }
+        let path = match &q.path {
+            Some(path) => self.base_dir().join(path),
+            None => {
+                let stem = self
+                    .path
+                    .file_stem()
+                    .map_or_else(|| "defrost".into(), |s| s.to_string_lossy().into_owned());
+                self.base_dir().join(format!("{stem}.queue.redb"))
+            }
+        };
+        Ok(QueueConfig {
+            path,
+            workers: q.workers,
+            concurrency: q.concurrency,
+            function_concurrency,
+            max_attempts: q.max_attempts,
+            retry_backoff: q.retry_backoff.0,
+            bounds: Bounds {
+                max_queued: q.max_queued,
+                max_queued_per_function: q.max_queued_per_function,
+                max_queued_bytes: q.max_queued_bytes,
+            },
+            callback_attempts: q.callback_attempts,
+            callback_timeout: q.callback_timeout.0,
+            max_response_bytes: q.max_response_bytes,
         })
     }
 
@@ -717,5 +826,30 @@ labels = { "com.openfaas.scale.zero" = "true" }
         let err = parse(text).unwrap().process_functions().err().unwrap();
         assert_eq!(err.line, Some(5));
         assert!(err.message.contains("declared twice"), "{err}");
+    }
+
+    #[test]
+    fn the_queue_lives_beside_the_config_file_with_each_functions_concurrency() {
+        let loaded = Loaded::parse(
+            Path::new("/etc/defrost/gw.toml"),
+            "[queue]\nmax_attempts = 3\n[[function]]\nname = \"a\"\ncommand = [\"x\"]\nasync_concurrency = 4\n".into(),
+        )
+        .unwrap();
+        let queue = loaded.queue_config().unwrap();
+        assert_eq!(queue.path, Path::new("/etc/defrost/gw.queue.redb"));
+        assert_eq!(queue.max_attempts, 3);
+        assert_eq!(queue.function_concurrency.get("a.default"), Some(&4));
+        let text = "[[function]]\nname = \"a\"\ncommand = [\"x\"]\nasync_concurrency = 0\n";
+        let err = parse(text).unwrap().queue_config().err().unwrap();
+        assert_eq!(
+            (err.line, err.key.as_deref()),
+            (Some(4), Some("async_concurrency"))
+        );
+        let err = parse("[queue]\nworkers = 0\n")
+            .unwrap()
+            .queue_config()
+            .err()
+            .unwrap();
+        assert_eq!(err.key.as_deref(), Some("queue.workers"));
     }
 }

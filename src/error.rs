@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use crate::function::{FunctionRef, NameError};
 use crate::provider::ProviderError;
+use crate::queue::{QueueError, RETRY_AFTER};
 
 /// A request that could not be answered by a function.
 #[derive(Debug)]
@@ -108,6 +109,8 @@ pub enum Error {
     Unauthorized,
     /// The gateway is shutting down.
     ShuttingDown,
+    /// An asynchronous call was not queued.
+    Queue(QueueError),
 }
 
 impl Error {
@@ -138,8 +141,12 @@ impl Error {
             Error::ScaleFromZeroDisabled(_)
             | Error::Overloaded { .. }
             | Error::CrashLooping { .. }
-            | Error::ShuttingDown => 503,
+            | Error::ShuttingDown
+            | Error::Queue(QueueError::Full { .. } | QueueError::Store(_) | QueueError::Stopped) => {
+                503
+            }
             Error::NotReady { .. } | Error::UpstreamTimeout { .. } => 504,
+            Error::Queue(QueueError::Off) => 501,
         }
     }
 
@@ -151,7 +158,12 @@ impl Error {
             }
             // `Connection: close` comes from the server, which closes every connection after
             // its response once it stops accepting
-            Error::ShuttingDown => vec![("Retry-After", "1".into())],
+            Error::ShuttingDown | Error::Queue(QueueError::Stopped) => {
+                vec![("Retry-After", "1".into())]
+            }
+            Error::Queue(QueueError::Full { .. } | QueueError::Store(_)) => {
+                vec![("Retry-After", whole_seconds(RETRY_AFTER).to_string())]
+            }
             Error::Unauthorized => vec![("WWW-Authenticate", "Basic realm=\"Restricted\"".into())],
             Error::MethodNotAllowed { allowed } => vec![("Allow", allowed.clone())],
             _ => Vec::new(),
@@ -224,6 +236,8 @@ impl fmt::Display for Error {
             Error::ProviderApi(why) => write!(f, "provider unavailable: {why}"),
             Error::Unauthorized => f.write_str("authentication required"),
             Error::ShuttingDown => f.write_str("the gateway is shutting down"),
+            Error::Queue(e @ QueueError::Off) => e.fmt(f),
+            Error::Queue(e) => write!(f, "{e}; retry later"),
         }
     }
 }

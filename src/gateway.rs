@@ -18,7 +18,9 @@ use crate::provider::api::{self, ApiRequest};
 use crate::provider::openfaas::RemoteApi;
 use crate::provider::ProviderError;
 use crate::proxy::headers::request_header;
-use crate::proxy::{Proxy, Target};
+use crate::proxy::{Proxy, Stored, Target};
+use crate::queue::store::{Meta, Queued};
+use crate::queue::{self, Answer, Queue};
 use crate::router::{self, Route};
 use crate::scaler::Scaler;
 use crate::status_page;
@@ -47,6 +49,8 @@ pub struct Handler {
     deployments: Option<Arc<Deployments>>,
     /// Set when draining starts: relayed log streams end then.
     streams_closed: Arc<AtomicBool>,
+    /// `/async-function/*`, when a queue is configured.
+    queue: Option<Arc<Queue>>,
 }
 
 impl Handler {
@@ -72,6 +76,7 @@ impl Handler {
             logs: None,
             deployments: None,
             streams_closed: Arc::new(AtomicBool::new(false)),
+            queue: None,
         }
     }
 
@@ -99,6 +104,12 @@ impl Handler {
     /// Answers deploy, update and remove with the embedded provider's functions.
     pub fn with_deployments(mut self, deployments: Option<Arc<Deployments>>) -> Handler {
         self.deployments = deployments;
+        self
+    }
+
+    /// Queues calls to `/async-function/*`.
+    pub fn with_queue(mut self, queue: Option<Arc<Queue>>) -> Handler {
+        self.queue = queue;
         self
     }
 
@@ -152,14 +163,23 @@ impl Handler {
         let routed = crate::screen::screen(request.method().as_str(), &target).and_then(|()| {
             router::route(&target, self.namespaces.default_namespace()).map_err(Error::from)
         });
+        let queued = matches!(routed, Ok(Route::AsyncFunction { .. }));
         match routed {
             Err(e) => Outcome::local(Err(e)),
-            Ok(Route::Function {
-                function,
-                rest,
-                query,
-                namespace_named,
-            }) => {
+            Ok(
+                Route::Function {
+                    function,
+                    rest,
+                    query,
+                    namespace_named,
+                }
+                | Route::AsyncFunction {
+                    function,
+                    rest,
+                    query,
+                    namespace_named,
+                },
+            ) => {
                 let function = self.namespaces.resolve_function(function);
                 let target = Target {
                     function: &function,
@@ -168,7 +188,11 @@ impl Handler {
                     params: &[],
                     namespace_named,
                 };
-                self.call_function(request, &target)
+                if queued {
+                    Outcome::local(self.enqueue(request, &target))
+                } else {
+                    self.call_function(request, &target)
+                }
             }
             Ok(Route::NotFound) => self.trigger(request, &target),
             Ok(route) => Outcome::local(self.local(request, route, &target)),
@@ -208,11 +232,14 @@ impl Handler {
             Route::Metrics if self.metrics_route => Ok(self.metrics_page()),
             Route::StatusPage => {
                 self.authorize(request)?;
-                let page = status_page::render(&overview(&self.scaler));
+                let page = status_page::render(&self.overview());
                 Ok(bytes(200, status_page::CONTENT_TYPE, page.into_bytes()))
             }
             Route::System { path, query } => self.system(request, path, query),
-            Route::Metrics | Route::Function { .. } | Route::NotFound => Err(Error::NoRoute {
+            Route::Metrics
+            | Route::Function { .. }
+            | Route::AsyncFunction { .. }
+            | Route::NotFound => Err(Error::NoRoute {
                 path: printable_path(target),
             }),
         }
@@ -387,6 +414,139 @@ impl Handler {
     }
 }
 
+impl Handler {
+    /// `/async-function/…`: the function must exist and the request be whole within the body
+    /// limit; 202 with its `X-Call-Id` once it is stored durably.
+    fn enqueue(&self, request: &mut Request, target: &Target<'_>) -> Result<ResponseBox, Error> {
+        let Some(queue) = &self.queue else {
+            return Err(Error::Queue(queue::QueueError::Off));
+        };
+        let function = target.function;
+        let callback = request_header(request, "X-Callback-Url").map(str::to_owned);
+        if let Some(url) = &callback {
+            queue::callback::check_url(url).map_err(Error::BadRequest)?;
+        }
+        self.known(function)?;
+        let limit = self.proxy.max_body_bytes().min(queue.max_body_bytes());
+        let body = read_body(request, limit)?;
+        let call_id = request_header(request, "X-Call-Id")
+            .filter(|id| !id.is_empty() && id.len() <= 128)
+            .map_or_else(crate::proxy::headers::new_call_id_string, str::to_owned);
+        let headers = request
+            .headers()
+            .iter()
+            .filter(|h| !h.field.equiv("X-Call-Id"))
+            .map(|h| (h.field.as_str().to_string(), h.value.as_str().to_owned()))
+            .chain([("X-Call-Id".to_owned(), call_id.clone())])
+            .collect();
+        let call = Queued {
+            meta: Meta {
+                call_id,
+                function: function.name().to_owned(),
+                namespace: function.namespace().to_owned(),
+                namespace_named: target.namespace_named,
+                method: request.method().as_str().to_owned(),
+                rest: target.rest.to_owned(),
+                query: target.query.map(str::to_owned),
+                headers,
+                client: request.remote_addr().map(|a| a.to_string()),
+                callback,
+                attempts: 0,
+                accepted_ms: queue::unix_ms(),
+            },
+            body,
+        };
+        let call_id = queue.accept(function, call).map_err(Error::Queue)?;
+        let mut response = text(202, "");
+        add_header(&mut response, "X-Call-Id", &call_id);
+        Ok(response)
+    }
+
+    /// Whether the provider knows the function: a queued call to a made-up name is refused
+    /// now (404), not found out later.
+    fn known(&self, function: &FunctionRef) -> Result<(), Error> {
+        let table = self.scaler.table();
+        let record = table.record(function);
+        match self.scaler.known(&record) {
+            Ok(()) => Ok(()),
+            Err(ProviderError::NotFound) => {
+                drop(record);
+                table.forget_unknown(function);
+                Err(Error::FunctionNotFound(function.clone()))
+            }
+            Err(e) => Err(Error::Provider(function.clone(), e)),
+        }
+    }
+
+    /// Runs a queued call as a synchronous one runs, counted the same way; the answer's body
+    /// is kept (up to `limit`) for the callback.
+    pub fn invoke_queued(&self, call: &Queued, limit: u64) -> Answer {
+        let meta = &call.meta;
+        let function = match FunctionRef::new(&meta.function, &meta.namespace) {
+            Ok(function) => function,
+            Err(e) => return failed_answer(&Error::BadName(e)),
+        };
+        let headers: Vec<(&str, &str)> = meta
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect();
+        let stored = Stored {
+            method: &meta.method,
+            headers: &headers,
+            client: meta.client.as_deref().and_then(|a| a.parse().ok()),
+            body: &call.body,
+        };
+        let target = Target {
+            function: &function,
+            rest: &meta.rest,
+            query: meta.query.as_deref(),
+            params: &[],
+            namespace_named: meta.namespace_named,
+        };
+        let mut running = Call::begin(self.scaler.table(), &function);
+        let answer = match self.proxy.forward_stored(&stored, &target, &mut running) {
+            Ok(response) => read_answer(response, limit),
+            Err(e) => {
+                if names_unknown_function(&e) {
+                    self.scaler.table().forget_unknown(&function);
+                }
+                failed_answer(&e)
+            }
+        };
+        running.finish(answer.status);
+        answer
+    }
+}
+
+/// A function's response, read whole up to `limit` bytes for the callback.
+fn read_answer(response: ResponseBox, limit: u64) -> Answer {
+    let status = response.status_code().0;
+    let content_type = response
+        .headers()
+        .iter()
+        .find(|h| h.field.equiv("Content-Type"))
+        .map(|h| h.value.as_str().to_owned());
+    let mut body = Vec::new();
+    if let Err(e) = response.into_reader().take(limit).read_to_end(&mut body) {
+        log::warn!("reading a queued call's answer failed: {e}");
+        return failed_answer(&Error::BadRequest(format!("{e}")));
+    }
+    Answer {
+        status,
+        content_type,
+        body,
+    }
+}
+
+fn failed_answer(e: &Error) -> Answer {
+    Answer {
+        status: e.status(),
+        content_type: Some("text/plain; charset=utf-8".into()),
+        body: format!("{e}\n").into_bytes(),
+    }
+}
+
 /// Where a `/system/*` request goes on a remote provider.
 fn remote_url(api: &RemoteApi, path: &str, query: Option<&str>) -> String {
     match query {
@@ -467,18 +627,24 @@ impl Handler {
 
     /// The scrape: the provider is asked for replica counts, the rest is read from counters.
     pub fn metrics_page(&self) -> ResponseBox {
-        let text = exposition::render(&overview(&self.scaler), &self.provider_calls);
+        let text = exposition::render(&self.overview(), &self.provider_calls);
         bytes(200, exposition::CONTENT_TYPE, text.into_bytes())
     }
 }
 
-/// Every function at this moment, for the scrape and the status page alike.
-fn overview(scaler: &Scaler) -> Overview {
-    Overview::gather(
-        scaler.table(),
-        scaler.provider().as_ref(),
-        scaler.coalescing(),
-    )
+impl Handler {
+    /// Every function at this moment, and the async queue, for the scrape and the status page
+    /// alike.
+    fn overview(&self) -> Overview {
+        let scaler = &self.scaler;
+        let mut overview = Overview::gather(
+            scaler.table(),
+            scaler.provider().as_ref(),
+            scaler.coalescing(),
+        );
+        overview.queue = self.queue.as_ref().map(|q| q.stats());
+        overview
+    }
 }
 
 /// The `/system/*` routes answered by the gateway even in front of a remote provider: scale
@@ -534,15 +700,19 @@ fn names_unknown_function(e: &Error) -> bool {
 
 /// API requests are small JSON documents; anything bigger is refused, not buffered.
 fn read_small_body(request: &mut Request) -> Result<Vec<u8>, Error> {
-    const LIMIT: u64 = 1 << 20;
+    read_body(request, 1 << 20)
+}
+
+/// The whole body, refused (413) past `limit` bytes.
+fn read_body(request: &mut Request, limit: u64) -> Result<Vec<u8>, Error> {
     let mut body = Vec::new();
     request
         .as_reader()
-        .take(LIMIT + 1)
+        .take(limit.saturating_add(1))
         .read_to_end(&mut body)
         .map_err(Error::from_body_read)?;
-    if body.len() as u64 > LIMIT {
-        return Err(Error::BodyTooLarge { limit: LIMIT });
+    if body.len() as u64 > limit {
+        return Err(Error::BodyTooLarge { limit });
     }
     Ok(body)
 }

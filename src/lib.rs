@@ -39,7 +39,10 @@
 //! swaps triggers and functions atomically; `analytics` posts call counts in batches;
 //! `deployments` adds the functions deployed through `/system/functions` to the config file's
 //! (kept in a state file, through reloads); `logs` serves the replicas' output kept per
-//! function on `/system/logs`, followed streams bounded in number and time.
+//! function on `/system/logs`, followed streams bounded in number and time; `queue` answers
+//! `/async-function/*` with 202 once the request is committed to its redb file, and runs the
+//! calls with workers of its own through `Call::begin` and `Proxy` as above, retrying and
+//! calling back.
 //!
 //! The library is the gateway; the `defrost` binary only reads a config file and runs it.
 //! Embedders build a [`Gateway`] from [`Settings`] and any [`Provider`]:
@@ -80,6 +83,9 @@ mod table;
 
 /// Forwarding to a replica, relaying its answer.
 mod proxy;
+
+/// `/async-function/*`: calls stored durably, run later by workers, retried, called back.
+mod queue;
 
 /// A ready replica, or a cold start, for each call.
 mod scaler;
@@ -175,6 +181,7 @@ pub use provider::{
 };
 pub use proxy::trust::IpRange;
 pub use proxy::ProxyConfig;
+pub use queue::{Bounds as QueueBounds, QueueConfig};
 pub use reload::serve_until_stopped;
 pub use scaler::ScalingConfig;
 pub use server::PoolConfig;
@@ -239,6 +246,8 @@ pub struct Settings {
     /// Where functions deployed through the API (`POST /system/functions`) are kept, with the
     /// process provider; `None`: in memory only, lost at exit.
     pub state_file: Option<std::path::PathBuf>,
+    /// The async queue (`/async-function/*`); `None`: no queue, that route answers 501.
+    pub queue: Option<QueueConfig>,
 }
 
 impl Default for Settings {
@@ -274,6 +283,7 @@ impl From<&GatewaySection> for Settings {
                 .clone()
                 .map(|url| (url, g.analytics_interval.0)),
             state_file: None,
+            queue: None,
         }
     }
 }
@@ -292,6 +302,13 @@ impl Settings {
             ..defrost_http::Limits::default()
         }
     }
+}
+
+/// Opens the queue's embedded store and what it kept from the last run.
+fn open_queue(config: &QueueConfig) -> io::Result<queue::Queue> {
+    let store = queue::embedded::Embedded::open(&config.path).map_err(io::Error::other)?;
+    log::info!("async queue stored in {}", config.path.display());
+    queue::Queue::open(config.clone(), Box::new(store)).map_err(io::Error::other)
 }
 
 /// What runs the functions, and what the gateway does with it beyond asking it for replicas.
@@ -346,6 +363,8 @@ impl Backend {
 /// A running gateway: listening, with its workers started.
 pub struct Gateway {
     handler: Arc<Handler>,
+    /// The async queue, whose workers stop with the gateway.
+    queue: Option<Arc<queue::Queue>>,
     /// The embedded provider's functions, from the config file and the API; a reload
     /// replaces the config file's.
     functions: Option<Arc<deployments::Deployments>>,
@@ -423,11 +442,23 @@ impl Gateway {
             )?)),
             None => None,
         };
+        let queue = match &settings.queue {
+            Some(config) => Some(Arc::new(open_queue(config)?)),
+            None => None,
+        };
         let handler = handler
             .with_remote_api(backend.remote_api())
             .with_logs(backend.logs())
-            .with_deployments(deployments.clone());
+            .with_deployments(deployments.clone())
+            .with_queue(queue.clone());
         let handler = Arc::new(handler);
+        if let (Some(queue), Some(config)) = (&queue, &settings.queue) {
+            let invoker = Arc::clone(&handler);
+            let limit = config.max_response_bytes;
+            queue.start(Arc::new(move |call: &queue::store::Queued| {
+                invoker.invoke_queued(call, limit)
+            }))?;
+        }
         let metrics_listener = match settings.metrics_listen {
             Some(addr) => {
                 let scrape = Arc::clone(&handler);
@@ -449,6 +480,7 @@ impl Gateway {
         log::info!("defrost listening on http://{addr}");
         Ok(Gateway {
             handler,
+            queue,
             functions: deployments,
             metrics_listener,
             analytics,
@@ -513,8 +545,16 @@ impl Gateway {
         autoscaler.stop();
         self.pool.stop_accepting();
         self.handler.start_draining();
+        if let Some(queue) = &self.queue {
+            queue.stop_taking();
+        }
         let deadline = deadline::after(self.shutdown_grace);
-        let busy = || self.handler.in_flight() > 0 || self.pool.connections_in_use() > 0;
+        let queued_running = || self.queue.as_ref().map_or(0, |q| q.running());
+        let busy = || {
+            self.handler.in_flight() > 0
+                || self.pool.connections_in_use() > 0
+                || queued_running() > 0
+        };
         while busy() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -529,6 +569,9 @@ impl Gateway {
         // The workers are joined next: none may still be waiting for a replica.
         self.handler.scaler().abandon_waits();
         self.pool.stop();
+        if let Some(queue) = self.queue.take() {
+            queue.close();
+        }
         if let Some(listener) = self.metrics_listener.take() {
             listener.stop();
         }

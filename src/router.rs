@@ -8,6 +8,7 @@
 use crate::function::{check_label, FunctionRef, NameError};
 
 const FUNCTION_PREFIX: &str = "/function/";
+const ASYNC_FUNCTION_PREFIX: &str = "/async-function/";
 
 /// What a request is for.
 #[derive(Debug, PartialEq, Eq)]
@@ -21,6 +22,18 @@ pub enum Route<'a> {
         /// The query string, without `?`.
         query: Option<&'a str>,
         /// Whether the path named the namespace (`echo.team`) or left it to the default.
+        namespace_named: bool,
+    },
+    /// A call to a function to be queued and answered 202 (`/async-function/…`); the fields
+    /// are those of [`Route::Function`].
+    AsyncFunction {
+        /// The function named.
+        function: FunctionRef,
+        /// The path after the function's name.
+        rest: &'a str,
+        /// The query string, without `?`.
+        query: Option<&'a str>,
+        /// Whether the path named the namespace.
         namespace_named: bool,
     },
     /// The gateway's own liveness check.
@@ -47,26 +60,10 @@ pub enum Route<'a> {
 pub fn route<'a>(target: &'a str, default_namespace: &str) -> Result<Route<'a>, NameError> {
     let (path, query) = split_target(target);
     if let Some(after) = path.strip_prefix(FUNCTION_PREFIX) {
-        let (qualified, rest) = match after.find('/') {
-            Some(slash) => after.split_at(slash),
-            None => (after, ""),
-        };
-        // No name at all (`/function/`, `/function/.default`) names no function: a 404, as
-        // the OpenFaaS gateway answers, not a malformed name.
-        let no_name = qualified.is_empty()
-            || qualified
-                .strip_prefix('.')
-                .is_some_and(|ns| check_label("namespace", ns).is_ok());
-        if no_name {
-            return Ok(Route::NotFound);
-        }
-        let function = FunctionRef::parse(qualified, default_namespace)?;
-        return Ok(Route::Function {
-            function,
-            rest,
-            query,
-            namespace_named: qualified.contains('.'),
-        });
+        return function_route(after, query, default_namespace, false);
+    }
+    if let Some(after) = path.strip_prefix(ASYNC_FUNCTION_PREFIX) {
+        return function_route(after, query, default_namespace, true);
     }
     Ok(match path {
         "/healthz" => Route::Healthz,
@@ -74,6 +71,45 @@ pub fn route<'a>(target: &'a str, default_namespace: &str) -> Result<Route<'a>, 
         "/" | "/ui" | "/ui/" => Route::StatusPage,
         p if p.starts_with("/system/") => Route::System { path: p, query },
         _ => Route::NotFound,
+    })
+}
+
+/// The route of `/function/…` or `/async-function/…`, from what follows the prefix.
+fn function_route<'a>(
+    after: &'a str,
+    query: Option<&'a str>,
+    default_namespace: &str,
+    queued: bool,
+) -> Result<Route<'a>, NameError> {
+    let (qualified, rest) = match after.find('/') {
+        Some(slash) => after.split_at(slash),
+        None => (after, ""),
+    };
+    // No name at all (`/function/`, `/function/.default`) names no function: a 404, as
+    // the OpenFaaS gateway answers, not a malformed name.
+    let no_name = qualified.is_empty()
+        || qualified
+            .strip_prefix('.')
+            .is_some_and(|ns| check_label("namespace", ns).is_ok());
+    if no_name {
+        return Ok(Route::NotFound);
+    }
+    let function = FunctionRef::parse(qualified, default_namespace)?;
+    let namespace_named = qualified.contains('.');
+    Ok(if queued {
+        Route::AsyncFunction {
+            function,
+            rest,
+            query,
+            namespace_named,
+        }
+    } else {
+        Route::Function {
+            function,
+            rest,
+            query,
+            namespace_named,
+        }
     })
 }
 
@@ -150,6 +186,25 @@ mod tests {
             function("/function/echo?q"),
             ("echo.default".into(), "".into(), Some("q".into()))
         );
+    }
+
+    #[test]
+    fn async_function_routes_are_parsed_as_function_routes() {
+        let Ok(Route::AsyncFunction {
+            function,
+            rest,
+            query,
+            namespace_named,
+        }) = route("/async-function/echo.team-a/x?y=1", "default")
+        else {
+            panic!("not an async function route");
+        };
+        assert_eq!(
+            (function.key(), rest, query, namespace_named),
+            ("echo.team-a", "/x", Some("y=1"), true)
+        );
+        assert_eq!(route("/async-function/", "default"), Ok(Route::NotFound));
+        assert!(route("/async-function/Bad_Name", "default").is_err());
     }
 
     #[test]

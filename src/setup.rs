@@ -13,6 +13,7 @@ use crate::config::{
 use crate::duration::parse_duration;
 use crate::provider::openfaas::{OpenFaasOptions, OpenFaasProvider};
 use crate::provider::process::{ProcessOptions, ProcessProvider};
+use crate::queue::QueueConfig;
 use crate::{Backend, Settings};
 
 /// Reads `config` when given; otherwise the OpenFaaS environment variables.
@@ -31,6 +32,7 @@ pub fn from_file(loaded: &Loaded) -> Result<(Settings, Backend), SetupError> {
     settings.triggers = loaded.trigger_specs()?;
     let config_path = std::path::absolute(&loaded.path).unwrap_or_else(|_| loaded.path.clone());
     settings.state_file = Some(crate::deployments::state_file_for(&config_path));
+    settings.queue = Some(loaded.queue_config()?);
     let backend = match &loaded.config.provider {
         None => process_provider(loaded)?,
         Some(section) if section.kind == ProviderKind::Process => process_provider(loaded)?,
@@ -144,6 +146,7 @@ pub fn from_env(var: &dyn Fn(&str) -> Option<String>) -> Result<(Settings, Backe
     settings.client_read_timeout = read_timeout;
     settings.client_write_timeout = write_timeout;
     settings.auth = gateway_credentials(&gateway)?;
+    settings.queue = queue_from_env(var, &duration, &number)?;
     let backend = match var("functions_provider_url").filter(|u| !u.is_empty()) {
         Some(url) => Backend::OpenFaas(Arc::new(OpenFaasProvider::new(OpenFaasOptions {
             base_url: url,
@@ -161,6 +164,44 @@ pub fn from_env(var: &dyn Fn(&str) -> Option<String>) -> Result<(Settings, Backe
         }
     };
     Ok((settings, backend))
+}
+
+/// The async queue from the environment: the store in `queue_path`, and the OpenFaaS
+/// queue-worker's own variables for what they mean there: `max_inflight` (calls of one
+/// function at once), `max_retry_attempts`, `initial_retry_wait`. Without `queue_path` there is
+/// no queue: a durable store needs a place the operator chose (a volume), and one kept in
+/// memory would lose accepted calls.
+fn queue_from_env(
+    var: &dyn Fn(&str) -> Option<String>,
+    duration: &dyn Fn(&str, Duration) -> Result<Duration, SetupError>,
+    number: &dyn Fn(&str, usize) -> Result<usize, SetupError>,
+) -> Result<Option<QueueConfig>, SetupError> {
+    let defaults = QueueConfig::default();
+    let at_least_one = |name: &str, default: usize| match number(name, default)? {
+        0 => Err(SetupError::Environment {
+            variable: name.into(),
+            message: "must be at least 1".into(),
+        }),
+        n => Ok(n),
+    };
+    let Some(path) = var("queue_path")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+    else {
+        log::info!("no queue_path: asynchronous calls are off");
+        return Ok(None);
+    };
+    Ok(Some(QueueConfig {
+        path: std::path::absolute(&path).unwrap_or(path),
+        concurrency: at_least_one("max_inflight", defaults.concurrency)?,
+        max_attempts: u32::try_from(at_least_one(
+            "max_retry_attempts",
+            defaults.max_attempts as usize,
+        )?)
+        .unwrap_or(u32::MAX),
+        retry_backoff: duration("initial_retry_wait", defaults.retry_backoff)?,
+        ..defaults
+    }))
 }
 
 #[cfg(test)]
@@ -191,6 +232,28 @@ mod tests {
             panic!("not the OpenFaaS provider");
         };
         assert_eq!(provider.remote_api().base_url, "http://127.0.0.1:8081");
+        assert!(settings.queue.is_none(), "no queue without queue_path");
+    }
+
+    #[test]
+    fn the_queue_from_the_environment_takes_the_queue_workers_variables() {
+        let (settings, _) = from_env(&env(&[
+            ("queue_path", "/var/lib/defrost/queue.redb"),
+            ("max_inflight", "4"),
+            ("max_retry_attempts", "7"),
+            ("initial_retry_wait", "2s"),
+        ]))
+        .unwrap();
+        let queue = settings.queue.unwrap();
+        assert_eq!(queue.path, PathBuf::from("/var/lib/defrost/queue.redb"));
+        assert_eq!(
+            (queue.concurrency, queue.max_attempts, queue.retry_backoff),
+            (4, 7, Duration::from_secs(2))
+        );
+        let refused = from_env(&env(&[("queue_path", "q.redb"), ("max_inflight", "0")]));
+        assert!(
+            matches!(refused, Err(SetupError::Environment { ref variable, .. }) if variable == "max_inflight")
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@ use std::fmt::Write;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::metrics::overview::{FunctionRow, Overview};
+use crate::queue::QueueStats;
 
 pub const CONTENT_TYPE: &str = "text/html; charset=utf-8";
 
@@ -54,12 +55,45 @@ pub fn render(overview: &Overview) -> String {
     if overview.functions.is_empty() {
         html.push_str("<tr><td colspan=\"9\">no functions</td></tr>");
     }
+    html.push_str("</tbody></table>");
+    if let Some(queue) = &overview.queue {
+        async_queue(&mut html, queue);
+    }
     let _ = writeln!(
         html,
-        "</tbody></table><p><small>refreshes every {REFRESH_SECS}s · \
+        "<p><small>refreshes every {REFRESH_SECS}s · \
          <a href=\"/metrics\">/metrics</a></small></p></body></html>"
     );
     html
+}
+
+/// The async queue's depth per function.
+fn async_queue(html: &mut String, queue: &QueueStats) {
+    let _ = write!(
+        html,
+        "<h2>async queue</h2><p>store {:.1} MiB on disk</p><table id=\"queue\"><thead><tr>\
+         <th>function</th><th>queued</th><th>running</th><th>retried</th><th>failed</th>\
+         <th>completed</th><th>callback failures</th></tr></thead><tbody>",
+        queue.disk_bytes as f64 / 1048576.0
+    );
+    for r in &queue.functions {
+        let _ = write!(
+            html,
+            "<tr data-function=\"{f}\"><td>{f}</td><td class=\"queued\">{}</td><td>{}</td>\
+             <td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            r.queued,
+            r.running,
+            r.retried,
+            r.failed,
+            r.completed,
+            r.callback_failures,
+            f = escape(&r.function),
+        );
+    }
+    if queue.functions.is_empty() {
+        html.push_str("<tr><td colspan=\"7\">nothing queued yet</td></tr>");
+    }
+    html.push_str("</tbody></table>");
 }
 
 fn function_row(html: &mut String, row: &FunctionRow, now_ms: u64) {
@@ -147,8 +181,21 @@ mod tests {
             waiting_total: 3,
             status_calls: (1, 0),
             scale_calls: (1, 0),
+            queue: Some(QueueStats {
+                functions: vec![crate::queue::QueueRow {
+                    function: "echo.team-a".into(),
+                    queued: 7,
+                    running: 1,
+                    retried: 0,
+                    failed: 0,
+                    completed: 2,
+                    callback_failures: 0,
+                }],
+                disk_bytes: 1 << 20,
+            }),
         };
         let html = render(&overview);
+        assert!(html.contains("<td class=\"queued\">7</td>"), "{html}");
         assert!(
             html.contains("<td>echo</td><td>team-a</td><td>1 / 2</td>"),
             "{html}"

@@ -8,6 +8,7 @@ use std::fmt::Write;
 use super::overview::Overview;
 use super::{Operation, ProviderCalls};
 use crate::histogram::{Histogram, Reading};
+use crate::queue::{QueueRow, QueueStats};
 use crate::table::FunctionRecord;
 
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -22,7 +23,75 @@ pub fn render(overview: &Overview, calls: &ProviderCalls) -> String {
     cold_starts(&mut out, overview);
     provider_calls(&mut out, calls);
     coalescing(&mut out, overview);
+    if let Some(queue) = &overview.queue {
+        async_queue(&mut out, queue);
+    }
     out.0
+}
+
+/// A per-function series of the async queue: name, type, help, value.
+type QueueSeries = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&QueueRow) -> u64,
+);
+
+/// The async queue, per function, and the store's size.
+fn async_queue(out: &mut Text, queue: &QueueStats) {
+    let rows = &queue.functions;
+    let series: [QueueSeries; 6] = [
+        (
+            "defrost_async_queued",
+            "gauge",
+            "Asynchronous calls accepted and waiting to run.",
+            |r| r.queued,
+        ),
+        (
+            "defrost_async_running",
+            "gauge",
+            "Asynchronous calls running now.",
+            |r| r.running,
+        ),
+        (
+            "defrost_async_retried_total",
+            "counter",
+            "Attempts of asynchronous calls answered 429, 502, 503 or 504 and tried again later.",
+            |r| r.retried,
+        ),
+        (
+            "defrost_async_failed_total",
+            "counter",
+            "Asynchronous calls whose final answer was an error (4xx, 5xx).",
+            |r| r.failed,
+        ),
+        (
+            "defrost_async_completed_total",
+            "counter",
+            "Asynchronous calls run to a successful answer.",
+            |r| r.completed,
+        ),
+        (
+            "defrost_async_callback_failures_total",
+            "counter",
+            "Callbacks not delivered after every attempt.",
+            |r| r.callback_failures,
+        ),
+    ];
+    for (name, kind, help, value) in series {
+        per_function(
+            out,
+            (name, kind),
+            help,
+            rows.iter().map(|r| (r.function.as_str(), value(r))),
+        );
+    }
+    out.head(
+        "defrost_async_store_bytes",
+        "gauge",
+        "Size of the asynchronous queue's store on disk.",
+    );
+    out.sample("defrost_async_store_bytes", &[], queue.disk_bytes);
 }
 
 const ANSWERED: &str = "Calls to a function that were answered, by status code.";

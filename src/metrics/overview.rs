@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use crate::function::FunctionRef;
 use crate::provider::{Parked, Provider, StartFailure};
+use crate::queue::QueueStats;
 use crate::table::{FunctionRecord, FunctionTable};
 
 /// One function's line.
@@ -42,6 +43,8 @@ pub struct Overview {
     /// Status queries and scale calls: `(made, shared by followers)` each.
     pub status_calls: (u64, u64),
     pub scale_calls: (u64, u64),
+    /// The async queue, when there is one.
+    pub queue: Option<QueueStats>,
 }
 
 impl Overview {
@@ -65,6 +68,7 @@ impl Overview {
             provider_error,
             status_calls,
             scale_calls,
+            queue: None,
         }
     }
 }

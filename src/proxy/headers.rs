@@ -256,6 +256,11 @@ fn set_if_absent(headers: &mut HeaderMap, name: HeaderName, value: &str) {
     }
 }
 
+/// A fresh call id, as text.
+pub fn new_call_id_string() -> String {
+    String::from_utf8_lossy(new_call_id().as_bytes()).into_owned()
+}
+
 /// A fresh call id, formatted like a UUID: unique per process run and hard to guess.
 fn new_call_id() -> HeaderValue {
     use std::collections::hash_map::RandomState;

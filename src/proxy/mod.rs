@@ -15,6 +15,7 @@ pub mod headers;
 pub mod trust;
 
 use std::io::{self, Read};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -65,6 +66,16 @@ pub struct Proxy {
     config: ProxyConfig,
 }
 
+/// A request received earlier and kept whole, to be sent now.
+pub struct Stored<'a> {
+    pub method: &'a str,
+    /// The client's headers as received.
+    pub headers: &'a [(&'a str, &'a str)],
+    /// Who sent it, for the forwarding headers.
+    pub client: Option<SocketAddr>,
+    pub body: &'a [u8],
+}
+
 /// Where a function call goes, once routing is done.
 pub struct Target<'a> {
     pub function: &'a FunctionRef,
@@ -95,14 +106,64 @@ impl Proxy {
         call: &mut Call,
     ) -> Result<ResponseBox, Error> {
         let declared = self.declared_body(request)?;
-        let mut outgoing = OutgoingHead::from_request(request, &self.config.trusted_proxies)?;
+        let outgoing = OutgoingHead::from_request(request, &self.config.trusted_proxies)?;
+        let body = ClientBody::new(request.as_reader(), self.config.max_body_bytes);
+        self.deliver(outgoing, declared, body, target, call)
+    }
+
+    /// The largest request body forwarded.
+    pub fn max_body_bytes(&self) -> u64 {
+        self.config.max_body_bytes
+    }
+
+    /// Sends a request received earlier and kept whole (a queued asynchronous call) as
+    /// [`Proxy::forward`] sends a live one.
+    pub fn forward_stored(
+        &self,
+        stored: &Stored<'_>,
+        target: &Target<'_>,
+        call: &mut Call,
+    ) -> Result<ResponseBox, Error> {
+        let framing = |(name, _): &(&str, &str)| {
+            name.eq_ignore_ascii_case("content-length")
+                || name.eq_ignore_ascii_case("transfer-encoding")
+        };
+        let received = stored.headers.iter().copied().filter(|h| !framing(h));
+        let host = received
+            .clone()
+            .find(|(name, _)| name.eq_ignore_ascii_case("host"))
+            .map(|(_, value)| value);
+        let outgoing = OutgoingHead::from_parts(
+            stored.method,
+            received,
+            stored.client,
+            host,
+            &self.config.trusted_proxies,
+        )?;
+        let declared = match stored.body.len() as u64 {
+            0 => Body::None,
+            n => Body::Length(n),
+        };
+        let mut reader = stored.body;
+        let body = ClientBody::new(&mut reader, u64::MAX);
+        self.deliver(outgoing, declared, body, target, call)
+    }
+
+    /// Sends the request to a ready replica, retrying what is safe to retry.
+    fn deliver(
+        &self,
+        mut outgoing: OutgoingHead,
+        declared: Body,
+        mut body: ClientBody<'_>,
+        target: &Target<'_>,
+        call: &mut Call,
+    ) -> Result<ResponseBox, Error> {
         let function = target.function;
         outgoing.set("X-Defrost-Function-Name", function.name())?;
         outgoing.set("X-Defrost-Function-Namespace", function.namespace())?;
         for (name, value) in target.params {
             outgoing.set(&format!("X-Defrost-Param-{name}"), value)?;
         }
-        let mut body = ClientBody::new(request.as_reader(), self.config.max_body_bytes);
         let mut attempt = 0;
         // Once a pooled connection turned out stale, the others may be too: from then on each
         // attempt opens a new connection, and none is sent again for being stale.
@@ -427,16 +488,31 @@ struct OutgoingHead {
 
 impl OutgoingHead {
     fn from_request(request: &Request, trusted: &[IpRange]) -> Result<OutgoingHead, Error> {
-        let method = http::Method::from_bytes(request.method().as_str().as_bytes())
-            .map_err(|_| Error::BadRequest(format!("method {} is not valid", request.method())))?;
         let received = request
             .headers()
             .iter()
             .map(|h| (h.field.as_str().as_str(), h.value.as_str()));
-        let client = request.remote_addr().copied();
+        OutgoingHead::from_parts(
+            request.method().as_str(),
+            received,
+            request.remote_addr().copied(),
+            headers::request_header(request, "Host"),
+            trusted,
+        )
+    }
+
+    fn from_parts<'h>(
+        method: &str,
+        received: impl Iterator<Item = (&'h str, &'h str)> + Clone,
+        client: Option<SocketAddr>,
+        host: Option<&str>,
+        trusted: &[IpRange],
+    ) -> Result<OutgoingHead, Error> {
+        let method = http::Method::from_bytes(method.as_bytes())
+            .map_err(|_| Error::BadRequest(format!("method {method} is not valid")))?;
         let fwd = Forwarding {
             client,
-            host: headers::request_header(request, "Host"),
+            host,
             proto: "http",
             trusted: trust::is_trusted(trusted, client.map(|a| a.ip())),
         };

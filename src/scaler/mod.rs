@@ -233,6 +233,15 @@ impl Scaler {
         })
     }
 
+    /// Whether the provider knows the function: from the cache when a fresh status is kept, else
+    /// asked through the requests' single-flight.
+    pub fn known(&self, record: &FunctionRecord) -> Result<(), ProviderError> {
+        if record.status.known_within(self.config.cache_expiry) {
+            return Ok(());
+        }
+        self.status(record).map(|_| ())
+    }
+
     /// The function's status, asked through the same single-flight as requests' (so the
     /// autoscaler's looks share theirs, and count as theirs do), refreshing the cache.
     pub(crate) fn status(

@@ -26,6 +26,12 @@ impl CachedStatus {
         (refreshed.elapsed() < expiry && status.is_ready()).then(|| Arc::clone(status))
     }
 
+    /// Whether a status younger than `expiry` is kept, ready or not: the function exists.
+    pub(crate) fn known_within(&self, expiry: Duration) -> bool {
+        let entry = self.entry.lock();
+        entry.as_ref().is_some_and(|(_, at)| at.elapsed() < expiry)
+    }
+
     pub(crate) fn set(&self, status: Arc<FunctionStatus>) {
         *self.entry.lock() = Some((status, Instant::now()));
     }

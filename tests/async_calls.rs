@@ -1,0 +1,467 @@
+//! Asynchronous calls (`/async-function/{name}`): answered 202 once stored, never lost, even
+//! to SIGKILL; run through the normal call path; retried on 429/502/503/504; answered to a
+//! callback URL with the OpenFaaS queue-worker's headers; bounded.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::Command;
+use std::sync::mpsc::{self, Receiver};
+use std::thread;
+use std::time::Duration;
+
+use common::*;
+
+fn queued_script() -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/functions/queued.py")
+        .display()
+        .to_string()
+}
+
+/// A `[[function]]` running queued.py as `name`, recording calls in `dir/calls`, waiting for
+/// `dir/gate` to exist when `gated`.
+fn queued_function(name: &str, dir: &Path, gated: bool, extra: &str) -> String {
+    let gate = if gated {
+        format!(", GATE_FILE = \"{}\"", dir.join("gate").display())
+    } else {
+        String::new()
+    };
+    format!(
+        "\n[[function]]\nname = \"{name}\"\ncommand = [\"python3\", \"{}\"]\n\
+         env = {{ CALLS_FILE = \"{}\"{gate} }}\nreadiness_path = \"/healthz\"\n{extra}\n",
+        queued_script(),
+        dir.join("calls").display()
+    )
+}
+
+/// Starts defrost with `config`, written to `dir/defrost.toml` (so a restart finds the same
+/// store beside it).
+fn start_in(dir: &TempDir, config: &str) -> Defrost {
+    let config_path = dir.path().join("defrost.toml");
+    std::fs::write(&config_path, config).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_defrost"));
+    cmd.arg("--config")
+        .arg(&config_path)
+        .arg("--listen")
+        .arg("127.0.0.1:0");
+    Defrost::spawn(cmd, &[], TempDir::new("async-gw"))
+}
+
+/// POST to `/async-function/{path}`, with extra headers.
+fn post_async(gw: &Defrost, path: &str, headers: &[(&str, &str)], body: &str) -> Reply {
+    let mut request = agent().post(gw.url(&format!("/async-function/{path}")));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    read_reply(request.send(body).unwrap())
+}
+
+/// The call ids the function has been called with (one line per attempt).
+fn calls(dir: &Path) -> Vec<(String, String)> {
+    std::fs::read_to_string(dir.join("calls"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(id, path)| (id.to_owned(), path.to_owned()))
+        .collect()
+}
+
+fn wait_for(what: &str, limit: Duration, done: impl Fn() -> bool) {
+    assert!(eventually(limit, done), "timed out waiting for {what}");
+}
+
+/// The function's async counters once its calls have settled: completed, failed, retried,
+/// callback failures.
+fn assert_counts(gw: &Defrost, function: &str, [completed, failed, retried, callbacks]: [f64; 4]) {
+    let series =
+        |name: &str| format!("defrost_async_{name}{{function_name=\"{function}.default\"}}");
+    let settled = |s: &Scrape| {
+        s.value(&series("completed_total")) == Some(completed)
+            && s.value(&series("failed_total")) == Some(failed)
+    };
+    gw.scrape_when(settled).assert_values(&[
+        (&series("completed_total"), completed),
+        (&series("failed_total"), failed),
+        (&series("retried_total"), retried),
+        (&series("callback_failures_total"), callbacks),
+    ]);
+}
+
+#[test]
+fn a_thousand_accepted_calls_survive_sigkill_and_all_run_after_a_restart() {
+    let dir = TempDir::new("async-kill");
+    let config = format!(
+        "[gateway]\nmax_connections = 256\n[queue]\npath = \"{}\"\n{}",
+        dir.path().join("queue.redb").display(),
+        queued_function("rec", dir.path(), true, "async_concurrency = 2")
+    );
+    let mut gw = start_in(&dir, &config);
+    // Sixteen clients post a thousand calls; the function holds every call it gets until the
+    // gate opens, so at most two can have started when defrost is killed.
+    let accepted: Vec<String> = thread::scope(|s| {
+        let gw = &gw;
+        let clients: Vec<_> = (0..16)
+            .map(|client| {
+                s.spawn(move || {
+                    (0..1000)
+                        .filter(|n| n % 16 == client)
+                        .map(|n| {
+                            let reply = post_async(gw, &format!("rec/n/{n}"), &[], "payload");
+                            assert_eq!(reply.status, 202, "call {n}: {}", reply.body);
+                            reply.header("X-Call-Id").expect("X-Call-Id").to_owned()
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        clients
+            .into_iter()
+            .flat_map(|c| c.join().unwrap())
+            .collect()
+    });
+    unsafe_kill(gw.child.id(), "KILL");
+    assert!(wait_exit(&mut gw.child, Duration::from_secs(10)).is_some());
+    let unique: BTreeSet<&String> = accepted.iter().collect();
+    assert_eq!(unique.len(), 1000, "call ids are unique");
+    let started_before = calls(dir.path()).len();
+    assert!(
+        started_before <= 2,
+        "{started_before} calls ran past the gate"
+    );
+
+    std::fs::write(dir.path().join("gate"), "open").unwrap();
+    let gw = start_in(&dir, &config);
+    assert_eq!(
+        gw.log_count_settled("1000 calls left from the last run", 1),
+        1
+    );
+    wait_for(
+        "every accepted call to run",
+        Duration::from_secs(120),
+        || {
+            let ran: BTreeSet<String> = calls(dir.path()).into_iter().map(|(id, _)| id).collect();
+            unique.iter().all(|id| ran.contains(*id))
+        },
+    );
+    // Each ran once, but for those killed mid-call, which may run twice.
+    let runs = calls(dir.path());
+    assert!(runs.len() <= 1000 + started_before, "{} runs", runs.len());
+    let paths: BTreeSet<String> = runs.into_iter().map(|(_, path)| path).collect();
+    assert_eq!(
+        paths.len(),
+        1000,
+        "every call's own path reached the function"
+    );
+    let scrape = gw.scrape_when(|s| {
+        s.value("defrost_async_completed_total{function_name=\"rec.default\"}")
+            >= Some(1000.0 - started_before as f64)
+    });
+    assert_eq!(
+        scrape.get("defrost_async_queued{function_name=\"rec.default\"}"),
+        0.0
+    );
+}
+
+/// A request the callback receiver got: its headers (lower-cased names) and body.
+struct Received {
+    headers: BTreeMap<String, String>,
+    body: String,
+}
+
+/// An HTTP server on loopback that answers 200 to each request and passes it on.
+fn callback_receiver() -> (String, Receiver<Received>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/done", listener.local_addr().unwrap());
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let tx = tx.clone();
+            thread::spawn(move || {
+                stream
+                    .set_read_timeout(Some(Duration::from_secs(10)))
+                    .unwrap();
+                let mut writer = stream.try_clone().unwrap();
+                let mut reader = BufReader::new(stream);
+                loop {
+                    let mut headers = BTreeMap::new();
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    loop {
+                        line.clear();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let Some((name, value)) = line.trim_end().split_once(':') else {
+                            break;
+                        };
+                        headers.insert(name.to_ascii_lowercase(), value.trim().to_owned());
+                    }
+                    let length = headers
+                        .get("content-length")
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0);
+                    let mut body = vec![0; length];
+                    if reader.read_exact(&mut body).is_err() {
+                        return;
+                    }
+                    let body = String::from_utf8_lossy(&body).into_owned();
+                    let _ = tx.send(Received { headers, body });
+                    if writer
+                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (url, rx)
+}
+
+fn callback(rx: &Receiver<Received>) -> Received {
+    rx.recv_timeout(Duration::from_secs(30))
+        .expect("a callback within 30 s")
+}
+
+#[test]
+fn callbacks_carry_the_answer_with_the_queue_workers_headers() {
+    let dir = TempDir::new("async-callback");
+    let (url, rx) = callback_receiver();
+    let gw = start_in(
+        &dir,
+        &queued_function("cb", dir.path(), false, "async_concurrency = 1"),
+    );
+    let reply = post_async(
+        &gw,
+        "cb/hello?x=1",
+        &[("X-Callback-Url", &url), ("Content-Type", "text/plain")],
+        "the body",
+    );
+    assert_eq!(reply.status, 202, "{}", reply.body);
+    let call_id = reply.header("X-Call-Id").unwrap().to_owned();
+    let got = callback(&rx);
+    assert_eq!(got.headers["x-call-id"], call_id);
+    assert_eq!(got.headers["x-function-status"], "200");
+    assert_eq!(got.headers["x-function-name"], "cb.default");
+    assert_eq!(got.headers["content-type"], "text/plain");
+    let seconds: f64 = got.headers["x-duration-seconds"].parse().unwrap();
+    assert!(seconds >= 0.0);
+    assert_eq!(got.body, "ran /hello?x=1\nthe body");
+    assert_eq!(calls(dir.path()), vec![(call_id, "/hello?x=1".to_owned())]);
+
+    // A final failure is called back too, after one attempt: 404 is not retried.
+    let reply = post_async(&gw, "cb/status/404", &[("X-Callback-Url", &url)], "");
+    assert_eq!(reply.status, 202);
+    let got = callback(&rx);
+    assert_eq!(got.headers["x-function-status"], "404");
+    assert_eq!(got.body, "as asked\n");
+    let failing = reply.header("X-Call-Id").unwrap();
+    assert_eq!(
+        calls(dir.path())
+            .iter()
+            .filter(|(id, _)| id == failing)
+            .count(),
+        1
+    );
+    assert_counts(&gw, "cb", [1.0, 1.0, 0.0, 0.0]);
+}
+
+#[test]
+fn a_function_that_fails_twice_is_retried_until_it_answers() {
+    let dir = TempDir::new("async-retry");
+    let (url, rx) = callback_receiver();
+    let gw = start_in(
+        &dir,
+        &format!(
+            "[queue]\nretry_backoff = \"50ms\"\nmax_attempts = 5\n{}",
+            queued_function("flaky", dir.path(), false, "")
+        ),
+    );
+    let reply = post_async(&gw, "flaky/fail-twice", &[("X-Callback-Url", &url)], "");
+    assert_eq!(reply.status, 202);
+    let call_id = reply.header("X-Call-Id").unwrap().to_owned();
+    let got = callback(&rx);
+    assert_eq!(got.headers["x-function-status"], "200");
+    assert_eq!(got.headers["x-call-id"], call_id);
+    let attempts = calls(dir.path());
+    assert_eq!(attempts.len(), 3, "{attempts:?}");
+    assert!(attempts.iter().all(|(id, _)| *id == call_id));
+    assert_counts(&gw, "flaky", [1.0, 0.0, 2.0, 0.0]);
+
+    // Out of attempts: a call failing every time is given up after max_attempts.
+    let reply = post_async(&gw, "flaky/status/502", &[("X-Callback-Url", &url)], "");
+    let got = callback(&rx);
+    assert_eq!(got.headers["x-function-status"], "502");
+    let id = reply.header("X-Call-Id").unwrap();
+    assert_eq!(calls(dir.path()).iter().filter(|(c, _)| c == id).count(), 5);
+}
+
+#[test]
+fn a_full_queue_answers_503_with_retry_after_and_bad_calls_are_refused_at_once() {
+    let dir = TempDir::new("async-bounds");
+    let gw = start_in(
+        &dir,
+        &format!(
+            "[gateway]\nmax_body_bytes = 1024\n[queue]\nmax_queued = 5\nmax_queued_per_function = 3\n{}{}",
+            queued_function("a", dir.path(), true, ""),
+            queued_function("b", dir.path(), true, "")
+        ),
+    );
+    for _ in 0..3 {
+        assert_eq!(post_async(&gw, "a", &[], "x").status, 202);
+    }
+    let full = post_async(&gw, "a", &[], "x");
+    assert_eq!(full.status, 503, "{}", full.body);
+    assert_eq!(full.header("Retry-After"), Some("5"));
+    assert!(
+        full.body.contains("a.default has 3 calls queued"),
+        "{}",
+        full.body
+    );
+    for _ in 0..2 {
+        assert_eq!(post_async(&gw, "b", &[], "x").status, 202);
+    }
+    let full = post_async(&gw, "b", &[], "x");
+    assert_eq!(full.status, 503, "{}", full.body);
+    assert!(
+        full.body.contains("queue is full (5 calls)"),
+        "{}",
+        full.body
+    );
+
+    assert_eq!(post_async(&gw, "a", &[], &"x".repeat(2000)).status, 413);
+    assert_eq!(post_async(&gw, "nobody", &[], "x").status, 404);
+    let bad = post_async(&gw, "a", &[("X-Callback-Url", "ftp://x/y")], "x");
+    assert_eq!(bad.status, 400, "{}", bad.body);
+
+    // Each function runs one call (held at the gate) and has the rest queued.
+    let scrape = gw.scrape_when(|s| {
+        s.value("defrost_async_running{function_name=\"b.default\"}") == Some(1.0)
+            && s.value("defrost_async_running{function_name=\"a.default\"}") == Some(1.0)
+    });
+    scrape.assert_values(&[
+        ("defrost_async_queued{function_name=\"a.default\"}", 2.0),
+        ("defrost_async_running{function_name=\"a.default\"}", 1.0),
+        ("defrost_async_queued{function_name=\"b.default\"}", 1.0),
+    ]);
+    let page = get(&gw.url("/"));
+    assert!(
+        page.body.contains(
+            "<tr data-function=\"a.default\"><td>a.default</td><td class=\"queued\">2</td>"
+        ),
+        "{}",
+        page.body
+    );
+    // Opening the gate drains the queue, and there is room again.
+    std::fs::write(dir.path().join("gate"), "open").unwrap();
+    wait_for("the queue to drain", Duration::from_secs(30), || {
+        calls(dir.path()).len() == 5
+    });
+    gw.scrape_when(|s| {
+        s.value("defrost_async_completed_total{function_name=\"a.default\"}") == Some(3.0)
+    });
+    assert_eq!(post_async(&gw, "a", &[], "x").status, 202);
+}
+
+#[test]
+fn sigterm_leaves_queued_calls_for_the_next_start() {
+    let dir = TempDir::new("async-term");
+    let config = format!(
+        "[gateway]\nshutdown_grace = \"1s\"\n{}",
+        queued_function("later", dir.path(), true, "")
+    );
+    let mut gw = start_in(&dir, &config);
+    let ids: Vec<String> = (0..3)
+        .map(|n| {
+            let reply = post_async(&gw, &format!("later/{n}"), &[], "");
+            assert_eq!(reply.status, 202);
+            reply.header("X-Call-Id").unwrap().to_owned()
+        })
+        .collect();
+    // The first call is running (held at the gate) when the gateway is told to stop.
+    wait_for("the first call to start", Duration::from_secs(30), || {
+        calls(dir.path()).len() == 1
+    });
+    unsafe_kill(gw.child.id(), "TERM");
+    let status = wait_exit(&mut gw.child, Duration::from_secs(20)).expect("defrost stopped");
+    assert!(status.success(), "{status:?}: {}", gw.log_text());
+    assert_eq!(
+        calls(dir.path()).len(),
+        1,
+        "no call was started while stopping"
+    );
+
+    std::fs::write(dir.path().join("gate"), "open").unwrap();
+    let gw = start_in(&dir, &config);
+    assert_eq!(gw.log_count_settled("3 calls left from the last run", 1), 1);
+    wait_for("the three calls to run", Duration::from_secs(30), || {
+        let ran: BTreeSet<String> = calls(dir.path()).into_iter().map(|(id, _)| id).collect();
+        ids.iter().all(|id| ran.contains(id))
+    });
+}
+
+#[test]
+fn calls_to_one_function_run_in_the_order_they_were_accepted() {
+    let dir = TempDir::new("async-order");
+    let gw = start_in(&dir, &queued_function("ordered", dir.path(), true, ""));
+    for n in 0..8 {
+        assert_eq!(
+            post_async(&gw, &format!("ordered/{n}"), &[], "").status,
+            202
+        );
+    }
+    std::fs::write(dir.path().join("gate"), "open").unwrap();
+    wait_for("the eight calls to run", Duration::from_secs(30), || {
+        calls(dir.path()).len() == 8
+    });
+    let order: Vec<String> = calls(dir.path()).into_iter().map(|(_, p)| p).collect();
+    let expected: Vec<String> = (0..8).map(|n| format!("/{n}")).collect();
+    assert_eq!(order, expected);
+}
+
+#[test]
+fn a_callback_that_cannot_be_delivered_is_tried_a_bounded_number_of_times_and_logged() {
+    let dir = TempDir::new("async-callback-down");
+    // A port that was just free: nothing listens there.
+    let closed = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/done", closed.local_addr().unwrap());
+    drop(closed);
+    let gw = start_in(
+        &dir,
+        &format!(
+            "[queue]\ncallback_attempts = 2\nretry_backoff = \"50ms\"\n{}",
+            queued_function("lonely", dir.path(), false, "")
+        ),
+    );
+    let reply = post_async(&gw, "lonely", &[("X-Callback-Url", &url)], "");
+    assert_eq!(reply.status, 202);
+    let failures = "defrost_async_callback_failures_total{function_name=\"lonely.default\"}";
+    gw.scrape_when(|s| s.value(failures) == Some(1.0))
+        .assert_values(&[
+            (failures, 1.0),
+            (
+                "defrost_async_completed_total{function_name=\"lonely.default\"}",
+                1.0,
+            ),
+        ]);
+    assert_eq!(gw.log_count_settled("(attempt 2 of 2)", 1), 1);
+    let id = reply.header("X-Call-Id").unwrap();
+    for attempt in ["attempt 1 of 2", "attempt 2 of 2"] {
+        let line = format!("callback for call {id} of lonely.default");
+        assert!(
+            gw.log_text()
+                .lines()
+                .any(|l| l.contains(&line) && l.contains(attempt)),
+            "{attempt}: {}",
+            gw.log_text()
+        );
+    }
+    assert_eq!(calls(dir.path()).len(), 1, "the call itself ran once");
+}
