@@ -217,8 +217,13 @@ impl Hub {
     }
 
     fn run_connection(&self, mut client: Box<ClientConnection>) {
+        // with an idle set, a head that arrives in pieces waits there, not on this thread
+        #[cfg(target_os = "linux")]
+        let park = self.idle.is_some();
+        #[cfg(not(target_os = "linux"))]
+        let park = false;
         loop {
-            if !client.serve_until_idle(|rq| self.push(rq.into())) {
+            if !client.serve_until_idle(park, |rq| self.push(rq.into())) {
                 return;
             }
             client = match self.park(client) {

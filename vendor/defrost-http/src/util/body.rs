@@ -36,6 +36,17 @@ pub(crate) fn read_line<R: BufRead + ?Sized>(
     max: usize,
 ) -> Result<usize, LineError> {
     out.clear();
+    continue_line(src, out, max)
+}
+
+/// [`read_line`] for a line whose beginning is already in `out`: what a read that failed
+/// (one that would block, say) had taken is kept there, and this carries on from it. The
+/// count returned, and `max`, include that beginning.
+pub(crate) fn continue_line<R: BufRead + ?Sized>(
+    src: &mut R,
+    out: &mut Vec<u8>,
+    max: usize,
+) -> Result<usize, LineError> {
     loop {
         let available = match src.fill_buf() {
             Ok(b) => b,

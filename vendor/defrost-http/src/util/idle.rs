@@ -199,8 +199,15 @@ impl Idle {
                 .collect();
             tokens.iter().filter_map(|t| parked.remove(t)).collect()
         };
-        for client in expired {
-            self.forget(client);
+        for mut client in expired {
+            // a late head is answered 408, and the connection waits here until it can close
+            if client.answer_late() {
+                if let Err(client) = self.park(client) {
+                    self.forget(client);
+                }
+            } else {
+                self.forget(client);
+            }
         }
     }
 
@@ -221,9 +228,13 @@ impl Idle {
         }
     }
 
-    /// Connections parked here now.
+    /// Connections parked here now that wait for their next request (not those with part of
+    /// a request head arrived: see [`ClientConnection::receiving`]).
     pub(crate) fn parked(&self) -> usize {
-        lock(&self.parked).len()
+        lock(&self.parked)
+            .values()
+            .filter(|c| !c.receiving())
+            .count()
     }
 
     /// Closes the connection that has waited idle the longest between two requests (see
