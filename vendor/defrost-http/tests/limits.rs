@@ -935,22 +935,37 @@ fn emfile_child() {
     use std::sync::atomic::Ordering::SeqCst;
 
     let (_server, addr) = start(Limits::default(), hello);
-    // use up the descriptors: each connection costs one here and one in the server,
-    // so the server ends up unable to accept the last ones
-    let mut clients = Vec::new();
+    // Use up the descriptors with files, then give one back for a client socket: the server
+    // has none left to accept the connection with. (Racing the server for the last ones with
+    // connections, as this test once did, could leave the server the winner, and a client
+    // that could not connect to provoke anything.) The server opens descriptors only by
+    // accepting, so nothing takes the one given back before the client does.
+    let mut files = Vec::new();
+    let exhausted = loop {
+        match std::fs::File::open("/dev/null") {
+            Ok(f) => files.push(f),
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(
+        exhausted.raw_os_error(),
+        Some(libc::EMFILE),
+        "{}",
+        exhausted
+    );
+    files.pop();
+    let waiting = TcpStream::connect(addr).unwrap();
     let started = Instant::now();
     while ACCEPT_ERRORS.load(SeqCst) == 0 && started.elapsed() < CLIENT_TIMEOUT {
-        match TcpStream::connect(addr) {
-            Ok(s) => clients.push(s),
-            Err(_) => thread::sleep(Duration::from_millis(20)),
-        }
+        thread::sleep(Duration::from_millis(10));
     }
     let errors = ACCEPT_ERRORS.load(SeqCst);
     println!("accept errors: {}", errors);
     assert!(errors > 0, "could not provoke an accept error");
     // keep the server starved a little longer, then give the descriptors back
     thread::sleep(Duration::from_millis(300));
-    drop(clients);
+    drop(files);
+    drop(waiting);
 
     // the accept loop survived and serves again
     let resp = (0..50)
