@@ -1,7 +1,9 @@
 //! One client connection: reads request heads within limits and produces `Request`s.
 //!
-//! The connection thread owns the buffered reading side of the socket while it reads a
-//! request head. A request with a body borrows it (through a `BodyReader`), which gives it
+//! Whoever reads the connection's next request (a thread woken in the idle set, or a
+//! connection thread) owns the buffered reading side of the socket while it reads a request
+//! head; what has arrived of a head that is not whole yet stays with the connection
+//! (`HeadSoFar`) until the rest comes. A request with a body borrows it (through a `BodyReader`), which gives it
 //! back when the body has been read or dropped; an unread rest is drained here, within
 //! `Limits::max_drain_bytes`, or the connection is closed instead.
 
@@ -100,10 +102,11 @@ pub struct ClientConnection {
 pub(crate) enum Quick {
     /// A request whose head had fully arrived.
     Request(Request),
-    /// Nothing to read yet: wait for the socket to become readable.
+    /// Nothing (more) to read yet, a request head possibly begun: wait for the socket to
+    /// become readable.
     Park,
-    /// Something needs a thread that may block: a head still arriving, a body lent to a
-    /// request, an ending to carry out.
+    /// Something needs a thread that may block: a small body still arriving, a body lent to
+    /// a request, a response to wait for, an ending to carry out.
     Slow,
     /// The client went away; dropping the connection closes it.
     Closed,
@@ -379,7 +382,9 @@ impl ClientConnection {
     }
 
     /// Reads the next request if its head has fully arrived, without ever blocking; for a
-    /// thread that serves many connections.
+    /// thread that serves many connections. What has arrived of a head that is not whole yet
+    /// is taken and kept (`Quick::Park`), so that the socket only becomes readable again when
+    /// more comes.
     pub(crate) fn quick(&mut self) -> Quick {
         if self.closing.is_some() {
             return self.discard();

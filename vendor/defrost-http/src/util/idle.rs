@@ -5,9 +5,11 @@
 //! one woken for a readable connection reads the request head on the spot when it has fully
 //! arrived. A request on a kept-alive connection then costs the server one thread wake-up,
 //! with nothing handed from thread to thread, and a thousand idle connections cost no threads
-//! at all. One thread only enforces the idle timeouts. Connections that send slowly, lend
-//! their reading side to a request body or are ending are served by a connection thread as
-//! before, and come back here once they wait idle again.
+//! at all. A request head that arrives in pieces waits here too, what came of it kept with the
+//! connection, so slow clients cost no threads either. One thread only enforces the timeouts
+//! (answering `408` to heads that are late). Connections that lend their reading side to a
+//! request body or are ending are served by a connection thread as before, and come back
+//! here once they wait again.
 
 use std::collections::HashMap;
 use std::convert::TryFrom;
