@@ -200,18 +200,25 @@ for _ in range(count):
 print("holding", len(held), flush=True)
 time.sleep(3600)
 PY
-spawn python3 "$WORK/idle.py" "$NGINX" "$IDLE" /
-idle_nginx=$LAST_PID
-spawn python3 "$WORK/idle.py" "$GATEWAY" "$IDLE" /function/fast
-idle_defrost=$LAST_PID
-sleep 3
-for target in nginx defrost; do
-  measure "${URL[$target]}" >"$WORK/$target-idle.result"
-done
-idle_threads=$(threads_of "$DEFROST_PID")
-idle_rss=$(rss_mb "$DEFROST_PID")
-idle_nginx_rss=$(nginx_rss_mb)
-kill "$idle_nginx" "$idle_defrost" 2>/dev/null || true
+# Runs SCRIPT (holding COUNT connections) against nginx and against defrost, measures both
+# meanwhile into $WORK/TARGET-NAME.result, and writes defrost's threads and RSS, nginx's RSS and
+# the connections open at defrost's port to $WORK/NAME.footprint.
+measure_holding() {
+  local script=$1 count=$2 name=$3 held=()
+  spawn python3 "$script" "$NGINX" "$count" /
+  held+=("$LAST_PID")
+  spawn python3 "$script" "$GATEWAY" "$count" /function/fast
+  held+=("$LAST_PID")
+  sleep 3
+  for target in nginx defrost; do
+    measure "${URL[$target]}" >"$WORK/$target-$name.result"
+  done
+  echo "$(threads_of "$DEFROST_PID") $(rss_mb "$DEFROST_PID") $(nginx_rss_mb)" \
+    "$(ss -Htn state established "( sport = :$GATEWAY )" | wc -l)" >"$WORK/$name.footprint"
+  kill "${held[@]}" 2>/dev/null || true
+}
+measure_holding "$WORK/idle.py" "$IDLE" idle
+read -r idle_threads idle_rss idle_nginx_rss idle_open <"$WORK/idle.footprint"
 
 # Slowloris: SLOW connections each send the start of a request head, then a byte a second,
 # never finishing it (a connection closed on them is opened again); bounded at 10 minutes.
@@ -236,19 +243,8 @@ while time.monotonic() < until:
         time.sleep(1 / count)
 PY
 sleep 1 # the idle connections' ends settle
-spawn python3 "$WORK/slow.py" "$NGINX" "$SLOW" /
-slow_nginx=$LAST_PID
-spawn python3 "$WORK/slow.py" "$GATEWAY" "$SLOW" /function/fast
-slow_defrost=$LAST_PID
-sleep 3
-for target in nginx defrost; do
-  measure "${URL[$target]}" >"$WORK/$target-slow.result"
-done
-slow_threads=$(threads_of "$DEFROST_PID")
-slow_rss=$(rss_mb "$DEFROST_PID")
-slow_nginx_rss=$(nginx_rss_mb)
-slow_open=$(ss -Htn state established "( sport = :$GATEWAY )" | wc -l)
-kill "$slow_nginx" "$slow_defrost" 2>/dev/null || true
+measure_holding "$WORK/slow.py" "$SLOW" slow
+read -r slow_threads slow_rss slow_nginx_rss slow_open <"$WORK/slow.footprint"
 
 # Isolation: hold 500 requests on the cold function and 100 on the slow one, then measure the
 # warm function again, taking turns with nginx as before. nginx is the yardstick for how fast
@@ -297,7 +293,7 @@ show "defrost" defrost-256
 printf '\n%-34s %12s %10s %10s\n' "-c$CONNECTIONS, $IDLE idle keep-alive too" "requests/s" "p50 ms" "p99 ms"
 show "nginx" nginx-idle
 show "defrost" defrost-idle
-echo "with them: defrost $idle_threads threads, ${idle_rss} MB resident; nginx ${idle_nginx_rss} MB resident (all processes)"
+echo "with them: defrost $idle_threads threads, ${idle_rss} MB resident ($idle_open connections open at its port); nginx ${idle_nginx_rss} MB resident (all processes)"
 printf '\n%-34s %12s %10s %10s\n' "-c$CONNECTIONS, $SLOW slow heads too" "requests/s" "p50 ms" "p99 ms"
 show "nginx" nginx-slow
 show "defrost" defrost-slow
