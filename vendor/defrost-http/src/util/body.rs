@@ -437,6 +437,28 @@ mod tests {
     }
 
     #[test]
+    fn a_line_carries_on_from_what_an_earlier_read_took() {
+        let mut out = Vec::new();
+        // the first piece ends mid-line: its bytes are taken and kept
+        let mut src = Cursor::new(b"X-Slow: ab".to_vec());
+        assert!(matches!(
+            continue_line(&mut src, &mut out, 16),
+            Err(LineError::Eof)
+        ));
+        assert_eq!(out, b"X-Slow: ab");
+        // the rest ends it; the count and the limit include the first piece
+        let mut src = Cursor::new(b"c\r\n".to_vec());
+        assert_eq!(continue_line(&mut src, &mut out, 16).unwrap(), 13);
+        assert_eq!(out, b"X-Slow: abc");
+        out.truncate(10);
+        let mut src = Cursor::new(b"cdefgh\r\n".to_vec());
+        assert!(matches!(
+            continue_line(&mut src, &mut out, 16),
+            Err(LineError::TooLong)
+        ));
+    }
+
+    #[test]
     fn drain_respects_budget() {
         let body = vec![b'x'; 100];
         let mut src = Cursor::new(body.clone());
