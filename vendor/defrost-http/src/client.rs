@@ -3,9 +3,9 @@
 //! Whoever reads the connection's next request (a thread woken in the idle set, or a
 //! connection thread) owns the buffered reading side of the socket while it reads a request
 //! head; what has arrived of a head that is not whole yet stays with the connection
-//! (`HeadSoFar`) until the rest comes. A request with a body borrows it (through a `BodyReader`), which gives it
-//! back when the body has been read or dropped; an unread rest is drained here, within
-//! `Limits::max_drain_bytes`, or the connection is closed instead.
+//! (`HeadSoFar`) until the rest comes. A request with a body borrows the reading side (through
+//! a `BodyReader`), which gives it back when the body has been read or dropped; an unread rest
+//! is drained here, within `Limits::max_drain_bytes`, or the connection is closed instead.
 
 use std::convert::TryFrom;
 use std::io::{self, BufRead, BufWriter, Cursor, Read, Write};
@@ -518,9 +518,10 @@ impl ClientConnection {
         self.closing.is_some()
     }
 
-    /// True once an idle connection has waited too long for its next request: the header
-    /// timeout for a first request (counted from acceptance), else the keep-alive timeout
-    /// counted from the end of the last response.
+    /// True once a connection in the idle set has waited too long: for the rest of a head
+    /// partly arrived, its header timeout; for a first request, the header timeout counted
+    /// from acceptance; else the keep-alive timeout counted from the end of the last response.
+    /// After a late head was answered, once its linger time has passed.
     pub(crate) fn idle_expired(&self, now: Instant) -> bool {
         let end = if let Some((until, _)) = self.closing {
             Some(until)
