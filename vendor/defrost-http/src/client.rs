@@ -496,6 +496,7 @@ impl ClientConnection {
     /// the connection shut down for writing. True if it should then wait in the idle set
     /// while what the client still sends is thrown away (see [`LINGER_TIME`]); false if it
     /// is to be closed at once (nothing of a request had arrived: no answer).
+    #[cfg(target_os = "linux")]
     pub(crate) fn answer_late(&mut self) -> bool {
         if !self.head.started || self.closing.is_some() {
             return false;
