@@ -1221,17 +1221,35 @@ fn slow_heads_child() {
     });
     let before = threads_now();
 
-    // every other connection is answered once first: its second head is the slow one
+    // A third of the connections are answered once first, so that their second head is the
+    // slow one; another third send a body read on a connection thread, with the start of
+    // their next head right behind it, so that the thread finds that head unfinished.
     let mut clients: Vec<BufReader<TcpStream>> = (0..CONNECTIONS)
         .map(|i| {
             let mut r = BufReader::new(connect(addr));
-            if i % 2 == 1 {
-                r.get_mut()
-                    .write_all(b"GET /first HTTP/1.1\r\nHost: x\r\n\r\n")
+            let slow = format!("GET /{} HTTP/1.1\r\nHost: x\r\nX-Slow: ", i);
+            match i % 3 {
+                1 => {
+                    r.get_mut()
+                        .write_all(b"GET /first HTTP/1.1\r\nHost: x\r\n\r\n")
+                        .unwrap();
+                    assert_eq!(read_response(&mut r).unwrap().body, b"/first 1 ");
+                    r.get_mut().write_all(slow.as_bytes()).unwrap();
+                }
+                2 => {
+                    let body = "b".repeat(4096);
+                    write!(
+                        r.get_mut(),
+                        "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{}{}",
+                        body.len(),
+                        body,
+                        slow
+                    )
                     .unwrap();
-                assert_eq!(read_response(&mut r).unwrap().body, b"/first 1 ");
+                    assert_eq!(read_response(&mut r).unwrap().body, b"/upload 2 ");
+                }
+                _ => r.get_mut().write_all(slow.as_bytes()).unwrap(),
             }
-            write!(r.get_mut(), "GET /{} HTTP/1.1\r\nHost: x\r\nX-Slow: ", i).unwrap();
             r
         })
         .collect();
