@@ -5,14 +5,15 @@
 # on a cold function and 100 sit on a function that takes 1 s to answer.
 #
 #   benches/load.sh    # defaults: DURATION=10 ROUNDS=3 THREADS=2 CONNECTIONS=64 IDLE=1000
-#                      #           BASE_PORT=18080
+#                      #           SLOW=1000 BASE_PORT=18080
 #   BEFORE=/path/to/an/older/defrost benches/load.sh
 #                      # also measures that build's warm path, taking turns with the others,
 #                      # so that a change is judged against nginx in the same run
 #
 # Then one round each of: a plain Python http.server function (examples/plain.py) directly,
 # through nginx and through defrost; 256 connections; and the warm path with IDLE more
-# keep-alive connections sitting idle on nginx and on defrost, with defrost's threads and RSS.
+# keep-alive connections sitting idle on nginx and on defrost, with defrost's threads and RSS;
+# then the same with SLOW connections whose request heads trickle in, a byte a second each.
 #
 # Needs wrk and nginx (Debian/Ubuntu: apt-get install wrk nginx-light); installs nothing.
 set -euo pipefail
@@ -30,6 +31,7 @@ OLDER=$((BASE_PORT + 4))
 PLAIN=$((BASE_PORT + 5))
 NGINX_PLAIN=$((BASE_PORT + 6))
 IDLE=${IDLE:-1000}
+SLOW=${SLOW:-1000}
 build
 
 # The upstream, reached directly and through nginx (keep-alive to the upstream, as a tuned
@@ -81,6 +83,7 @@ listen = "127.0.0.1:$GATEWAY"
 max_connections = 4096  # as many as nginx's worker_connections below
 ready_timeout = "$((held_for + 60))s"
 shutdown_grace = "1s"  # the cold function's waiters need not be waited for
+header_timeout = "60s"  # nginx's client_header_timeout: slow heads stay open on both alike
 
 [[function]]
 name = "fast"
@@ -197,18 +200,51 @@ for _ in range(count):
 print("holding", len(held), flush=True)
 time.sleep(3600)
 PY
-spawn python3 "$WORK/idle.py" "$NGINX" "$IDLE" /
-idle_nginx=$LAST_PID
-spawn python3 "$WORK/idle.py" "$GATEWAY" "$IDLE" /function/fast
-idle_defrost=$LAST_PID
-sleep 3
-for target in nginx defrost; do
-  measure "${URL[$target]}" >"$WORK/$target-idle.result"
-done
-idle_threads=$(threads_of "$DEFROST_PID")
-idle_rss=$(rss_mb "$DEFROST_PID")
-idle_nginx_rss=$(nginx_rss_mb)
-kill "$idle_nginx" "$idle_defrost" 2>/dev/null || true
+# Runs SCRIPT (holding COUNT connections) against nginx and against defrost, measures both
+# meanwhile into $WORK/TARGET-NAME.result, and writes defrost's threads and RSS, nginx's RSS and
+# the connections open at defrost's port to $WORK/NAME.footprint.
+measure_holding() {
+  local script=$1 count=$2 name=$3 held=()
+  spawn python3 "$script" "$NGINX" "$count" /
+  held+=("$LAST_PID")
+  spawn python3 "$script" "$GATEWAY" "$count" /function/fast
+  held+=("$LAST_PID")
+  sleep 3
+  for target in nginx defrost; do
+    measure "${URL[$target]}" >"$WORK/$target-$name.result"
+  done
+  echo "$(threads_of "$DEFROST_PID") $(rss_mb "$DEFROST_PID") $(nginx_rss_mb)" \
+    "$(ss -Htn state established "( sport = :$GATEWAY )" | wc -l)" >"$WORK/$name.footprint"
+  kill "${held[@]}" 2>/dev/null || true
+}
+measure_holding "$WORK/idle.py" "$IDLE" idle
+read -r idle_threads idle_rss idle_nginx_rss idle_open <"$WORK/idle.footprint"
+
+# Slowloris: SLOW connections each send the start of a request head, then a byte a second,
+# never finishing it (a connection closed on them is opened again); bounded at 10 minutes.
+cat >"$WORK/slow.py" <<'PY'
+import socket, sys, time
+port, count, path = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+head = f"GET {path} HTTP/1.1\r\nHost: x\r\nX-Slow: ".encode()
+def start():
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(head)
+    return s
+held = [start() for _ in range(count)]
+print("trickling", len(held), flush=True)
+until = time.monotonic() + 600
+while time.monotonic() < until:
+    for i, s in enumerate(held):
+        try:
+            s.send(b"a")
+        except OSError:
+            s.close()
+            held[i] = start()
+        time.sleep(1 / count)
+PY
+sleep 1 # the idle connections' ends settle
+measure_holding "$WORK/slow.py" "$SLOW" slow
+read -r slow_threads slow_rss slow_nginx_rss slow_open <"$WORK/slow.footprint"
 
 # Isolation: hold 500 requests on the cold function and 100 on the slow one, then measure the
 # warm function again, taking turns with nginx as before. nginx is the yardstick for how fast
@@ -257,7 +293,11 @@ show "defrost" defrost-256
 printf '\n%-34s %12s %10s %10s\n' "-c$CONNECTIONS, $IDLE idle keep-alive too" "requests/s" "p50 ms" "p99 ms"
 show "nginx" nginx-idle
 show "defrost" defrost-idle
-echo "with them: defrost $idle_threads threads, ${idle_rss} MB resident; nginx ${idle_nginx_rss} MB resident (all processes)"
+echo "with them: defrost $idle_threads threads, ${idle_rss} MB resident ($idle_open connections open at its port); nginx ${idle_nginx_rss} MB resident (all processes)"
+printf '\n%-34s %12s %10s %10s\n' "-c$CONNECTIONS, $SLOW slow heads too" "requests/s" "p50 ms" "p99 ms"
+show "nginx" nginx-slow
+show "defrost" defrost-slow
+echo "with them: defrost $slow_threads threads, ${slow_rss} MB resident ($slow_open connections open at its port); nginx ${slow_nginx_rss} MB resident (all processes)"
 echo "while 500 cold + 100 slow requests were held: defrost $held_threads threads, ${held_rss} MB resident"
 if [ -n "${BEFORE:-}" ]; then
   awk -v d="$defrost_rps" -v n="$nginx_rps" -v o="$before_rps" 'BEGIN {

@@ -470,3 +470,96 @@ fn a_connection_with_a_call_in_progress_is_never_reclaimed() {
     let answer = busy.response().expect("the busy connection was closed");
     assert_eq!(answer.status, 200);
 }
+
+/// A gateway serving the echo function with this `header_timeout`, once warm and settled,
+/// with the number of threads it runs then.
+fn settled_gateway(header_timeout: &str) -> (Defrost, usize) {
+    let gw = echo_gateway(&format!("header_timeout = \"{header_timeout}\""));
+    assert_eq!(get(&gw.url("/function/echo/warm")).status, 200);
+    thread::sleep(Duration::from_millis(300));
+    let idle = threads_of(gw.child.id());
+    (gw, idle)
+}
+
+/// Opens `count` connections that each send the start of a request head to the echo function
+/// (`/function/echo/slow/N`, a header left open) and no more.
+fn open_slow_heads(gw: &Defrost, count: usize) -> Vec<RawConn> {
+    (0..count)
+        .map(|i| {
+            let mut conn = RawConn::open(gw.addr, Duration::from_secs(20));
+            conn.send(
+                format!("GET /function/echo/slow/{i} HTTP/1.1\r\nHost: t\r\nX-Trickle: ")
+                    .as_bytes(),
+            )
+            .unwrap();
+            conn
+        })
+        .collect()
+}
+
+/// Sends one more byte of its head on each slow connection, `rounds` times, `pause` apart,
+/// calling `meanwhile` each round; returns the most threads the gateway ran in between. A send
+/// that fails (the gateway answered and closed) is left to the caller to notice.
+fn trickle(
+    gw: &Defrost,
+    slow: &mut [RawConn],
+    rounds: usize,
+    pause: Duration,
+    mut meanwhile: impl FnMut(),
+) -> usize {
+    let mut most = 0;
+    for _ in 0..rounds {
+        for conn in slow.iter_mut() {
+            let _ = conn.send(b"a");
+        }
+        meanwhile();
+        most = most.max(threads_of(gw.child.id()));
+        thread::sleep(pause);
+    }
+    most
+}
+
+#[test]
+fn heads_trickling_in_hold_no_threads_and_are_answered_whole() {
+    const SLOW: usize = 300;
+    let (gw, idle) = settled_gateway("60s");
+    let mut slow = open_slow_heads(&gw, SLOW);
+    // A byte now and then on each, while another client is served.
+    let most = trickle(&gw, &mut slow, 5, Duration::from_millis(100), || {
+        assert_eq!(get(&gw.url("/function/echo/meanwhile")).status, 200);
+    });
+    assert!(
+        most <= idle + 16,
+        "{SLOW} slow heads took the gateway from {idle} to {most} threads"
+    );
+
+    // Every head completes, and each call gets what its client sent.
+    for (i, conn) in slow.iter_mut().enumerate() {
+        conn.send(b"z\r\n\r\n").unwrap();
+        let answer = conn.response().unwrap();
+        assert_eq!(answer.status, 200);
+        assert_eq!(echoed_path(&answer), format!("/slow/{i}"));
+        let echoed: serde_json::Value = serde_json::from_slice(&answer.body).unwrap();
+        assert_eq!(echoed["headers"]["x-trickle"], "aaaaaz");
+    }
+}
+
+#[test]
+fn heads_trickling_past_the_header_timeout_get_408_without_threads() {
+    const SLOW: usize = 100;
+    let (gw, idle) = settled_gateway("1s");
+    let mut slow = open_slow_heads(&gw, SLOW);
+    // Bytes keep coming, but the heads never end: about 1.6 s of it.
+    let most = trickle(&gw, &mut slow, 8, Duration::from_millis(200), || ());
+    for conn in &mut slow {
+        let answer = conn.response().unwrap();
+        assert_eq!(answer.status, 408);
+        assert!(answer.closes());
+        assert!(conn.closed_by_server(), "still open after the 408");
+    }
+    assert!(
+        most <= idle + 16,
+        "{SLOW} late heads took the gateway from {idle} to {most} threads"
+    );
+    assert_eq!(get(&gw.url("/function/echo/after")).status, 200);
+}

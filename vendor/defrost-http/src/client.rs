@@ -1,9 +1,11 @@
 //! One client connection: reads request heads within limits and produces `Request`s.
 //!
-//! The connection thread owns the buffered reading side of the socket while it reads a
-//! request head. A request with a body borrows it (through a `BodyReader`), which gives it
-//! back when the body has been read or dropped; an unread rest is drained here, within
-//! `Limits::max_drain_bytes`, or the connection is closed instead.
+//! Whoever reads the connection's next request (a thread woken in the idle set, or a
+//! connection thread) owns the buffered reading side of the socket while it reads a request
+//! head; what has arrived of a head that is not whole yet stays with the connection
+//! (`HeadSoFar`) until the rest comes. A request with a body borrows the reading side (through
+//! a `BodyReader`), which gives it back when the body has been read or dropped; an unread rest
+//! is drained here, within `Limits::max_drain_bytes`, or the connection is closed instead.
 
 use std::convert::TryFrom;
 use std::io::{self, BufRead, BufWriter, Cursor, Read, Write};
@@ -17,7 +19,7 @@ use crate::common::{HTTPVersion, Header, Method};
 use crate::connection::Connection;
 use crate::request::{Body, ConnRequest};
 use crate::response::ConnectionHint;
-use crate::util::body::{drain, read_line, BodyDecoder, BodyReader, ChunkState, ConnReader};
+use crate::util::body::{continue_line, drain, BodyDecoder, BodyReader, ChunkState, ConnReader};
 use crate::util::body::{LineError, Returned};
 use crate::util::conn::{deadline_after, is_timeout, non_zero, ConnShared, ConnSlot};
 use crate::util::conn::{ReadHalf, ReadMode, WriteHalf};
@@ -72,8 +74,12 @@ pub struct ClientConnection {
     // the iterator has ended
     done: bool,
 
-    // reused line buffer
-    line: Vec<u8>,
+    // the request head being read, as far as it has arrived
+    head: HeadSoFar,
+
+    // after a late head was answered from the idle set: until when (and how much of) what
+    // the client still sends is read and thrown away before closing
+    closing: Option<(Instant, usize)>,
 
     // false while a request head is read on a thread that must not block: a small body is
     // then read ahead only if it has already arrived
@@ -96,10 +102,11 @@ pub struct ClientConnection {
 pub(crate) enum Quick {
     /// A request whose head had fully arrived.
     Request(Request),
-    /// Nothing to read yet: wait for the socket to become readable.
+    /// Nothing (more) to read yet, a request head possibly begun: wait for the socket to
+    /// become readable.
     Park,
-    /// Something needs a thread that may block: a head still arriving, a body lent to a
-    /// request, an ending to carry out.
+    /// Something needs a thread that may block: a small body still arriving, a body lent to
+    /// a request, a response to wait for, an ending to carry out.
     Slow,
     /// The client went away; dropping the connection closes it.
     Closed,
@@ -108,14 +115,39 @@ pub(crate) enum Quick {
 /// Tokens for the idle set, unique per process.
 static NEXT_TOKEN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
-/// True if `buf` holds a whole request head (after the empty lines tolerated before it).
-fn head_complete(buf: &[u8]) -> bool {
-    let start = buf
-        .iter()
-        .position(|b| !matches!(b, b'\r' | b'\n'))
-        .unwrap_or(buf.len());
-    let rest = &buf[start..];
-    rest.windows(2).any(|w| w == b"\n\n") || rest.windows(3).any(|w| w == b"\n\r\n")
+/// A request head as far as it has been read. It stays with the connection between reads, so
+/// that a head arriving in pieces waits for the rest in the idle set instead of on a thread.
+#[derive(Default)]
+struct HeadSoFar {
+    /// The head's first byte has arrived, and `deadline` and `budget` are set.
+    started: bool,
+    /// When the whole head must have arrived (`None`: no limit).
+    deadline: Option<Instant>,
+    /// What has arrived of the current line (the buffer is reused from line to line).
+    line: Vec<u8>,
+    /// Empty lines taken before the request line.
+    empty_lines: usize,
+    request_line: Option<(Method, String, HTTPVersion)>,
+    headers: Vec<Header>,
+    /// Head bytes still allowed (`max_header_bytes` less what has been taken).
+    budget: usize,
+}
+
+impl HeadSoFar {
+    fn start(&mut self, deadline: Option<Instant>, budget: usize) {
+        self.started = true;
+        self.deadline = deadline;
+        self.budget = budget;
+    }
+
+    /// Forgets the head read (or given up on), keeping the buffers.
+    fn reset(&mut self) {
+        self.started = false;
+        self.line.clear();
+        self.empty_lines = 0;
+        self.request_line = None;
+        self.headers.clear();
+    }
 }
 
 /// Why reading a request stopped.
@@ -129,12 +161,29 @@ enum End {
     /// Not an ending: a head was read on a thread that must not block and its small body
     /// has not fully arrived; a connection thread carries on from the parsed head.
     Defer,
+    /// Not an ending: the head has not fully arrived and nobody waits for it on a thread;
+    /// what came of it is kept, and the connection waits in the idle set for the rest.
+    Park,
 }
 
 /// Failure to read a request head.
 enum HeadError {
     Quiet,
     Respond(u16),
+    /// Not all here yet, and no read may wait for the rest (see [`End::Park`]).
+    Park,
+}
+
+/// What a thread that may block got from a connection (see
+/// [`ClientConnection::next_on_thread`]).
+// Moved once, straight to the caller; boxing the request would cost an allocation each.
+#[allow(clippy::large_enum_variant)]
+enum Next {
+    Request(Request),
+    /// The head is still arriving: the connection can wait for it in the idle set.
+    Park,
+    /// The connection is finished.
+    End,
 }
 
 /// Writer of one response. Keeps the count of pending responses of the connection.
@@ -172,6 +221,8 @@ impl Drop for ResponseWriter {
 
 fn line_error_to_head(e: LineError) -> HeadError {
     match e {
+        // only a read that must not wait says this (a read with a timeout says `TimedOut`)
+        LineError::Io(e) if e.kind() == io::ErrorKind::WouldBlock => HeadError::Park,
         LineError::Io(e) if is_timeout(&e) => HeadError::Respond(408),
         LineError::Io(_) | LineError::Eof => HeadError::Quiet,
         LineError::TooLong => HeadError::Respond(431),
@@ -235,7 +286,8 @@ impl ClientConnection {
             no_more_requests: false,
             upgraded: false,
             done: false,
-            line: Vec::new(),
+            head: HeadSoFar::default(),
+            closing: None,
             may_block: true,
             pending_end: None,
             parsed: None,
@@ -270,6 +322,7 @@ impl ClientConnection {
     /// nothing is buffered and, if `peek`, nothing has arrived on the socket either.
     pub(crate) fn waits_idle(&mut self, peek: bool) -> bool {
         if self.finished()
+            || self.receiving()
             || self.no_more_requests
             || self.pending_end.is_some()
             || self.parsed.is_some()
@@ -316,14 +369,26 @@ impl ClientConnection {
         self.shared.outstanding() == 0 && self.waits_idle(false) && self.nothing_arrived()
     }
 
+    /// True while part of a request head has arrived (the connection is then not idle: it is
+    /// neither closed to make room nor counted as waiting), or while the connection closes
+    /// after a late head was answered.
+    pub(crate) fn receiving(&self) -> bool {
+        self.head.started || self.closing.is_some()
+    }
+
     /// True once the server stops accepting (see [`ConnShared::draining`]).
     pub(crate) fn draining(&self) -> bool {
         self.shared.draining()
     }
 
     /// Reads the next request if its head has fully arrived, without ever blocking; for a
-    /// thread that serves many connections.
+    /// thread that serves many connections. What has arrived of a head that is not whole yet
+    /// is taken and kept (`Quick::Park`), so that the socket only becomes readable again when
+    /// more comes.
     pub(crate) fn quick(&mut self) -> Quick {
+        if self.closing.is_some() {
+            return self.discard();
+        }
         if self.finished() {
             return Quick::Closed;
         }
@@ -349,14 +414,15 @@ impl ClientConnection {
                 Err(_) => return Quick::Closed,
             }
         }
-        if answering || !head_complete(reader.buffer()) {
+        if answering {
             return Quick::Slow;
         }
         self.may_block = false;
-        let next = self.next_request();
+        let next = self.next_request(true);
         self.may_block = true;
         match next {
             Ok(rq) => Quick::Request(rq),
+            Err(End::Park) => Quick::Park,
             Err(End::Quiet) => Quick::Closed,
             Err(End::Defer) => Quick::Slow,
             Err(end) => {
@@ -367,8 +433,14 @@ impl ClientConnection {
     }
 
     /// Serves requests on this thread, blocking as needed, until the connection only waits
-    /// for its next request (true: it can be parked) or is finished (false).
-    pub(crate) fn serve_until_idle(&mut self, mut deliver: impl FnMut(Request)) -> bool {
+    /// for its next request (true: it can be parked) or is finished (false). With `park`
+    /// (there is an idle set), a request head is never waited for: one that has only partly
+    /// arrived is kept and the connection can be parked (true) to wait for the rest.
+    pub(crate) fn serve_until_idle(
+        &mut self,
+        park: bool,
+        mut deliver: impl FnMut(Request),
+    ) -> bool {
         loop {
             if self.finished() {
                 return false;
@@ -385,18 +457,78 @@ impl ClientConnection {
             if self.waits_idle(true) {
                 return true;
             }
-            match self.next() {
-                Some(rq) => deliver(rq),
-                None => return false,
+            match self.next_on_thread(park) {
+                Next::Request(rq) => deliver(rq),
+                Next::Park => return true,
+                Next::End => return false,
             }
         }
     }
 
-    /// True once an idle connection has waited too long for its next request: the header
-    /// timeout for a first request (counted from acceptance), else the keep-alive timeout
-    /// counted from the end of the last response.
+    /// Reads and throws away what the client still sends after a late head was answered
+    /// (see [`ClientConnection::answer_late`]), without waiting: `Park` until the client
+    /// closes, `Closed` once it has (or has sent too much).
+    fn discard(&mut self) -> Quick {
+        let (Some(reader), Some((_, taken))) = (self.reader.as_mut(), self.closing.as_mut()) else {
+            return Quick::Closed;
+        };
+        reader.get_mut().set_mode(ReadMode::NonBlocking);
+        let mut scratch = [0u8; 8 * 1024];
+        loop {
+            match reader.read(&mut scratch) {
+                Ok(0) => return Quick::Closed,
+                Ok(n) => {
+                    *taken += n;
+                    if *taken > LINGER_BYTES {
+                        return Quick::Closed;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Quick::Park,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return Quick::Closed,
+            }
+        }
+    }
+
+    /// Answers `408` to a request head that has not fully arrived by its deadline, for the
+    /// thread that found it so in the idle set, which must not block: the answer is written
+    /// without waiting (no response is in progress, so it fits in the socket's buffer) and
+    /// the connection shut down for writing. True if it should then wait in the idle set
+    /// while what the client still sends is thrown away (see [`LINGER_TIME`]); false if it
+    /// is to be closed at once (nothing of a request had arrived: no answer).
+    #[cfg(target_os = "linux")]
+    pub(crate) fn answer_late(&mut self) -> bool {
+        if !self.head.started || self.closing.is_some() {
+            return false;
+        }
+        self.head.reset();
+        let mut answer = Vec::with_capacity(160);
+        let printed = Response::empty(StatusCode(408)).print(
+            &mut answer,
+            &HTTPVersion(1, 1),
+            false,
+            None,
+            ConnectionHint::Close,
+        );
+        if printed.is_err() || self.shared.sock.set_nonblocking(true).is_err() {
+            return false;
+        }
+        let _ = (&*self.shared.sock).write(&answer);
+        self.shared.shutdown(Shutdown::Write);
+        self.closing = Instant::now().checked_add(LINGER_TIME).map(|t| (t, 0));
+        self.closing.is_some()
+    }
+
+    /// True once a connection in the idle set has waited too long: for the rest of a head
+    /// partly arrived, its header timeout; for a first request, the header timeout counted
+    /// from acceptance; else the keep-alive timeout counted from the end of the last response.
+    /// After a late head was answered, once its linger time has passed.
     pub(crate) fn idle_expired(&self, now: Instant) -> bool {
-        let end = if self.requests == 0 {
+        let end = if let Some((until, _)) = self.closing {
+            Some(until)
+        } else if self.head.started {
+            self.head.deadline
+        } else if self.requests == 0 {
             self.first_request_deadline()
         } else {
             self.keep_alive_end()
@@ -448,7 +580,7 @@ impl ClientConnection {
 
     /// Reads a request from the stream.
     /// Blocks until the header has been read.
-    fn next_request(&mut self) -> Result<Request, End> {
+    fn next_request(&mut self, park: bool) -> Result<Request, End> {
         let mut reader = self.take_reader()?;
         // one request at a time: the previous response is written before the next is read
         self.shared.wait_responses();
@@ -458,8 +590,12 @@ impl ClientConnection {
 
         let head = match self.parsed.take() {
             Some(head) => head,
-            None => match self.read_head(&mut reader) {
+            None => match self.read_head(&mut reader, park) {
                 Ok(head) => head,
+                Err(HeadError::Park) => {
+                    self.reader = Some(reader);
+                    return Err(End::Park);
+                }
                 Err(HeadError::Quiet) => return Err(End::Quiet),
                 Err(HeadError::Respond(status)) => return Err(End::Respond(status, reader)),
             },
@@ -567,7 +703,7 @@ impl ClientConnection {
         loop {
             match reader.fill_buf() {
                 Ok([]) => return Err(HeadError::Quiet),
-                Ok(_) => break,
+                Ok(_) => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if is_timeout(&e) && !first => {
                     // idle: the keep-alive period starts when the last response is done
@@ -583,87 +719,117 @@ impl ClientConnection {
                 Err(_) => return Err(HeadError::Quiet),
             }
         }
-
-        if !first {
-            reader
-                .get_mut()
-                .set_mode(ReadMode::Deadline(deadline_after(limits.header_timeout)));
-        }
-        Ok(())
     }
 
-    /// Reads and parses a request head within the size limits.
-    fn read_head(&mut self, reader: &mut ConnReader) -> Result<Head, HeadError> {
-        self.wait_for_request(reader)?;
+    /// Reads and parses a request head within the size limits, within the header timeout
+    /// (counted from acceptance for a first request, else from the head's first byte). With
+    /// `park`, no read waits: a head that has not fully arrived is kept as far as it came
+    /// (`HeadError::Park`) and the next call carries on from there; its deadline is then
+    /// enforced by the idle set (see [`ClientConnection::idle_expired`]).
+    fn read_head(&mut self, reader: &mut ConnReader, park: bool) -> Result<Head, HeadError> {
+        if park {
+            reader.get_mut().set_mode(ReadMode::NonBlocking);
+        }
+        if !self.head.started {
+            if park {
+                match reader.fill_buf() {
+                    Ok([]) => return Err(HeadError::Quiet),
+                    Ok(_) => (),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Err(HeadError::Park),
+                    Err(_) => return Err(HeadError::Quiet),
+                }
+            } else {
+                self.wait_for_request(reader)?;
+            }
+            let deadline = if self.requests == 0 {
+                self.first_request_deadline()
+            } else {
+                deadline_after(self.limits.header_timeout)
+            };
+            self.head.start(deadline, self.limits.max_header_bytes);
+        }
+        if !park {
+            reader
+                .get_mut()
+                .set_mode(ReadMode::Deadline(self.head.deadline));
+        }
+        let read = self.parse_head(reader);
+        if !matches!(read, Err(HeadError::Park)) {
+            self.head.reset();
+        }
+        read
+    }
 
+    /// Takes the lines of the head in `self.head` from `reader`, carrying on where the last
+    /// call stopped.
+    fn parse_head(&mut self, reader: &mut ConnReader) -> Result<Head, HeadError> {
         let max_url = self.limits.max_url_bytes;
-        let mut budget = self.limits.max_header_bytes;
         let line_cap = max_url.saturating_add(REQUEST_LINE_OVERHEAD);
+        let head = &mut self.head;
 
-        // request line
-        let mut empty_lines = 0;
-        loop {
-            let consumed = match read_line(reader, &mut self.line, line_cap) {
+        while head.request_line.is_none() {
+            let consumed = match continue_line(reader, &mut head.line, line_cap) {
                 Ok(n) => n,
                 Err(LineError::TooLong) => return Err(HeadError::Respond(414)),
                 Err(e) => return Err(line_error_to_head(e)),
             };
-            if consumed > budget {
+            if consumed > head.budget {
                 return Err(HeadError::Respond(431));
             }
-            budget -= consumed;
-            if !self.line.is_empty() {
-                break;
+            head.budget -= consumed;
+            if head.line.is_empty() {
+                head.empty_lines += 1;
+                if head.empty_lines > MAX_LEADING_EMPTY_LINES {
+                    return Err(HeadError::Respond(400));
+                }
+                continue;
             }
-            empty_lines += 1;
-            if empty_lines > MAX_LEADING_EMPTY_LINES {
-                return Err(HeadError::Respond(400));
-            }
-        }
-
-        let (method, path, version) = {
-            let line = match std::str::from_utf8(&self.line) {
-                Ok(l) if l.is_ascii() && !has_controls(&self.line) => l,
-                _ => return Err(HeadError::Respond(400)),
+            let (method, path, version) = {
+                let line = match std::str::from_utf8(&head.line) {
+                    Ok(l) if l.is_ascii() && !has_controls(&head.line) => l,
+                    _ => return Err(HeadError::Respond(400)),
+                };
+                parse_request_line(line.trim()).ok_or(HeadError::Respond(400))?
             };
-            parse_request_line(line.trim()).ok_or(HeadError::Respond(400))?
-        };
-        if path.len() > max_url {
-            return Err(HeadError::Respond(414));
-        }
-        if version > (1, 1) {
-            return Err(HeadError::Respond(505));
+            if path.len() > max_url {
+                return Err(HeadError::Respond(414));
+            }
+            if version > (1, 1) {
+                return Err(HeadError::Respond(505));
+            }
+            head.request_line = Some((method, path, version));
+            head.line.clear();
         }
 
-        // headers
-        let mut headers = Vec::new();
         loop {
-            let consumed = match read_line(reader, &mut self.line, budget) {
+            let consumed = match continue_line(reader, &mut head.line, head.budget) {
                 Ok(n) => n,
                 Err(e) => return Err(line_error_to_head(e)),
             };
-            budget -= consumed;
-            if self.line.is_empty() {
+            head.budget -= consumed;
+            if head.line.is_empty() {
                 break;
             }
-            if self.line[0] == b' ' || self.line[0] == b'\t' {
+            if head.line[0] == b' ' || head.line[0] == b'\t' {
                 // obsolete line folding
                 return Err(HeadError::Respond(400));
             }
-            let header = std::str::from_utf8(&self.line)
+            let header = std::str::from_utf8(&head.line)
                 .ok()
                 .filter(|l| l.is_ascii() && !has_controls(l.as_bytes()))
                 .and_then(|l| Header::from_str(l.trim()).ok())
                 .filter(|h| !h.field.as_str().is_empty())
                 .ok_or(HeadError::Respond(400))?;
-            headers.push(header);
+            head.headers.push(header);
+            head.line.clear();
         }
 
+        let (method, path, version) = head.request_line.take().ok_or(HeadError::Respond(400))?;
         Ok(Head {
             method,
             path,
             version,
-            headers,
+            headers: std::mem::take(&mut head.headers),
         })
     }
 
@@ -672,7 +838,7 @@ impl ClientConnection {
     fn finish(&mut self, end: End) {
         self.done = true;
         let reader = match end {
-            End::Quiet | End::Defer => return,
+            End::Quiet | End::Defer | End::Park => return,
             End::Linger(reader) => {
                 // wait for the responses already promised
                 let mut writer = self.sink.next_writer();
@@ -803,34 +969,54 @@ impl Framing {
     }
 }
 
+impl ClientConnection {
+    /// The next request, read on a thread that may block. With `park`, a head that has not
+    /// fully arrived is not waited for (`Next::Park`, see [`End::Park`]).
+    fn next_on_thread(&mut self, park: bool) -> Next {
+        if self.done {
+            return Next::End;
+        }
+        if let Some(end) = self.pending_end.take() {
+            self.finish(end);
+            return Next::End;
+        }
+        if self.upgraded {
+            // the stream belongs to the upgraded request now
+            self.done = true;
+            return Next::End;
+        }
+        if self.closing.take().is_some() {
+            // a late head was answered from the idle set, which could not keep the connection
+            self.done = true;
+            if let Some(reader) = self.reader.take() {
+                self.linger(reader);
+            }
+            return Next::End;
+        }
+        loop {
+            match self.next_request(park) {
+                Ok(rq) => return Next::Request(rq),
+                // this thread may block: carry on with the body
+                Err(End::Defer) => continue,
+                Err(End::Park) => return Next::Park,
+                Err(end) => {
+                    self.finish(end);
+                    return Next::End;
+                }
+            }
+        }
+    }
+}
+
 impl Iterator for ClientConnection {
     type Item = Request;
 
     /// Blocks until the next Request is available.
     /// Returns None when no new Requests will come from the client.
     fn next(&mut self) -> Option<Request> {
-        if self.done {
-            return None;
-        }
-        if let Some(end) = self.pending_end.take() {
-            self.finish(end);
-            return None;
-        }
-        if self.upgraded {
-            // the stream belongs to the upgraded request now
-            self.done = true;
-            return None;
-        }
-        loop {
-            match self.next_request() {
-                Ok(rq) => return Some(rq),
-                // this thread may block: carry on with the body
-                Err(End::Defer) => continue,
-                Err(end) => {
-                    self.finish(end);
-                    return None;
-                }
-            }
+        match self.next_on_thread(false) {
+            Next::Request(rq) => Some(rq),
+            Next::Park | Next::End => None,
         }
     }
 }

@@ -1,11 +1,14 @@
 //! Where a connection is served from between its requests.
 //!
 //! A connection that waits for its next request is parked in the idle set (Linux), where the
-//! threads calling `Server::recv` wait too; the one woken for it reads the request head itself
-//! if it has fully arrived. Anything that may block (a head still arriving, a body lent to a
-//! request, an ending that lingers) goes to a connection thread from the task pool, which
-//! hands the connection back to the idle set once it waits idle again. Where there is no idle
-//! set, connection threads serve connections throughout, as tiny_http always did.
+//! threads calling `Server::recv` wait too; the one woken for it reads what has arrived of the
+//! request head itself, and the request if the head is whole. A head that has only partly
+//! arrived stays with the connection, which goes back to the idle set to wait for the rest, so
+//! a slow client holds no thread. Anything else that may block (a body lent to a request, a
+//! small body still arriving, a response to wait for, an ending that lingers) goes to a
+//! connection thread from the task pool, which hands the connection back to the idle set once
+//! it waits again. Where there is no idle set, connection threads serve connections
+//! throughout, as tiny_http always did.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -217,8 +220,13 @@ impl Hub {
     }
 
     fn run_connection(&self, mut client: Box<ClientConnection>) {
+        // with an idle set, a head that arrives in pieces waits there, not on this thread
+        #[cfg(target_os = "linux")]
+        let park = self.idle.is_some();
+        #[cfg(not(target_os = "linux"))]
+        let park = false;
         loop {
-            if !client.serve_until_idle(|rq| self.push(rq.into())) {
+            if !client.serve_until_idle(park, |rq| self.push(rq.into())) {
                 return;
             }
             client = match self.park(client) {

@@ -939,22 +939,37 @@ fn emfile_child() {
     use std::sync::atomic::Ordering::SeqCst;
 
     let (_server, addr) = start(Limits::default(), hello);
-    // use up the descriptors: each connection costs one here and one in the server,
-    // so the server ends up unable to accept the last ones
-    let mut clients = Vec::new();
+    // Use up the descriptors with files, then give one back for a client socket: the server
+    // has none left to accept the connection with. (Racing the server for the last ones with
+    // connections, as this test once did, could leave the server the winner, and a client
+    // that could not connect to provoke anything.) The server opens descriptors only by
+    // accepting, so nothing takes the one given back before the client does.
+    let mut files = Vec::new();
+    let exhausted = loop {
+        match std::fs::File::open("/dev/null") {
+            Ok(f) => files.push(f),
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(
+        exhausted.raw_os_error(),
+        Some(libc::EMFILE),
+        "{}",
+        exhausted
+    );
+    files.pop();
+    let waiting = TcpStream::connect(addr).unwrap();
     let started = Instant::now();
     while ACCEPT_ERRORS.load(SeqCst) == 0 && started.elapsed() < CLIENT_TIMEOUT {
-        match TcpStream::connect(addr) {
-            Ok(s) => clients.push(s),
-            Err(_) => thread::sleep(Duration::from_millis(20)),
-        }
+        thread::sleep(Duration::from_millis(10));
     }
     let errors = ACCEPT_ERRORS.load(SeqCst);
     println!("accept errors: {}", errors);
     assert!(errors > 0, "could not provoke an accept error");
     // keep the server starved a little longer, then give the descriptors back
     thread::sleep(Duration::from_millis(300));
-    drop(clients);
+    drop(files);
+    drop(waiting);
 
     // the accept loop survived and serves again
     let resp = (0..50)
@@ -1164,4 +1179,217 @@ fn header_bytes_beyond_ascii_are_sent_exactly_and_in_order() {
     );
     assert!(!raw.windows(11).any(|w| w == b"X-Injected:"));
     assert!(!raw.windows(6).any(|w| w == b"\xff\r\n"));
+}
+
+// Request heads arriving in pieces wait in the idle set with what came of them, not on a
+// thread.
+
+/// Answers with the request's target, its number of headers and its `X-Slow` header.
+fn describe_head(rq: Request) {
+    let slow = rq
+        .headers()
+        .iter()
+        .find(|h| h.field.equiv("X-Slow"))
+        .map_or(String::new(), |h| h.value.to_string());
+    let body = format!("{} {} {}", rq.url(), rq.headers().len(), slow);
+    let _ = rq.respond(Response::from_string(body));
+}
+
+/// Writes `data` in pieces of `piece` bytes, pausing between them.
+fn trickle(s: &mut TcpStream, data: &[u8], piece: usize) {
+    for part in data.chunks(piece) {
+        s.write_all(part).unwrap();
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn slow_heads_hold_no_threads() {
+    if cfg!(target_os = "linux") {
+        let out = run_child("slow_heads_child", None);
+        assert!(out.contains("extra threads: "), "{}", out);
+    }
+}
+
+#[test]
+#[ignore = "run by slow_heads_hold_no_threads in a child process"]
+fn slow_heads_child() {
+    if std::env::var_os(CHILD).is_none() {
+        return;
+    }
+    const CONNECTIONS: usize = 200;
+    let (server, addr) = start(Limits::default(), describe_head);
+    assert_eq!(get(addr, "/").status, 200);
+    wait_for("the warm-up connection to close", || {
+        server.num_connections() == 0
+    });
+    let before = threads_now();
+
+    // A third of the connections are answered once first, so that their second head is the
+    // slow one; another third send a body read on a connection thread, with the start of
+    // their next head right behind it, so that the thread finds that head unfinished.
+    let mut clients: Vec<BufReader<TcpStream>> = (0..CONNECTIONS)
+        .map(|i| {
+            let mut r = BufReader::new(connect(addr));
+            let slow = format!("GET /{} HTTP/1.1\r\nHost: x\r\nX-Slow: ", i);
+            match i % 3 {
+                1 => {
+                    r.get_mut()
+                        .write_all(b"GET /first HTTP/1.1\r\nHost: x\r\n\r\n")
+                        .unwrap();
+                    assert_eq!(read_response(&mut r).unwrap().body, b"/first 1 ");
+                    r.get_mut().write_all(slow.as_bytes()).unwrap();
+                }
+                2 => {
+                    let body = "b".repeat(4096);
+                    write!(
+                        r.get_mut(),
+                        "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{}{}",
+                        body.len(),
+                        body,
+                        slow
+                    )
+                    .unwrap();
+                    assert_eq!(read_response(&mut r).unwrap().body, b"/upload 2 ");
+                }
+                _ => r.get_mut().write_all(slow.as_bytes()).unwrap(),
+            }
+            r
+        })
+        .collect();
+    // a byte now and then on each
+    for _ in 0..3 {
+        for r in clients.iter_mut() {
+            r.get_mut().write_all(b"a").unwrap();
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    wait_for("every partial head to be read", || {
+        server.connections_in_use() == CONNECTIONS
+    });
+    // meanwhile other clients are answered
+    assert_eq!(get(addr, "/plain").body, b"/plain 2 ");
+    let extra = threads_now().saturating_sub(before);
+    println!("extra threads: {} for {} slow heads", extra, CONNECTIONS);
+    assert!(
+        extra <= 8,
+        "{} threads for {} slow heads",
+        extra,
+        CONNECTIONS
+    );
+
+    // each head completes, and is read whole
+    for (i, r) in clients.iter_mut().enumerate() {
+        r.get_mut().write_all(b"b\r\nX-Last: 1\r\n\r\n").unwrap();
+        let resp = read_response(r).unwrap();
+        assert_eq!(resp.body, format!("/{} 3 aaab", i).as_bytes());
+    }
+}
+
+#[test]
+fn a_head_in_pieces_is_read_whole_beyond_the_read_buffer() {
+    let (_server, addr) = start(Limits::default(), describe_head);
+    let mut s = connect(addr);
+    let mut head = b"GET /pieces HTTP/1.1\r\nHost: x\r\n".to_vec();
+    // 12 KiB of headers: more than the 8 KiB read buffer, well within max_header_bytes
+    for i in 0..120 {
+        head.extend_from_slice(format!("X-Filler-{:03}: {}\r\n", i, "f".repeat(80)).as_bytes());
+    }
+    head.extend_from_slice(b"X-Slow: yes\r\n\r\n");
+    trickle(&mut s, &head, 700);
+    let resp = read_response(&mut BufReader::new(s)).unwrap();
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.body, b"/pieces 122 yes");
+}
+
+#[test]
+fn limits_apply_to_heads_in_pieces() {
+    let limits = Limits {
+        max_header_bytes: 4096,
+        max_url_bytes: 1024,
+        ..Limits::default()
+    };
+    let (_server, addr) = start(limits, describe_head);
+
+    let mut s = connect(addr);
+    let mut head = b"GET / HTTP/1.1\r\nHost: x\r\n".to_vec();
+    head.extend_from_slice(format!("X-Big: {}\r\n\r\n", "b".repeat(5000)).as_bytes());
+    // the server stops reading once the limit is passed: later pieces may find it closed
+    for part in head.chunks(500) {
+        if s.write_all(part).is_err() {
+            break;
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(read_response(&mut BufReader::new(s)).unwrap().status, 431);
+
+    let mut s = connect(addr);
+    let target = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "u".repeat(2000));
+    for part in target.as_bytes().chunks(300) {
+        if s.write_all(part).is_err() {
+            break;
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(read_response(&mut BufReader::new(s)).unwrap().status, 414);
+}
+
+#[test]
+fn a_slow_head_after_a_pipelined_request_waits_for_its_rest() {
+    let limits = Limits {
+        header_timeout: Duration::from_millis(800),
+        ..Limits::default()
+    };
+    let (_server, addr) = start(limits, describe_head);
+    let mut r = BufReader::new(connect(addr));
+    r.get_mut()
+        .write_all(b"GET /one HTTP/1.1\r\nHost: x\r\n\r\nGET /two HTTP/1.1\r\nX-Sl")
+        .unwrap();
+    assert_eq!(read_response(&mut r).unwrap().body, b"/one 1 ");
+    thread::sleep(Duration::from_millis(100));
+    r.get_mut().write_all(b"ow: 2\r\n\r\n").unwrap();
+    assert_eq!(read_response(&mut r).unwrap().body, b"/two 1 2");
+
+    // a third head that never ends is answered 408 at the header timeout, then closed
+    r.get_mut()
+        .write_all(b"GET /three HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    assert_eq!(read_response(&mut r).unwrap().status, 408);
+    assert!(read_until_closed(&mut r).1);
+}
+
+#[test]
+fn a_connection_sending_its_head_does_not_give_way_at_the_limit() {
+    let limits = Limits {
+        max_connections: 2,
+        ..Limits::default()
+    };
+    let (server, addr) = start(limits, describe_head);
+    let ask = |r: &mut BufReader<TcpStream>| {
+        r.get_mut()
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        read_response(r).unwrap()
+    };
+    // the oldest idle connection starts its next request, which arrives in pieces
+    let mut sending = BufReader::new(connect(addr));
+    assert_eq!(ask(&mut sending).status, 200);
+    thread::sleep(Duration::from_millis(20));
+    let mut idle = BufReader::new(connect(addr));
+    assert_eq!(ask(&mut idle).status, 200);
+    sending
+        .get_mut()
+        .write_all(b"GET /sent HTTP/1.1\r\nX-Slow: ")
+        .unwrap();
+    wait_for("the partial head to be read", || {
+        server.connections_in_use() == 1
+    });
+
+    // a newcomer takes the place of the idle one, not of the one sending its head
+    let mut newcomer = BufReader::new(connect(addr));
+    assert_eq!(ask(&mut newcomer).status, 200);
+    let (rest, closed) = read_until_closed(&mut idle);
+    assert!(closed && rest.is_empty(), "the idle connection was kept");
+    sending.get_mut().write_all(b"z\r\n\r\n").unwrap();
+    assert_eq!(read_response(&mut sending).unwrap().body, b"/sent 1 z");
 }

@@ -58,6 +58,12 @@ fn stopping_closes_idle_connections_and_answers_the_rest_with_connection_close()
         thread::sleep(Duration::from_millis(10));
     }
     assert!(TcpStream::connect(addr).is_err(), "still accepting");
+    // the head still arriving counts as a connection in use, though no thread waits for it
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while server.connections_in_use() != 1 && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(server.connections_in_use(), 1);
 
     let mut byte = [0u8];
     assert_eq!(

@@ -36,6 +36,17 @@ pub(crate) fn read_line<R: BufRead + ?Sized>(
     max: usize,
 ) -> Result<usize, LineError> {
     out.clear();
+    continue_line(src, out, max)
+}
+
+/// [`read_line`] for a line whose beginning is already in `out`: what a read that failed
+/// (one that would block, say) had taken is kept there, and this carries on from it. The
+/// count returned, and `max`, include that beginning.
+pub(crate) fn continue_line<R: BufRead + ?Sized>(
+    src: &mut R,
+    out: &mut Vec<u8>,
+    max: usize,
+) -> Result<usize, LineError> {
     loop {
         let available = match src.fill_buf() {
             Ok(b) => b,
@@ -422,6 +433,28 @@ mod tests {
         assert!(matches!(
             read_line(&mut src, &mut out, 8),
             Err(LineError::Eof)
+        ));
+    }
+
+    #[test]
+    fn a_line_carries_on_from_what_an_earlier_read_took() {
+        let mut out = Vec::new();
+        // the first piece ends mid-line: its bytes are taken and kept
+        let mut src = Cursor::new(b"X-Slow: ab".to_vec());
+        assert!(matches!(
+            continue_line(&mut src, &mut out, 16),
+            Err(LineError::Eof)
+        ));
+        assert_eq!(out, b"X-Slow: ab");
+        // the rest ends it; the count and the limit include the first piece
+        let mut src = Cursor::new(b"c\r\n".to_vec());
+        assert_eq!(continue_line(&mut src, &mut out, 16).unwrap(), 13);
+        assert_eq!(out, b"X-Slow: abc");
+        out.truncate(10);
+        let mut src = Cursor::new(b"cdefgh\r\n".to_vec());
+        assert!(matches!(
+            continue_line(&mut src, &mut out, 16),
+            Err(LineError::TooLong)
         ));
     }
 

@@ -5,9 +5,11 @@
 //! one woken for a readable connection reads the request head on the spot when it has fully
 //! arrived. A request on a kept-alive connection then costs the server one thread wake-up,
 //! with nothing handed from thread to thread, and a thousand idle connections cost no threads
-//! at all. One thread only enforces the idle timeouts. Connections that send slowly, lend
-//! their reading side to a request body or are ending are served by a connection thread as
-//! before, and come back here once they wait idle again.
+//! at all. A request head that arrives in pieces waits here too, what came of it kept with the
+//! connection, so slow clients cost no threads either. One thread only enforces the timeouts
+//! (answering `408` to heads that are late). Connections that lend their reading side to a
+//! request body or are ending are served by a connection thread as before, and come back
+//! here once they wait again.
 
 use std::collections::HashMap;
 use std::convert::TryFrom;
@@ -199,8 +201,15 @@ impl Idle {
                 .collect();
             tokens.iter().filter_map(|t| parked.remove(t)).collect()
         };
-        for client in expired {
-            self.forget(client);
+        for mut client in expired {
+            // a late head is answered 408, and the connection waits here until it can close
+            if client.answer_late() {
+                if let Err(client) = self.park(client) {
+                    self.forget(client);
+                }
+            } else {
+                self.forget(client);
+            }
         }
     }
 
@@ -221,9 +230,13 @@ impl Idle {
         }
     }
 
-    /// Connections parked here now.
+    /// Connections parked here now that wait for their next request (not those with part of
+    /// a request head arrived: see [`ClientConnection::receiving`]).
     pub(crate) fn parked(&self) -> usize {
-        lock(&self.parked).len()
+        lock(&self.parked)
+            .values()
+            .filter(|c| !c.receiving())
+            .count()
     }
 
     /// Closes the connection that has waited idle the longest between two requests (see
