@@ -10,6 +10,7 @@
 pub(crate) mod activity;
 pub(crate) mod cache;
 pub mod counters;
+pub(crate) mod slots;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -22,6 +23,7 @@ use crate::function::FunctionRef;
 use activity::Activity;
 use cache::CachedStatus;
 use counters::Counters;
+use slots::Slots;
 
 const SHARDS: usize = 16;
 
@@ -39,6 +41,8 @@ pub struct FunctionRecord {
     pub(crate) waiting: AtomicUsize,
     /// When the cold start in progress began, so that exactly one line reports its duration.
     pub(crate) cold_start: Mutex<Option<Instant>>,
+    /// The per-replica concurrency limit and the line of calls waiting for a slot.
+    pub(crate) slots: Arc<Slots>,
     counters: Counters,
 }
 
@@ -50,6 +54,7 @@ impl FunctionRecord {
             status: CachedStatus::default(),
             waiting: AtomicUsize::new(0),
             cold_start: Mutex::new(None),
+            slots: Arc::default(),
             counters: Counters::new(),
         }
     }
@@ -66,6 +71,11 @@ impl FunctionRecord {
     /// Requests waiting for a ready replica now.
     pub fn waiting(&self) -> usize {
         self.waiting.load(Ordering::Relaxed)
+    }
+
+    /// Calls waiting for a free slot on a replica now (among [`FunctionRecord::waiting`]).
+    pub fn queued_for_slot(&self) -> usize {
+        self.slots.queued()
     }
 
     pub fn counters(&self) -> &Counters {
