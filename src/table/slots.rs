@@ -467,12 +467,10 @@ mod tests {
                 thread::spawn(move || {
                     let claim = match slots.claim(&status) {
                         Claimed::Now(claim) => claim,
-                        Claimed::Queued(ticket) => loop {
-                            match ticket.wait(Duration::from_secs(10)) {
-                                Some(Grant::Slot(claim)) => break claim,
-                                Some(Grant::Unlimited) => panic!("lifted"),
-                                None => panic!("never given a slot"),
-                            }
+                        Claimed::Queued(ticket) => match ticket.wait(Duration::from_secs(10)) {
+                            Some(Grant::Slot(claim)) => claim,
+                            Some(Grant::Unlimited) => panic!("lifted"),
+                            None => panic!("never given a slot"),
                         },
                         Claimed::Stale => panic!("stale"),
                     };
