@@ -66,6 +66,24 @@ fn wait_queued(gw: &Defrost, n: f64) {
     assert_eq!(scrape.value(&series), Some(n), "{}", scrape.0);
 }
 
+/// Starts a call that keeps the replica busy, then `n` calls, each once the one before it is in
+/// line, so that their order is known.
+fn hold_and_queue(
+    gw: &Defrost,
+    n: u32,
+) -> (thread::JoinHandle<Reply>, Vec<thread::JoinHandle<Reply>>) {
+    let held = call_in_background(gw, "/function/single/hold/first");
+    wait_received(gw, "first");
+    let waiting = (0..n)
+        .map(|i| {
+            let call = call_in_background(gw, &format!("/function/single/call/{i}"));
+            wait_queued(gw, f64::from(i + 1));
+            call
+        })
+        .collect();
+    (held, waiting)
+}
+
 /// Waits for the function to have received the call `id`.
 fn wait_received(gw: &Defrost, id: &str) {
     assert!(
@@ -107,16 +125,7 @@ fn a_hundred_concurrent_calls_to_a_single_threaded_function_are_all_answered_one
 #[test]
 fn calls_waiting_for_the_busy_replica_are_answered_in_the_order_they_came() {
     let gw = limited("ready_timeout = \"60s\"", "max_replicas = 1");
-    let held = call_in_background(&gw, "/function/single/hold/first");
-    wait_received(&gw, "first");
-    // Each call is started once the one before it is in line, so the order is known.
-    let waiting: Vec<_> = (0..8)
-        .map(|i| {
-            let call = call_in_background(&gw, &format!("/function/single/call/{i}"));
-            wait_queued(&gw, f64::from(i + 1));
-            call
-        })
-        .collect();
+    let (held, waiting) = hold_and_queue(&gw, 8);
     assert_eq!(
         received(&gw),
         ["first"],
@@ -141,15 +150,7 @@ fn past_the_waiter_limit_a_call_is_turned_away_with_retry_after_and_the_rest_ser
         "ready_timeout = \"60s\"\nmax_waiters_per_function = 2",
         "max_replicas = 1",
     );
-    let held = call_in_background(&gw, "/function/single/hold/first");
-    wait_received(&gw, "first");
-    let waiting: Vec<_> = (0..2)
-        .map(|i| {
-            let call = call_in_background(&gw, &format!("/function/single/call/{i}"));
-            wait_queued(&gw, f64::from(i + 1));
-            call
-        })
-        .collect();
+    let (held, waiting) = hold_and_queue(&gw, 2);
     let refused = get(&gw.url("/function/single/call/refused"));
     assert_eq!(refused.status, 503, "{}", refused.body);
     assert_eq!(refused.header("Retry-After"), Some("1"));
@@ -209,12 +210,11 @@ fn the_label_limits_a_function_as_the_config_key_does() {
     let entry =
         single_function("max_replicas = 1\nlabels = { \"com.defrost.max-concurrency\" = \"1\" }");
     let gw = Defrost::start(&format!("[gateway]\nready_timeout = \"60s\"\n{entry}"));
-    let held = call_in_background(&gw, "/function/single/hold/first");
-    wait_received(&gw, "first");
-    let queued = call_in_background(&gw, "/function/single/call/queued");
-    wait_queued(&gw, 1.0);
+    let (held, waiting) = hold_and_queue(&gw, 1);
     release(&gw);
     assert_eq!(held.join().unwrap().status, 200);
-    assert_eq!(queued.join().unwrap().status, 200);
+    for call in waiting {
+        assert_eq!(call.join().unwrap().status, 200);
+    }
     assert_eq!(overlaps(&gw), "");
 }

@@ -307,6 +307,13 @@ mod tests {
         })
     }
 
+    /// A line that has seen `status`.
+    fn line_for(status: &Arc<FunctionStatus>) -> Arc<Slots> {
+        let slots = Arc::new(Slots::default());
+        slots.observe(status);
+        slots
+    }
+
     fn endpoint(port: u16) -> Arc<Endpoint> {
         Arc::new(Endpoint::new(format!("http://127.0.0.1:{port}")))
     }
@@ -335,8 +342,7 @@ mod tests {
 
     #[test]
     fn no_label_means_no_limit_and_no_lock() {
-        let slots = Arc::new(Slots::default());
-        slots.observe(&Arc::new(FunctionStatus::default()));
+        let slots = line_for(&Arc::new(FunctionStatus::default()));
         assert_eq!(slots.limit(), 0);
         assert!(slots.line.lock().status.is_none());
         assert_eq!(concurrency_labels(Some(0)), vec![]);
@@ -347,9 +353,8 @@ mod tests {
     #[test]
     fn a_replica_takes_its_limit_and_freed_slots_go_oldest_first() {
         let a = endpoint(1);
-        let slots = Arc::new(Slots::default());
         let status = status(2, &[&a]);
-        slots.observe(&status);
+        let slots = line_for(&status);
         let first = now(slots.claim(&status));
         let _second = now(slots.claim(&status));
         assert_eq!(a.in_flight(), 2);
@@ -368,9 +373,8 @@ mod tests {
     #[test]
     fn a_newcomer_never_jumps_the_line() {
         let a = endpoint(1);
-        let slots = Arc::new(Slots::default());
         let status = status(1, &[&a]);
-        slots.observe(&status);
+        let slots = line_for(&status);
         let busy = now(slots.claim(&status));
         let waiting = queued(slots.claim(&status));
         // Freed and not yet taken by the waiter: the newcomer still queues behind it.
@@ -382,9 +386,8 @@ mod tests {
     #[test]
     fn a_new_replica_releases_only_its_share() {
         let a = endpoint(1);
-        let slots = Arc::new(Slots::default());
         let one = status(2, &[&a]);
-        slots.observe(&one);
+        let slots = line_for(&one);
         let _held: Vec<_> = (0..2).map(|_| now(slots.claim(&one))).collect();
         let tickets: Vec<_> = (0..5).map(|_| queued(slots.claim(&one))).collect();
         let b = endpoint(2);
@@ -399,12 +402,11 @@ mod tests {
     #[test]
     fn one_endpoint_for_many_replicas_takes_the_limit_times_the_replicas() {
         let route = endpoint(1);
-        let slots = Arc::new(Slots::default());
         let status = Arc::new(FunctionStatus {
             available_replicas: 3,
             ..(*status(2, &[&route])).clone()
         });
-        slots.observe(&status);
+        let slots = line_for(&status);
         let held: Vec<_> = (0..6).map(|_| now(slots.claim(&status))).collect();
         let _ticket = queued(slots.claim(&status));
         assert_eq!(route.in_flight(), 6);
@@ -414,9 +416,8 @@ mod tests {
     #[test]
     fn a_waiter_that_leaves_passes_its_slot_on() {
         let a = endpoint(1);
-        let slots = Arc::new(Slots::default());
         let status = status(1, &[&a]);
-        slots.observe(&status);
+        let slots = line_for(&status);
         let busy = now(slots.claim(&status));
         let leaving = queued(slots.claim(&status));
         let next = queued(slots.claim(&status));
@@ -429,9 +430,8 @@ mod tests {
     #[test]
     fn lifting_the_limit_lets_every_waiter_go() {
         let a = endpoint(1);
-        let slots = Arc::new(Slots::default());
         let limited = status(1, &[&a]);
-        slots.observe(&limited);
+        let slots = line_for(&limited);
         let _busy = now(slots.claim(&limited));
         let tickets: Vec<_> = (0..3).map(|_| queued(slots.claim(&limited))).collect();
         slots.observe(&Arc::new(FunctionStatus {
@@ -446,9 +446,8 @@ mod tests {
     #[test]
     fn retired_replicas_are_stale_not_waited_for() {
         let a = endpoint(1);
-        let slots = Arc::new(Slots::default());
         let status = status(1, &[&a]);
-        slots.observe(&status);
+        let slots = line_for(&status);
         a.retire();
         assert!(matches!(slots.claim(&status), Claimed::Stale));
     }
@@ -456,9 +455,8 @@ mod tests {
     #[test]
     fn many_threads_never_overlap_on_a_replica_and_all_are_served() {
         let a = endpoint(1);
-        let slots = Arc::new(Slots::default());
         let status = status(1, &[&a]);
-        slots.observe(&status);
+        let slots = line_for(&status);
         let overlap = Arc::new(AtomicBool::new(false));
         let handles: Vec<_> = (0..32)
             .map(|_| {
