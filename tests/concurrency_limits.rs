@@ -166,6 +166,14 @@ fn past_the_waiter_limit_a_call_is_turned_away_with_retry_after_and_the_rest_ser
 #[test]
 fn a_call_that_gets_no_slot_within_the_ready_timeout_is_a_504_saying_why() {
     let gw = limited("ready_timeout = \"1s\"", "max_replicas = 1");
+    // The replica goes on starting after a cold call's 504: on a loaded machine a start can
+    // take longer than this short timeout.
+    let warm = || get(&gw.url("/function/single/call/warm")).status == 200;
+    assert!(
+        eventually(Duration::from_secs(20), warm),
+        "{}",
+        gw.log_text()
+    );
     let held = call_in_background(&gw, "/function/single/hold/first");
     wait_received(&gw, "first");
     let late = get(&gw.url("/function/single/call/late"));
@@ -173,9 +181,8 @@ fn a_call_that_gets_no_slot_within_the_ready_timeout_is_a_504_saying_why() {
     assert!(late.body.contains("max_concurrency"), "{}", late.body);
     release(&gw);
     assert_eq!(held.join().unwrap().status, 200);
-    assert_eq!(
-        received(&gw),
-        ["first"],
+    assert!(
+        !received(&gw).contains(&"late".to_owned()),
         "the timed-out call was still sent"
     );
     // The line is empty again: the next call goes straight through.
