@@ -1,10 +1,12 @@
 //! An operator runs a function that can only answer one request at a time, and tells defrost
 //! so with `max_concurrency`: calls beyond it wait their turn in the gateway, in order, and a
-//! backlog scales the function up.
+//! backlog scales the function up. Behind a remote provider, which balances its replicas
+//! itself, the limit holds for the function as a whole.
 
 mod common;
 
 use std::path::PathBuf;
+use std::process::Command;
 use std::thread;
 use std::time::Duration;
 
@@ -224,4 +226,36 @@ fn the_label_limits_a_function_as_the_config_key_does() {
         assert_eq!(call.join().unwrap().status, 200);
     }
     assert_eq!(overlaps(&gw), "");
+}
+
+#[test]
+fn behind_a_remote_provider_the_function_takes_the_limit_times_its_available_replicas() {
+    let dir = TempDir::new("held");
+    let (most, released) = (dir.path().join("most"), dir.path().join("release"));
+    let provider = FakeProvider::start(&[
+        ("REPLICAS", "2"),
+        ("LABELS", r#"{"com.defrost.max-concurrency": "1"}"#),
+        ("HELD_MOST", most.to_str().unwrap()),
+        ("RELEASE_FILE", released.to_str().unwrap()),
+    ]);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_defrost"));
+    cmd.arg("--listen").arg("127.0.0.1:0");
+    let url = provider.url();
+    let gw = Defrost::spawn(
+        cmd,
+        &[("functions_provider_url", url.as_str())],
+        TempDir::new("remote-gw"),
+    );
+    let calls: Vec<_> = (0..6)
+        .map(|_| call_in_background(&gw, "/function/echo/hold"))
+        .collect();
+    let queued = "defrost_function_queued_for_slot{function_name=\"echo.openfaas-fn\"}";
+    let scrape = gw.scrape_when(|s| s.value(queued) == Some(4.0));
+    assert_eq!(scrape.value(queued), Some(4.0), "{}", scrape.0);
+    std::fs::write(&released, b"").unwrap();
+    for call in calls {
+        assert_eq!(call.join().unwrap().status, 200);
+    }
+    let held_at_once = std::fs::read_to_string(&most).unwrap();
+    assert_eq!(held_at_once.trim(), "2", "one call per available replica");
 }
