@@ -2,10 +2,11 @@
 //! lookup.
 //!
 //! A request looks its function up once, when its [`Call`](crate::call::Call) begins, and from
-//! then on everything it touches (activity, cached status, waiters, cold-start clock, counters)
-//! is a field of the record it holds. The map is split into shards, each behind a read-mostly
-//! lock, so a request takes one uncontended read lock and never a lock shared by every request;
-//! the write lock is only taken when a function is first seen or forgotten.
+//! then on everything it touches (activity, cached status, waiters, cold-start clock, counters,
+//! the line of calls waiting for a free slot) is a field of the record it holds. The map is
+//! split into shards, each behind a read-mostly lock, so a request takes one uncontended read
+//! lock and never a lock shared by every request; the write lock is only taken when a function
+//! is first seen or forgotten.
 
 pub(crate) mod activity;
 pub(crate) mod cache;
@@ -37,7 +38,7 @@ pub struct FunctionRecord {
     function: FunctionRef,
     pub(crate) activity: Activity,
     pub(crate) status: CachedStatus,
-    /// Requests waiting for a ready replica now.
+    /// Requests waiting for a ready replica, or for a free slot on one, now.
     pub(crate) waiting: AtomicUsize,
     /// When the cold start in progress began, so that exactly one line reports its duration.
     pub(crate) cold_start: Mutex<Option<Instant>>,
@@ -68,7 +69,7 @@ impl FunctionRecord {
         self.activity.in_flight()
     }
 
-    /// Requests waiting for a ready replica now.
+    /// Requests waiting for a ready replica, or for a free slot on one, now.
     pub fn waiting(&self) -> usize {
         self.waiting.load(Ordering::Relaxed)
     }
