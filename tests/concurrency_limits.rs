@@ -220,6 +220,12 @@ fn the_label_limits_a_function_as_the_config_key_does() {
         single_function("max_replicas = 1\nlabels = { \"com.defrost.max-concurrency\" = \"1\" }");
     let gw = Defrost::start(&format!("[gateway]\nready_timeout = \"60s\"\n{entry}"));
     let (held, waiting) = hold_and_queue(&gw, 1);
+    let page = get(&gw.url("/"));
+    assert!(
+        page.body.contains("<td class=\"queued\">1</td>"),
+        "the status page does not show the call in line:\n{}",
+        page.body
+    );
     release(&gw);
     assert_eq!(held.join().unwrap().status, 200);
     for call in waiting {
@@ -258,4 +264,26 @@ fn behind_a_remote_provider_the_function_takes_the_limit_times_its_available_rep
     }
     let held_at_once = std::fs::read_to_string(&most).unwrap();
     assert_eq!(held_at_once.trim(), "2", "one call per available replica");
+}
+
+#[test]
+fn calls_waiting_for_a_slot_never_starve_another_function() {
+    let entry = single_function("max_concurrency = 1\nmax_replicas = 1");
+    let echo = echo_function("echo", "", "");
+    let gw = Defrost::start(&format!(
+        "[gateway]\nready_timeout = \"60s\"\nworkers = 2\n{entry}{echo}"
+    ));
+    let (held, waiting) = hold_and_queue(&gw, 3);
+    let more: Vec<_> = (0..20)
+        .map(|i| call_in_background(&gw, &format!("/function/single/call/more-{i}")))
+        .collect();
+    wait_queued(&gw, 23.0);
+    let other = get(&gw.url("/function/echo/while-they-wait"));
+    assert_eq!(other.status, 200, "{}", other.body);
+    assert_eq!(received(&gw), ["first"]);
+    release(&gw);
+    for call in std::iter::once(held).chain(waiting).chain(more) {
+        assert_eq!(call.join().unwrap().status, 200);
+    }
+    assert_eq!(overlaps(&gw), "");
 }
