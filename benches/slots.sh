@@ -51,34 +51,11 @@ for target in "${TARGETS[@]}"; do
   wait_http "http://127.0.0.1:$GATEWAY/function/$target"
 done
 
-# Prints "requests/s p50_ms p99_ms" for a wrk run against a URL.
-measure() {
-  wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency "$1" >"$WORK/wrk.out"
-  awk '
-    function ms(v) {
-      if (v ~ /us$/) return v / 1000; if (v ~ /ms$/) return v + 0; if (v ~ /s$/) return v * 1000
-      return v
-    }
-    /Requests\/sec:/ {rps = $2}
-    $1 == "50%" {p50 = ms($2)}
-    $1 == "99%" {p99 = ms($2)}
-    /Non-2xx|Socket errors/ {print "warning: " $0 > "/dev/stderr"}
-    END {printf "%.0f %.3f %.3f\n", rps, p50, p99}' "$WORK/wrk.out"
-}
-
 echo "wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s, $ROUNDS rounds, $(nproc) cores"
-for target in "${TARGETS[@]}"; do
-  wrk -t"$THREADS" -c"$CONNECTIONS" -d2s "http://127.0.0.1:$GATEWAY/function/$target" >/dev/null
-done
-for round in $(seq "$ROUNDS"); do
-  n=${#TARGETS[@]}
-  for i in $(seq 0 $((n - 1))); do
-    target=${TARGETS[$(((i + round) % n))]}
-    measure "http://127.0.0.1:$GATEWAY/function/$target" >>"$WORK/$target.rounds"
-  done
-done
+url_of() { echo "http://127.0.0.1:$GATEWAY/function/$1"; }
+take_turns "${TARGETS[@]}"
 printf "%-8s %10s %9s %9s\n" function "requests/s" "p50 ms" "p99 ms"
 for target in "${TARGETS[@]}"; do
-  read -r rps p50 p99 < <(sort -n "$WORK/$target.rounds" | sed -n "$(((ROUNDS + 1) / 2))p")
+  read -r rps p50 p99 < <(median_round "$target")
   printf "%-8s %10s %9s %9s\n" "$target" "$rps" "$p50" "$p99"
 done
