@@ -194,8 +194,11 @@ impl Scaler {
                         .fresh_ready(self.config.cache_expiry)
                         .is_none()
                     {
-                        // A failed query changes nothing here: the next pause tries again.
-                        let _ = self.status(record);
+                        // A function removed meanwhile (a reload, a delete) frees no slot; any
+                        // other failed query changes nothing here: the next pause tries again.
+                        if let Err(ProviderError::NotFound) = self.status(record) {
+                            return Err(Error::FunctionNotFound(record.function().clone()));
+                        }
                     }
                 }
             }

@@ -9,12 +9,16 @@
 //! stampede), already counted on its replica. A replica that becomes ready brings its own
 //! slots, and releases that many waiters, not the whole line.
 //!
-//! The slots are counted on the providers' [`Endpoint`]s. A provider with one endpoint per
-//! replica (the process provider) gives exact per-replica accounting. A provider that balances
-//! behind one endpoint for the whole function (an OpenFaaS provider's function route) gets the
-//! limit times its available replicas on that endpoint: it spreads them, defrost cannot.
+//! The line counts the slots taken per endpoint address itself, rather than trusting the
+//! endpoints' in-flight counts: a provider may hand out a new [`Endpoint`] for a replica it
+//! already had (one that takes a parked replica back into service does), and a count starting
+//! again from zero would let a second call onto a busy replica. A provider with one endpoint
+//! per replica (the process provider) gives exact per-replica accounting. A provider that
+//! balances behind one endpoint for the whole function (an OpenFaaS provider's function route)
+//! gets the limit times its available replicas on that endpoint: it spreads them, defrost
+//! cannot.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -63,6 +67,43 @@ struct Line {
     status: Option<Arc<FunctionStatus>>,
     /// Oldest first.
     waiters: VecDeque<Arc<Waiter>>,
+    /// Slots taken, by endpoint address; an address with none is not kept.
+    taken: HashMap<String, usize>,
+}
+
+impl Line {
+    /// Takes a slot on the endpoint in service with the fewest taken, among those with one
+    /// free; counts the call in flight there too. Each endpoint stands for its share of the
+    /// available replicas (one each with the process provider, all of them behind a provider's
+    /// function route).
+    fn take(&mut self, limit: usize) -> Option<(InFlight, String)> {
+        let status = self.status.as_ref()?;
+        let live = status.endpoints.iter().filter(|e| !e.is_retired());
+        let endpoints = live.clone().count();
+        if endpoints == 0 || status.available_replicas == 0 {
+            return None;
+        }
+        let available = usize::try_from(status.available_replicas).unwrap_or(usize::MAX);
+        let per_endpoint = limit.saturating_mul(available.div_ceil(endpoints).max(1));
+        let taken = |e: &Arc<Endpoint>| self.taken.get(e.base_url()).copied().unwrap_or(0);
+        let in_flight = live
+            .filter(|e| taken(e) < per_endpoint)
+            .min_by_key(|e| taken(e))
+            .and_then(|e| e.begin())?;
+        let address = in_flight.endpoint().base_url().to_owned();
+        *self.taken.entry(address.clone()).or_default() += 1;
+        Some((in_flight, address))
+    }
+
+    /// Gives back a slot taken on `address`.
+    fn give_back(&mut self, address: &str) {
+        if let Some(n) = self.taken.get_mut(address) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.taken.remove(address);
+            }
+        }
+    }
 }
 
 /// One call in the line, woken alone when it is given a slot.
@@ -98,12 +139,21 @@ pub(crate) struct Claim {
     _slot: Option<Release>,
 }
 
-/// Gives a slot back to the line when dropped.
-struct Release(Arc<Slots>);
+/// Gives a slot back to the line when dropped, and hands it to the oldest waiter.
+struct Release {
+    slots: Arc<Slots>,
+    address: String,
+}
 
 impl Drop for Release {
     fn drop(&mut self) {
-        self.0.pump();
+        let given = {
+            let mut line = self.slots.line.lock();
+            line.give_back(&self.address);
+            self.slots.give_free(&mut line)
+        };
+        // A slot given to a waiter that has left is handed on once the lock is released.
+        drop(given);
     }
 }
 
@@ -214,8 +264,8 @@ impl Slots {
             };
         }
         if line.waiters.is_empty() {
-            if let Some(in_flight) = free_slot(&status, limit) {
-                return Claimed::Now(self.hold(in_flight));
+            if let Some(taken) = line.take(limit) {
+                return Claimed::Now(self.hold(taken));
             }
             if !status.is_ready() {
                 return Claimed::Stale;
@@ -230,20 +280,14 @@ impl Slots {
         })
     }
 
-    fn hold(self: &Arc<Self>, in_flight: InFlight) -> Claim {
+    fn hold(self: &Arc<Self>, (in_flight, address): (InFlight, String)) -> Claim {
         Claim {
             in_flight,
-            _slot: Some(Release(Arc::clone(self))),
+            _slot: Some(Release {
+                slots: Arc::clone(self),
+                address,
+            }),
         }
-    }
-
-    /// Hands freed slots to the oldest waiters.
-    fn pump(self: &Arc<Self>) {
-        let given = {
-            let mut line = self.line.lock();
-            self.give_free(&mut line)
-        };
-        drop(given);
     }
 
     /// Gives every free slot to a waiter, oldest first, while there are both. Returns the slots
@@ -256,11 +300,10 @@ impl Slots {
             let grant = if limit == 0 {
                 Grant::Unlimited
             } else {
-                let Some(status) = &line.status else { break };
-                let Some(in_flight) = free_slot(status, limit) else {
+                let Some(taken) = line.take(limit) else {
                     break;
                 };
-                Grant::Slot(self.hold(in_flight))
+                Grant::Slot(self.hold(taken))
             };
             let Some(waiter) = line.waiters.pop_front() else {
                 break;
@@ -274,22 +317,6 @@ impl Slots {
         self.queued.store(line.waiters.len(), Ordering::Relaxed);
         unwanted
     }
-}
-
-/// A slot on the least-loaded replica in service that has one free, counted there. Each
-/// endpoint stands for its share of the available replicas (one each with the process
-/// provider, all of them behind a provider's function route).
-fn free_slot(status: &FunctionStatus, limit: usize) -> Option<InFlight> {
-    let live = status.endpoints.iter().filter(|e| !e.is_retired());
-    let endpoints = live.clone().count();
-    if endpoints == 0 || status.available_replicas == 0 {
-        return None;
-    }
-    let available = usize::try_from(status.available_replicas).unwrap_or(usize::MAX);
-    let per_endpoint = limit.saturating_mul(available.div_ceil(endpoints).max(1));
-    live.filter(|e| e.in_flight() < per_endpoint)
-        .min_by_key(|e| e.in_flight())
-        .and_then(|e| e.begin())
 }
 
 #[cfg(test)]
@@ -441,6 +468,23 @@ mod tests {
         for t in &tickets {
             assert!(matches!(t.wait(Duration::ZERO), Some(Grant::Unlimited)));
         }
+    }
+
+    #[test]
+    fn a_replica_back_under_a_new_endpoint_keeps_its_calls_counted() {
+        let a = endpoint(1);
+        let first = status(1, &[&a]);
+        let slots = line_for(&first);
+        let busy = now(slots.claim(&first));
+        // Parked and thawed while the call runs: the same replica, a fresh endpoint.
+        a.retire();
+        let again = endpoint(1);
+        let thawed = status(1, &[&again]);
+        slots.observe(&thawed);
+        let waiting = queued(slots.claim(&thawed));
+        drop(busy);
+        let _given = slot(&waiting).expect("the slot freed by the first call");
+        assert_eq!(again.in_flight(), 1);
     }
 
     #[test]
