@@ -124,22 +124,6 @@ wait_http "http://127.0.0.1:$PLAIN/"
 wait_http "http://127.0.0.1:$NGINX_PLAIN/"
 wait_http "http://127.0.0.1:$GATEWAY/function/plain"
 
-# Runs wrk against a URL (with CONNECTIONS, or the second argument); prints
-# "requests/s p50_ms p99_ms".
-measure() {
-  wrk -t"$THREADS" -c"${2:-$CONNECTIONS}" -d"${DURATION}s" --latency "$1" >"$WORK/wrk.out"
-  awk '
-    function ms(v) {
-      if (v ~ /us$/) return v / 1000; if (v ~ /ms$/) return v + 0; if (v ~ /s$/) return v * 1000
-      return v
-    }
-    /Requests\/sec:/ {rps = $2}
-    $1 == "50%" {p50 = ms($2)}
-    $1 == "99%" {p99 = ms($2)}
-    /Non-2xx|Socket errors/ {print "warning: " $0 > "/dev/stderr"}
-    END {printf "%.0f %.3f %.3f\n", rps, p50, p99}' "$WORK/wrk.out"
-}
-
 threads_of() { awk '/^Threads:/ {print $2}' "/proc/$1/status"; }
 rss_mb() { awk '/^VmRSS:/ {printf "%.1f", $2 / 1024}' "/proc/$1/status"; }
 nginx_rss_mb() {
@@ -157,20 +141,8 @@ declare -A URL=(
   [defrost]="http://127.0.0.1:$GATEWAY/function/fast"
   [before]="http://127.0.0.1:$OLDER/function/fast"
 )
-for target in "${TARGETS[@]}"; do
-  wrk -t"$THREADS" -c"$CONNECTIONS" -d2s "${URL[$target]}" >/dev/null # warm-up
-done
-# The targets take turns, round after round, so that a change in the machine's load
-# (other work on it) falls on all of them alike; each keeps its median round.
-# The order turns round too, so that no target always follows the same one.
-for round in $(seq "$ROUNDS"); do
-  n=${#TARGETS[@]}
-  for i in $(seq 0 $((n - 1))); do
-    target=${TARGETS[$(((i + round) % n))]}
-    echo "$(measure "${URL[$target]}")" >>"$WORK/$target.rounds"
-  done
-done
-median_round() { sort -n "$WORK/$1.rounds" | sed -n "$(((ROUNDS + 1) / 2))p"; }
+url_of() { echo "${URL[$1]}"; }
+take_turns "${TARGETS[@]}"
 read -r direct_rps direct_p50 direct_p99 < <(median_round direct)
 read -r nginx_rps nginx_p50 nginx_p99 < <(median_round nginx)
 read -r defrost_rps defrost_p50 defrost_p99 < <(median_round defrost)

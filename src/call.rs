@@ -11,15 +11,16 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::function::FunctionRef;
-use crate::provider::InFlight;
+use crate::table::slots::Claim;
 use crate::table::{FunctionRecord, FunctionTable};
 
 /// A function call being answered (see the module docs).
 pub struct Call {
     record: Arc<FunctionRecord>,
     started: Instant,
-    /// The replica's in-flight count, while the replica is answering.
-    replica: Option<InFlight>,
+    /// The replica's in-flight count (and slot, if the function has a limit), while the
+    /// replica is answering.
+    replica: Option<Claim>,
 }
 
 impl Call {
@@ -46,7 +47,7 @@ impl Call {
 
     /// Keeps the replica counted busy until the call ends, so that it is not stopped
     /// mid-answer.
-    pub(crate) fn hold_replica(&mut self, replica: InFlight) {
+    pub(crate) fn hold_replica(&mut self, replica: Claim) {
         self.replica = Some(replica);
     }
 

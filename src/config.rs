@@ -29,6 +29,7 @@ use crate::proxy::ProxyConfig;
 use crate::queue::{Bounds, QueueConfig};
 use crate::scaler::ScalingConfig;
 use crate::server::PoolConfig;
+use crate::table::slots::concurrency_labels;
 use crate::triggers::{TriggerError, TriggerSpec};
 
 /// A whole config file.
@@ -301,6 +302,8 @@ pub struct FunctionSection {
     pub park_after: Option<Dur>,
     /// Queued (asynchronous) calls of this function run at once.
     pub async_concurrency: Option<Spanned<usize>>,
+    /// Calls one replica takes at once; more wait in the gateway, in order. 0: no limit.
+    pub max_concurrency: Option<u64>,
 }
 
 /// A config that could not be used, with where to look.
@@ -668,6 +671,7 @@ impl Loaded {
                     spec.zero_duration.map(|d| d.0),
                 ))
                 .chain(park_labels(spec.park_after.map(|d| d.0)))
+                .chain(concurrency_labels(spec.max_concurrency))
                 .collect(),
             startup_timeout: spec
                 .startup_timeout
@@ -765,6 +769,23 @@ labels = { "com.openfaas.scale.zero" = "true" }
         assert_eq!((f.min_replicas, f.max_replicas), (1, 5));
         assert_eq!(f.workdir, Path::new("/etc/."));
         assert!(matches!(&f.readiness, Readiness::Http { path } if path == "/healthz"));
+    }
+
+    #[test]
+    fn max_concurrency_becomes_its_label_and_zero_means_none() {
+        let entry = |n: i64| {
+            format!("[[function]]\nname = \"a\"\ncommand = [\"x\"]\nmax_concurrency = {n}\n")
+        };
+        let functions = parse(&entry(4)).unwrap().process_functions().unwrap();
+        let label = crate::table::slots::LABEL_MAX_CONCURRENCY;
+        assert_eq!(functions[0].labels[label], "4");
+        let functions = parse(&entry(0)).unwrap().process_functions().unwrap();
+        assert!(!functions[0].labels.contains_key(label));
+        let err = parse(&entry(-1)).err().unwrap();
+        assert_eq!(
+            (err.line, err.key.as_deref()),
+            (Some(4), Some("max_concurrency"))
+        );
     }
 
     #[test]

@@ -80,6 +80,16 @@ pub enum Error {
         /// How long the request waited.
         waited: Duration,
     },
+    /// Every replica was busy with as many calls as the function takes at once, for as long
+    /// as a request may wait.
+    NoFreeSlot {
+        /// The function.
+        function: FunctionRef,
+        /// Calls one replica takes at once.
+        limit: usize,
+        /// How long the request waited in line.
+        waited: Duration,
+    },
     /// Too many requests are already waiting; try again shortly.
     Overloaded {
         /// The function.
@@ -145,7 +155,9 @@ impl Error {
             | Error::Queue(QueueError::Full { .. } | QueueError::Store(_) | QueueError::Stopped) => {
                 503
             }
-            Error::NotReady { .. } | Error::UpstreamTimeout { .. } => 504,
+            Error::NotReady { .. } | Error::NoFreeSlot { .. } | Error::UpstreamTimeout { .. } => {
+                504
+            }
             Error::Queue(QueueError::Off) => 501,
         }
     }
@@ -223,6 +235,16 @@ impl fmt::Display for Error {
                 "function {function}: no replica became ready within {:.1}s",
                 waited.as_secs_f64()
             ),
+            Error::NoFreeSlot {
+                function,
+                limit,
+                waited,
+            } => write!(
+                f,
+                "function {function}: every replica was busy with its {limit} call{} at once (max_concurrency) for {:.1}s; no slot came free",
+                if *limit == 1 { "" } else { "s" },
+                waited.as_secs_f64()
+            ),
             Error::Overloaded { function, waiting, .. } => write!(
                 f,
                 "function {function}: {waiting} requests are already waiting for a replica; retry later"
@@ -287,6 +309,14 @@ mod tests {
                 Error::NotReady {
                     function: f(),
                     waited: Duration::from_secs(2),
+                },
+                504,
+            ),
+            (
+                Error::NoFreeSlot {
+                    function: f(),
+                    limit: 1,
+                    waited: Duration::from_secs(30),
                 },
                 504,
             ),

@@ -29,6 +29,7 @@
 //!                          │ wait: Provider::wait_for_change, re-query, until ready or 504
 //!                          ▼
 //!             least-loaded endpoint in service ──ureq──▶ replica
+//!             (with max_concurrency: one with a free slot, else a FIFO line for one)
 //!                          │   (refused? forget the status, back off, retry)
 //!  client ◀── streamed response, hop-by-hop headers dropped, X-Call-Id / X-Start-Time added;
 //!             Call::finish records the status and the time

@@ -45,7 +45,7 @@ pub fn render(overview: &Overview) -> String {
     );
     html.push_str(
         "<table id=\"functions\"><thead><tr><th>function</th><th>namespace</th>\
-         <th>ready / desired</th><th>in flight</th><th>waiting</th><th>invocations</th>\
+         <th>ready / desired</th><th>in flight</th><th>waiting</th><th>queued for a slot</th><th>invocations</th>\
          <th>last cold start</th><th>parked</th><th>failing</th></tr></thead><tbody>",
     );
     let now_ms = unix_ms();
@@ -53,7 +53,7 @@ pub fn render(overview: &Overview) -> String {
         function_row(&mut html, row, now_ms);
     }
     if overview.functions.is_empty() {
-        html.push_str("<tr><td colspan=\"9\">no functions</td></tr>");
+        html.push_str("<tr><td colspan=\"10\">no functions</td></tr>");
     }
     html.push_str("</tbody></table>");
     if let Some(queue) = &overview.queue {
@@ -109,7 +109,7 @@ fn function_row(html: &mut String, row: &FunctionRow, now_ms: u64) {
     let _ = write!(
         html,
         "<tr data-function=\"{key}\"><td>{name}</td><td>{namespace}</td><td>{ready} / {desired}</td>\
-         <td>{in_flight}</td><td>{waiting}</td><td class=\"invocations\">{invocations}</td>\
+         <td>{in_flight}</td><td>{waiting}</td><td class=\"queued\">{queued}</td><td class=\"invocations\">{invocations}</td>\
          <td>{cold}</td><td class=\"parked\">{parked}</td><td class=\"failing\">{failing}</td></tr>",
         key = escape(row.function.key()),
         name = escape(row.function.name()),
@@ -118,6 +118,7 @@ fn function_row(html: &mut String, row: &FunctionRow, now_ms: u64) {
         desired = count(row.desired),
         in_flight = record.map_or(0, |r| r.in_flight()),
         waiting = row.waiting(),
+        queued = row.queued_for_slot(),
         invocations = record.map_or(0, |r| r.counters().invocations()),
         parked = match row.parked.replicas {
             0 => String::new(),

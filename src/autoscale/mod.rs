@@ -291,7 +291,9 @@ fn follow_capacity(
     watched: &mut Watched,
 ) {
     let function = record.function();
+    // Calls waiting for a replica or for a slot are in flight too: they are demand.
     let in_flight = record.in_flight();
+    let capacity = capacity.within(record.slots.limit());
     let desired = capacity.desired(in_flight, status.min_replicas, status.max_replicas);
     let stable = watched.stable(desired, config.scale_down_window);
     let target = if desired > status.replicas {

@@ -45,6 +45,19 @@ pub struct Capacity {
 }
 
 impl Capacity {
+    /// No more per replica than the `limit` of calls one replica takes at once (0: none): the
+    /// target stays a soft aim, but a replica cannot be counted on for calls it will not take,
+    /// so a line waiting for slots scales the function up.
+    pub fn within(self, limit: usize) -> Capacity {
+        if limit == 0 || (limit as f64) >= self.target * self.proportion {
+            return self;
+        }
+        Capacity {
+            target: limit as f64,
+            proportion: 1.0,
+        }
+    }
+
     /// `ceil(in_flight / (target × proportion))`, clamped to `[max(min, 1), max]`.
     pub fn desired(&self, in_flight: usize, min: u64, max: u64) -> u64 {
         let per_replica = (self.target * self.proportion).max(f64::MIN_POSITIVE);
@@ -243,5 +256,17 @@ mod tests {
         assert_eq!(c.desired(10_000, 1, 20), 20);
         assert_eq!(c.desired(0, 3, 20), 3);
         assert_eq!(c.desired(0, 0, 20), 1);
+    }
+
+    #[test]
+    fn a_concurrency_limit_caps_what_a_replica_is_counted_to_carry() {
+        let c = Capacity {
+            target: 50.0,
+            proportion: 0.9,
+        };
+        assert_eq!(c.within(0), c);
+        assert_eq!(c.within(100), c);
+        assert_eq!(c.within(1).desired(10, 1, 20), 10);
+        assert_eq!(c.within(4).desired(10, 1, 20), 3);
     }
 }

@@ -218,16 +218,25 @@ fn load(out: &mut Text, overview: &Overview) {
     per_function(
         out,
         ("defrost_function_waiting", "gauge"),
-        "Calls waiting for a ready replica of a function now.",
+        "Calls waiting for a ready replica of a function, or for a free slot on one, now.",
         overview
             .functions
             .iter()
             .map(|r| (r.function.key(), r.waiting() as u64)),
     );
+    per_function(
+        out,
+        ("defrost_function_queued_for_slot", "gauge"),
+        "Calls waiting for a free slot on a ready replica of a function now (max_concurrency).",
+        overview
+            .functions
+            .iter()
+            .map(|r| (r.function.key(), r.queued_for_slot() as u64)),
+    );
     out.head(
         "defrost_waiting_requests",
         "gauge",
-        "Calls waiting for a ready replica now, across all functions.",
+        "Calls waiting for a ready replica or a free slot now, across all functions.",
     );
     out.sample(
         "defrost_waiting_requests",

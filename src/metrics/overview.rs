@@ -28,9 +28,14 @@ pub struct FunctionRow {
 }
 
 impl FunctionRow {
-    /// Requests waiting for a replica right now.
+    /// Requests waiting for a replica, or for a free slot on one, right now.
     pub fn waiting(&self) -> usize {
         self.record.as_ref().map_or(0, |r| r.waiting())
+    }
+
+    /// Requests waiting for a free slot on a ready replica right now (among `waiting`).
+    pub fn queued_for_slot(&self) -> usize {
+        self.record.as_ref().map_or(0, |r| r.queued_for_slot())
     }
 }
 

@@ -169,11 +169,10 @@ impl Proxy {
         // attempt opens a new connection, and none is sent again for being stale.
         let mut fresh = false;
         loop {
-            let status = self.scaler.ready(call.record())?;
             // A replica taken out of service since the status was cached is refused here; so is
             // a status without endpoints from a provider breaking its promise. Either way the
             // provider is asked again, a bounded number of times, rather than sent a request.
-            let Some(in_flight) = status.least_loaded().and_then(|e| e.begin()) else {
+            let Some(in_flight) = self.scaler.claim(call.record())? else {
                 self.scaler.invalidate(call.record());
                 if attempt >= self.config.connect_retries {
                     return Err(Error::Upstream {

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use crate::error::Error;
 use crate::function::FunctionRef;
 use crate::provider::{FunctionStatus, Provider, ProviderError};
+use crate::table::slots::{Claim, Claimed, Grant, Ticket};
 use crate::table::{FunctionRecord, FunctionTable};
 use singleflight::SingleFlight;
 
@@ -127,6 +128,81 @@ impl Scaler {
         let _slot = WaitSlot::enter(self, record)?;
         crate::server::blocking();
         self.wait_until_ready(record, status)
+    }
+
+    /// A replica for one call, held until the returned claim is dropped: ready (waiting, and
+    /// scaling from zero, if need be) and, when the function limits its calls per replica, with
+    /// a free slot (waiting in line for one if need be). `None`: the status named no replica in
+    /// service; the caller forgets it and asks again. Without a limit this costs one atomic
+    /// load more than [`Scaler::ready`].
+    pub fn claim(&self, record: &FunctionRecord) -> Result<Option<Claim>, Error> {
+        let status = self.ready(record)?;
+        if record.slots.limit() == 0 {
+            return Ok(status
+                .least_loaded()
+                .and_then(|e| e.begin())
+                .map(Claim::unlimited));
+        }
+        let ticket = match record.slots.claim(&status) {
+            Claimed::Now(claim) => return Ok(Some(claim)),
+            Claimed::Stale => return Ok(None),
+            Claimed::Queued(ticket) => ticket,
+        };
+        let _counted = WaitSlot::enter(self, record)?;
+        crate::server::blocking();
+        self.wait_for_slot(record, &ticket)
+    }
+
+    /// Waits in line until given a slot, the limit is lifted, or `ready_timeout` runs out (504).
+    /// Every pause the status is refreshed if it is stale, so replicas started meanwhile (by
+    /// capacity scaling) bring their slots even when nothing else asks about the function.
+    fn wait_for_slot(
+        &self,
+        record: &FunctionRecord,
+        ticket: &Ticket,
+    ) -> Result<Option<Claim>, Error> {
+        let start = Instant::now();
+        let deadline = crate::deadline::from(start, self.config.ready_timeout);
+        loop {
+            let now = Instant::now();
+            if now >= deadline {
+                let function = record.function();
+                log::warn!(
+                    "{function}: no free slot after {:.3}s; answering 504",
+                    start.elapsed().as_secs_f64()
+                );
+                return Err(Error::NoFreeSlot {
+                    function: function.clone(),
+                    limit: record.slots.limit(),
+                    waited: start.elapsed(),
+                });
+            }
+            let pause = self.poll_pause().min(deadline - now).min(MAX_PAUSE);
+            match ticket.wait(pause) {
+                Some(Grant::Slot(claim)) => return Ok(Some(claim)),
+                Some(Grant::Unlimited) => {
+                    let status = self.ready(record)?;
+                    return Ok(status
+                        .least_loaded()
+                        .and_then(|e| e.begin())
+                        .map(Claim::unlimited));
+                }
+                None => {
+                    self.check_abandoned()?;
+                    if record
+                        .status
+                        .fresh_ready(self.config.cache_expiry)
+                        .is_none()
+                    {
+                        // A function removed meanwhile (a reload, a delete) frees no slot; any
+                        // other failed query changes nothing here: the next pause tries again.
+                        if let Err(ProviderError::NotFound) = self.status(record) {
+                            return Err(Error::FunctionNotFound(record.function().clone()));
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// Makes every request waiting for a replica give up with 503 within [`MAX_PAUSE`], and
@@ -253,7 +329,10 @@ impl Scaler {
             .run(&function.key().to_owned(), || {
                 let status = self.provider.status(function).map(Arc::new);
                 match &status {
-                    Ok(status) => record.status.set(Arc::clone(status)),
+                    Ok(status) => {
+                        record.status.set(Arc::clone(status));
+                        record.slots.observe(status);
+                    }
                     Err(ProviderError::NotFound) => record.status.clear(),
                     Err(_) => {}
                 }
@@ -438,8 +517,9 @@ fn report_cold_start(record: &FunctionRecord, status: &FunctionStatus) {
     }
 }
 
-/// A request's place among the waiters, bounded per function and in total so that a cold
-/// function cannot take every thread of the gateway.
+/// A request's place among the waiters (for a ready replica or for a free slot), bounded per
+/// function and in total so that a cold or saturated function cannot take every thread of the
+/// gateway.
 struct WaitSlot<'a> {
     scaler: &'a Scaler,
     record: &'a FunctionRecord,

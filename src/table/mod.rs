@@ -2,14 +2,16 @@
 //! lookup.
 //!
 //! A request looks its function up once, when its [`Call`](crate::call::Call) begins, and from
-//! then on everything it touches (activity, cached status, waiters, cold-start clock, counters)
-//! is a field of the record it holds. The map is split into shards, each behind a read-mostly
-//! lock, so a request takes one uncontended read lock and never a lock shared by every request;
-//! the write lock is only taken when a function is first seen or forgotten.
+//! then on everything it touches (activity, cached status, waiters, cold-start clock, counters,
+//! the line of calls waiting for a free slot) is a field of the record it holds. The map is
+//! split into shards, each behind a read-mostly lock, so a request takes one uncontended read
+//! lock and never a lock shared by every request; the write lock is only taken when a function
+//! is first seen or forgotten.
 
 pub(crate) mod activity;
 pub(crate) mod cache;
 pub mod counters;
+pub(crate) mod slots;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -22,6 +24,7 @@ use crate::function::FunctionRef;
 use activity::Activity;
 use cache::CachedStatus;
 use counters::Counters;
+use slots::Slots;
 
 const SHARDS: usize = 16;
 
@@ -35,10 +38,12 @@ pub struct FunctionRecord {
     function: FunctionRef,
     pub(crate) activity: Activity,
     pub(crate) status: CachedStatus,
-    /// Requests waiting for a ready replica now.
+    /// Requests waiting for a ready replica, or for a free slot on one, now.
     pub(crate) waiting: AtomicUsize,
     /// When the cold start in progress began, so that exactly one line reports its duration.
     pub(crate) cold_start: Mutex<Option<Instant>>,
+    /// The per-replica concurrency limit and the line of calls waiting for a slot.
+    pub(crate) slots: Arc<Slots>,
     counters: Counters,
 }
 
@@ -50,6 +55,7 @@ impl FunctionRecord {
             status: CachedStatus::default(),
             waiting: AtomicUsize::new(0),
             cold_start: Mutex::new(None),
+            slots: Arc::default(),
             counters: Counters::new(),
         }
     }
@@ -63,9 +69,14 @@ impl FunctionRecord {
         self.activity.in_flight()
     }
 
-    /// Requests waiting for a ready replica now.
+    /// Requests waiting for a ready replica, or for a free slot on one, now.
     pub fn waiting(&self) -> usize {
         self.waiting.load(Ordering::Relaxed)
+    }
+
+    /// Calls waiting for a free slot on a replica now (among [`FunctionRecord::waiting`]).
+    pub fn queued_for_slot(&self) -> usize {
+        self.slots.queued()
     }
 
     pub fn counters(&self) -> &Counters {

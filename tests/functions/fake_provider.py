@@ -10,6 +10,8 @@ GET  /system/functions        the one function
 GET  /system/info             as faas-memory answers: provider, orchestration, version
 *    /function/echo[/rest]    200, JSON with the path received; `/function/echo.{ns}` is 404,
                               as a provider without namespaces answers it
+*    /function/echo/hold      the same, once the file RELEASE_FILE exists (at most 20 s); the
+                              most such calls in progress at once is kept in HELD_MOST (a file)
 
 REFUSE_ZERO=1   a scale to 0 is answered 400 as faas-netes CE answers it
 REPLICAS=N      replicas at start (default 0)
@@ -29,6 +31,7 @@ LABELS = json.loads(os.environ.get("LABELS", "{}"))
 SCALE_LOG = os.environ.get("SCALE_LOG")
 REFUSE_ZERO = os.environ.get("REFUSE_ZERO") == "1"
 SCALE_DELAY = int(os.environ.get("SCALE_DELAY_MS", "0")) / 1000.0
+HELD = {"now": 0, "most": 0}
 
 
 def status():
@@ -76,9 +79,23 @@ class Handler(BaseHTTPRequestHandler):
                 "orchestration": "memory",
                 "version": {"sha": "f00dfeed", "release": "0.0.1"},
             })
+        if path == "/function/echo/hold":
+            self.hold()
         if path == "/function/echo" or path.startswith("/function/echo/"):
             return self.answer(200, {"path": self.path})
         return self.answer(404, ("no function at %s" % path).encode(), "text/plain")
+
+    def hold(self):
+        with LOCK:
+            HELD["now"] += 1
+            HELD["most"] = max(HELD["most"], HELD["now"])
+            with open(os.environ["HELD_MOST"], "w") as f:
+                f.write("%d\n" % HELD["most"])
+        deadline = time.monotonic() + 20
+        while not os.path.exists(os.environ["RELEASE_FILE"]) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        with LOCK:
+            HELD["now"] -= 1
 
     def do_POST(self):
         path = self.path.split("?", 1)[0]
