@@ -88,6 +88,11 @@ pub enum Error {
         /// When to try again.
         retry_after: Duration,
     },
+    /// `max_upgraded` upgraded connections are open already; try again shortly.
+    TooManyUpgraded {
+        /// The bound.
+        limit: usize,
+    },
     /// The replica could not be reached or broke off before answering.
     Upstream {
         /// The function.
@@ -138,6 +143,7 @@ impl Error {
             Error::ScaleFromZeroDisabled(_)
             | Error::Overloaded { .. }
             | Error::CrashLooping { .. }
+            | Error::TooManyUpgraded { .. }
             | Error::ShuttingDown => 503,
             Error::NotReady { .. } | Error::UpstreamTimeout { .. } => 504,
         }
@@ -151,7 +157,9 @@ impl Error {
             }
             // `Connection: close` comes from the server, which closes every connection after
             // its response once it stops accepting
-            Error::ShuttingDown => vec![("Retry-After", "1".into())],
+            Error::ShuttingDown | Error::TooManyUpgraded { .. } => {
+                vec![("Retry-After", "1".into())]
+            }
             Error::Unauthorized => vec![("WWW-Authenticate", "Basic realm=\"Restricted\"".into())],
             Error::MethodNotAllowed { allowed } => vec![("Allow", allowed.clone())],
             _ => Vec::new(),
@@ -214,6 +222,10 @@ impl fmt::Display for Error {
             Error::Overloaded { function, waiting, .. } => write!(
                 f,
                 "function {function}: {waiting} requests are already waiting for a replica; retry later"
+            ),
+            Error::TooManyUpgraded { limit } => write!(
+                f,
+                "{limit} upgraded connections are open already, the most allowed; retry later"
             ),
             Error::Upstream { function, detail } => write!(f, "function {function}: {detail}"),
             Error::UpstreamTimeout { function, after } => write!(

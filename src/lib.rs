@@ -84,6 +84,9 @@ mod proxy;
 /// A ready replica, or a cold start, for each call.
 mod scaler;
 
+/// Upgraded connections, relayed byte for byte.
+mod tunnel;
+
 /// What runs functions: the trait, the process and OpenFaaS providers.
 mod provider;
 
@@ -173,6 +176,7 @@ pub use scaler::ScalingConfig;
 pub use server::PoolConfig;
 pub use setup::from_sources;
 pub use triggers::TriggerSpec;
+pub use tunnel::UpgradeConfig;
 
 use std::io;
 use std::net::SocketAddr;
@@ -207,6 +211,8 @@ pub struct Settings {
     pub max_idle_per_host: usize,
     /// Longest wait for requests in flight when shutting down.
     pub shutdown_grace: Duration,
+    /// Upgraded connections (WebSocket and others): how many, how long idle.
+    pub upgrades: UpgradeConfig,
     /// Client connections at once; more are refused quickly.
     pub max_connections: usize,
     /// Longest request head, and longest request target, accepted.
@@ -252,6 +258,7 @@ impl From<&GatewaySection> for Settings {
             connect_timeout: g.connect_timeout.0,
             max_idle_per_host: g.max_idle_per_host,
             shutdown_grace: g.shutdown_grace.0,
+            upgrades: g.upgrades(),
             max_header_bytes: g.max_header_bytes,
             max_url_bytes: g.max_url_bytes,
             header_timeout: g.header_timeout.0,
@@ -396,7 +403,9 @@ impl Gateway {
         let agents =
             client::ShardedAgent::new(timeouts, settings.max_idle_per_host, settings.pool.core);
         let autoscaler = Autoscaler::start(Arc::clone(&scaler), settings.autoscale.clone())?;
-        let proxy = Proxy::new(agents, Arc::clone(&scaler), settings.proxy.clone());
+        let proxy = Proxy::new(agents, Arc::clone(&scaler), settings.proxy.clone())
+            .with_connect_timeout(settings.connect_timeout);
+        let tunnels = tunnel::Tunnels::new(settings.upgrades.clone())?;
         let mut handler = Handler::new(
             scaler,
             proxy,
@@ -404,6 +413,7 @@ impl Gateway {
             settings.auth.clone(),
             Arc::clone(&triggers),
             provider_calls,
+            tunnels,
         );
         if settings.metrics_listen.is_some() {
             handler = handler.without_metrics_route();
@@ -519,7 +529,8 @@ impl Gateway {
         if receiving > 0 {
             log::warn!("shutting down with {receiving} client connections still receiving a request or closing");
         }
-        // The workers are joined next: none may still be waiting for a replica.
+        // The workers are joined next: none may still be waiting for a replica, or relaying.
+        self.handler.close_tunnels();
         self.handler.scaler().abandon_waits();
         self.pool.stop();
         if let Some(listener) = self.metrics_listener.take() {
