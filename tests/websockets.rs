@@ -168,6 +168,40 @@ fn a_refused_upgrade_is_relayed_as_an_ordinary_response() {
 }
 
 #[test]
+fn an_upgrade_request_with_a_body_is_an_ordinary_call() {
+    let gw = Defrost::start(&format!(
+        "[gateway]\n{}{}",
+        ws_function("ws", ""),
+        echo_function("echo", "", "")
+    ));
+    let mut conn = RawConn::open(gw.addr, Duration::from_secs(20));
+    conn.send(
+        b"POST /function/echo HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n\
+          Upgrade: websocket\r\nContent-Length: 5\r\n\r\nhello",
+    )
+    .unwrap();
+    let response = conn.response().unwrap();
+    assert_eq!(response.status, 200);
+    let echoed: serde_json::Value = serde_json::from_slice(&response.body).unwrap();
+    assert_eq!(echoed["body_bytes"], 5, "{echoed}");
+    assert!(
+        echoed["headers"].get("upgrade").is_none(),
+        "not passed on: {echoed}"
+    );
+    assert!(conn.closed_by_server());
+}
+
+#[test]
+fn a_trigger_routes_upgrades_like_any_call() {
+    let gw = Defrost::start(&format!(
+        "[gateway]\n{}\n[[trigger]]\npath = \"/chat/{{room}}\"\nfunction = \"ws\"\n",
+        ws_function("ws", "")
+    ));
+    let out = run_client(&gw, "/chat/lobby", &["text:hi"]);
+    assert_eq!(out, ["text hi"]);
+}
+
+#[test]
 fn upgraded_connections_are_bounded() {
     let gw = ws_gateway("max_upgraded = 1", "");
     let mut holder = spawn_client(&gw, "/function/ws/echo", &["text:in", "hold:30"]);

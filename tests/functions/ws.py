@@ -12,6 +12,7 @@ If STARTS_FILE is set, appends one line per process start to it.
 import asyncio
 import json
 import os
+from http import HTTPStatus
 
 import websockets
 
@@ -42,11 +43,11 @@ async def process_request(*args):
     current (connection, request) signatures."""
     if len(args) == 2 and isinstance(args[0], str):
         if args[0].split("?")[0] == "/reject":
-            return (403, [("Content-Type", "text/plain")], b"refused\n")
+            return (HTTPStatus.FORBIDDEN, [("Content-Type", "text/plain")], b"refused\n")
         return None
     connection, request = args
     if request.path.split("?")[0] == "/reject":
-        return connection.respond(403, "refused\n")
+        return connection.respond(HTTPStatus.FORBIDDEN, "refused\n")
     return None
 
 
