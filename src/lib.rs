@@ -34,6 +34,11 @@
 //!             Call::finish records the status and the time
 //! ```
 //!
+//! An upgrade request (WebSocket) takes the same path up to the replica, whose leg
+//! `proxy::upgrade` writes by hand on a connection of its own; on a 101 the worker joins the
+//! client's connection to it and relays both in `poll(2)` (`tunnel`), the call in flight until
+//! either side closes.
+//!
 //! Beside the request path: one `autoscale` thread reads the records' in-flight counts to scale
 //! idle functions to zero and capacity-mode functions up and down; `reload` (SIGHUP, `--watch`)
 //! swaps triggers and functions atomically; `analytics` posts call counts in batches;
