@@ -93,6 +93,18 @@ fn upgraded_now(gw: &Defrost, expected: f64) -> bool {
         == Some(expected)
 }
 
+/// A WebSocket handshake written by hand, and the answer's head and body.
+fn raw_upgrade(gw: &Defrost, path: &str) -> (RawConn, RawResponse) {
+    let mut conn = RawConn::open(gw.addr, Duration::from_secs(20));
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    );
+    conn.send(request.as_bytes()).unwrap();
+    let response = conn.response().unwrap();
+    (conn, response)
+}
+
 fn starts(gw: &Defrost) -> usize {
     lines_in(&gw.dir.path().join("starts"))
 }
@@ -149,14 +161,7 @@ fn close_frames_pass_from_either_side() {
 fn a_refused_upgrade_is_relayed_as_an_ordinary_response() {
     let gw = ws_gateway("", "");
     assert_eq!(run_client(&gw, "/function/ws/reject", &[]), ["refused 403"]);
-    let mut conn = RawConn::open(gw.addr, Duration::from_secs(20));
-    conn.send(
-        b"GET /function/ws/reject HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n\
-          Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
-          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
-    )
-    .unwrap();
-    let response = conn.response().unwrap();
+    let (mut conn, response) = raw_upgrade(&gw, "/function/ws/reject");
     assert_eq!(response.status, 403);
     assert_eq!(response.body, b"refused\n");
     assert!(response.header("X-Call-Id").is_some());
@@ -210,14 +215,7 @@ fn upgraded_connections_are_bounded() {
         run_client(&gw, "/function/ws/echo", &["text:x"]),
         ["refused 503"]
     );
-    let mut conn = RawConn::open(gw.addr, Duration::from_secs(20));
-    conn.send(
-        b"GET /function/ws/echo HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n\
-          Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
-          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
-    )
-    .unwrap();
-    let refused = conn.response().unwrap();
+    let (_conn, refused) = raw_upgrade(&gw, "/function/ws/echo");
     assert_eq!(refused.status, 503);
     assert_eq!(refused.header("Retry-After").as_deref(), Some("1"));
     // plain calls are not upgrades: they are not bounded by it
