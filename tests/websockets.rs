@@ -96,13 +96,16 @@ fn upgraded_now(gw: &Defrost, expected: f64) -> bool {
 /// A WebSocket handshake written by hand, and the answer's head and body.
 fn raw_upgrade(gw: &Defrost, path: &str) -> (RawConn, RawResponse) {
     let mut conn = RawConn::open(gw.addr, Duration::from_secs(20));
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
-    );
-    conn.send(request.as_bytes()).unwrap();
+    conn.send(handshake(path).as_bytes()).unwrap();
     let response = conn.response().unwrap();
     (conn, response)
+}
+
+fn handshake(path: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
 }
 
 fn starts(gw: &Defrost) -> usize {
@@ -155,6 +158,22 @@ fn close_frames_pass_from_either_side() {
     let out = run_client(&gw, "/function/ws/echo", &["text:a", "close"]);
     assert_eq!(out, ["text a", "closed 1000"]);
     assert!(upgraded_now(&gw, 0.0));
+}
+
+#[test]
+fn bytes_sent_right_behind_the_handshake_are_not_lost() {
+    let gw = ws_gateway("", "");
+    let mut conn = RawConn::open(gw.addr, Duration::from_secs(20));
+    // the handshake and a masked text frame ("hi", mask key 0) in one write
+    let mut request = handshake("/function/ws/echo").into_bytes();
+    request.extend_from_slice(&[0x81, 0x82, 0, 0, 0, 0, b'h', b'i']);
+    conn.send(&request).unwrap();
+    let switched = conn.response().unwrap();
+    assert_eq!(switched.status, 101);
+    assert!(switched.header("Sec-WebSocket-Accept").is_some());
+    let mut echoed = [0u8; 4];
+    conn.reader.read_exact(&mut echoed).unwrap();
+    assert_eq!(echoed, [0x81, 0x02, b'h', b'i']);
 }
 
 #[test]
