@@ -158,10 +158,15 @@ impl Tunnels {
         let mut down = Direction::new(upstream_fd, client_fd);
         down.pending = early;
         let mut last = Instant::now();
+        // A socket that hung up (or failed) while nothing is asked of it would wake every poll
+        // at once: it is left out until it is asked something again, which then tells.
+        let mut hung = [false; 2];
         loop {
             for direction in [&mut up, &mut down] {
-                if let Err(e) = direction.flush() {
-                    return Ended::Failed(e);
+                match direction.flush() {
+                    Ok(true) => last = Instant::now(),
+                    Ok(false) => (),
+                    Err(e) => return Ended::Failed(e),
                 }
             }
             if up.finished() && down.finished() {
@@ -179,6 +184,12 @@ impl Tunnels {
                 pollfd(upstream_fd, down.wants_read(), up.wants_write()),
                 pollfd(self.closing.as_raw_fd(), true, false),
             ];
+            for (fd, hung) in fds.iter_mut().zip(hung) {
+                if hung && fd.events == 0 {
+                    // poll(2) skips negative descriptors
+                    fd.fd = -1;
+                }
+            }
             // SAFETY: `fds` is a valid array of `fds.len()` pollfd structs for the whole call.
             let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
             if n < 0 {
@@ -191,13 +202,9 @@ impl Tunnels {
             if fds[2].revents != 0 {
                 return Ended::ShuttingDown;
             }
-            // A socket that hung up or failed while nothing is asked of it would wake every
-            // poll at once from now on: that side is gone.
-            let gone = |fd: &libc::pollfd| {
-                fd.events == 0 && fd.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0
-            };
-            if gone(&fds[0]) || gone(&fds[1]) {
-                return Ended::Closed;
+            for (fd, hung) in fds.iter().zip(&mut hung) {
+                let failed = libc::POLLHUP | libc::POLLERR | libc::POLLNVAL;
+                *hung |= fd.events == 0 && fd.revents & failed != 0;
             }
             let mut moved = false;
             for direction in [&mut up, &mut down] {
@@ -283,8 +290,10 @@ impl Direction {
         Ok(true)
     }
 
-    /// Writes what it can of what was read; passes an end of stream on once all is written.
-    fn flush(&mut self) -> io::Result<()> {
+    /// Writes what it can of what was read, and passes an end of stream on once all is
+    /// written; true if anything was written.
+    fn flush(&mut self) -> io::Result<bool> {
+        let before = self.sent;
         while self.sent < self.pending.len() {
             let rest = &self.pending[self.sent..];
             // SAFETY: `rest` is valid for reads of `rest.len()` bytes; the descriptor is open
@@ -300,20 +309,21 @@ impl Direction {
             if n < 0 {
                 let e = io::Error::last_os_error();
                 match e.kind() {
-                    io::ErrorKind::WouldBlock => return Ok(()),
+                    io::ErrorKind::WouldBlock => return Ok(self.sent > before),
                     io::ErrorKind::Interrupted => continue,
                     _ => return Err(e),
                 }
             }
             self.sent += n as usize;
         }
+        let wrote = self.sent > before;
         self.pending.clear();
         self.sent = 0;
         if self.src_done && !self.dst_shut {
             shutdown(self.dst, libc::SHUT_WR);
             self.dst_shut = true;
         }
-        Ok(())
+        Ok(wrote)
     }
 }
 
@@ -457,6 +467,34 @@ mod tests {
         upstream.write_all(b"bye").unwrap();
         assert_eq!(read_n(&mut client, 3), b"bye");
         upstream.shutdown(Shutdown::Write).unwrap();
+        assert!(matches!(relay.join().unwrap(), Ended::Closed));
+    }
+
+    #[test]
+    fn a_side_that_closed_first_still_gets_all_the_other_sends_after() {
+        let t = tunnels(4, Duration::from_secs(30));
+        let (mut client, mut upstream, relay) = relay_on_thread(&t, b"", b"");
+        upstream.shutdown(Shutdown::Write).unwrap();
+        assert_eq!(
+            client.read(&mut [0; 8]).unwrap(),
+            0,
+            "the replica's end passed on"
+        );
+        // more than the sockets buffer while the replica does not read, then the end
+        let big = vec![3u8; 8 << 20];
+        let writer = {
+            let mut client = client.try_clone().unwrap();
+            let big = big.clone();
+            std::thread::spawn(move || {
+                client.write_all(&big).unwrap();
+                client.shutdown(Shutdown::Write).unwrap();
+            })
+        };
+        std::thread::sleep(Duration::from_millis(200));
+        let mut got = Vec::new();
+        upstream.read_to_end(&mut got).unwrap();
+        assert!(got == big, "{} of {} bytes arrived", got.len(), big.len());
+        writer.join().unwrap();
         assert!(matches!(relay.join().unwrap(), Ended::Closed));
     }
 
