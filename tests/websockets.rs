@@ -43,9 +43,9 @@ fn spawn_client(gw: &Defrost, path: &str, steps: &[&str]) -> Child {
         .expect("python3 runs the WebSocket client")
 }
 
-/// What the client printed (and was not read yet), once it has exited (within a minute); it must exit cleanly.
+/// What the client printed (and was not read yet), once it has exited (within two minutes); it must exit cleanly.
 fn finish(mut client: Child) -> Vec<String> {
-    let status = wait_exit(&mut client, Duration::from_secs(60));
+    let status = wait_exit(&mut client, Duration::from_secs(120));
     if status.is_none() {
         let _ = client.kill();
         let _ = client.wait();

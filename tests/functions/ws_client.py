@@ -34,7 +34,7 @@ def status_of(error):
 
 async def run(url, steps):
     try:
-        ws = await websockets.connect(url, max_size=None, open_timeout=20)
+        ws = await websockets.connect(url, max_size=None, open_timeout=60)
     except websockets.exceptions.InvalidHandshake as e:
         print("refused %s" % status_of(e), flush=True)
         return
