@@ -158,8 +158,9 @@ impl Tunnels {
         let mut down = Direction::new(upstream_fd, client_fd);
         down.pending = early;
         let mut last = Instant::now();
-        // A socket that hung up (or failed) while nothing is asked of it would wake every poll
-        // at once: it is left out until it is asked something again, which then tells.
+        // A socket that hung up while nothing is asked of it would wake every poll at once: it
+        // is left out until it is asked something again (what the other side still sends to
+        // it, or reading its end), which then tells. A reset ends the relay.
         let mut hung = [false; 2];
         loop {
             for direction in [&mut up, &mut down] {
@@ -203,8 +204,15 @@ impl Tunnels {
                 return Ended::ShuttingDown;
             }
             for (fd, hung) in fds.iter().zip(&mut hung) {
-                let failed = libc::POLLHUP | libc::POLLERR | libc::POLLNVAL;
-                *hung |= fd.events == 0 && fd.revents & failed != 0;
+                if fd.events != 0 {
+                    continue;
+                }
+                if fd.revents & libc::POLLERR != 0 {
+                    // a reset: nothing more can go either way on that socket
+                    let reset = io::Error::new(io::ErrorKind::ConnectionReset, "a peer reset");
+                    return Ended::Failed(reset);
+                }
+                *hung |= fd.revents & (libc::POLLHUP | libc::POLLNVAL) != 0;
             }
             let mut moved = false;
             for direction in [&mut up, &mut down] {
