@@ -215,7 +215,10 @@ impl Tunnels {
                 *hung |= fd.revents & (libc::POLLHUP | libc::POLLNVAL) != 0;
             }
             let mut moved = false;
-            for direction in [&mut up, &mut down] {
+            for (direction, src) in [(&mut up, &fds[0]), (&mut down, &fds[1])] {
+                if src.revents == 0 {
+                    continue;
+                }
                 match direction.read() {
                     Ok(read) => moved |= read,
                     Err(e) => return Ended::Failed(e),
@@ -228,8 +231,9 @@ impl Tunnels {
     }
 }
 
-/// Bytes read per `recv`.
-const CHUNK: usize = 16 * 1024;
+/// Bytes read per `recv`: a relay moving a GiB each way through a Python echo function used
+/// about 1.3 s of the gateway's CPU with 64 KiB, 1.5 to 2 s with 16 KiB (more calls).
+const CHUNK: usize = 64 * 1024;
 
 /// One direction of a relay: what was read from `src` and not yet written to `dst`.
 struct Direction {
@@ -242,6 +246,8 @@ struct Direction {
     src_done: bool,
     /// The end has been passed on to `dst`.
     dst_shut: bool,
+    /// The last read filled the buffer: more is likely coming, and the buffer is kept.
+    streaming: bool,
 }
 
 impl Direction {
@@ -253,6 +259,7 @@ impl Direction {
             sent: 0,
             src_done: false,
             dst_shut: false,
+            streaming: false,
         }
     }
 
@@ -295,6 +302,7 @@ impl Direction {
         }
         self.pending.truncate(n as usize);
         self.src_done = n == 0;
+        self.streaming = n as usize == CHUNK;
         Ok(true)
     }
 
@@ -325,7 +333,12 @@ impl Direction {
             self.sent += n as usize;
         }
         let wrote = self.sent > before;
-        self.pending.clear();
+        if self.streaming {
+            self.pending.clear();
+        } else {
+            // a quiet connection holds no buffer
+            self.pending = Vec::new();
+        }
         self.sent = 0;
         if self.src_done && !self.dst_shut {
             shutdown(self.dst, libc::SHUT_WR);
