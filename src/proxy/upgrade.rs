@@ -137,6 +137,8 @@ impl Proxy {
             let protocol = head
                 .header("Upgrade")
                 .and_then(|v| std::str::from_utf8(v).ok())
+                // the server writes it as a header of its own, ASCII only
+                .filter(|v| v.is_ascii())
                 .unwrap_or(protocol)
                 .to_owned();
             let mut response = Response::new(
