@@ -31,6 +31,7 @@ use crate::scaler::ScalingConfig;
 use crate::server::PoolConfig;
 use crate::table::slots::concurrency_labels;
 use crate::triggers::{TriggerError, TriggerSpec};
+use crate::tunnel::UpgradeConfig;
 
 /// A whole config file.
 #[derive(Debug, Deserialize, Default)]
@@ -131,6 +132,10 @@ pub struct GatewaySection {
     /// Capacity mode scales down only after recommending fewer replicas for this long.
     pub scale_down_window: Dur,
     pub shutdown_grace: Dur,
+    /// Upgraded connections (WebSocket and others) at once; more get 503.
+    pub max_upgraded: usize,
+    /// An upgraded connection quiet both ways for this long is closed; 0: never.
+    pub upgrade_idle_timeout: Dur,
     pub stop_grace: Dur,
     pub startup_timeout: Dur,
     /// Longest request head (request line and headers) accepted; larger gets 431.
@@ -188,6 +193,8 @@ impl Default for GatewaySection {
             autoscale_interval: Dur(autoscale.interval),
             scale_down_window: Dur(autoscale.scale_down_window),
             shutdown_grace: Dur(Duration::from_secs(30)),
+            max_upgraded: UpgradeConfig::default().max_upgraded,
+            upgrade_idle_timeout: Dur(UpgradeConfig::default().idle_timeout),
             stop_grace: Dur(ProcessOptions::default().stop_grace),
             startup_timeout: Dur(Duration::from_secs(60)),
             max_header_bytes: 16 * 1024,
@@ -234,6 +241,13 @@ impl GatewaySection {
         AutoscaleConfig {
             interval: self.autoscale_interval.0,
             scale_down_window: self.scale_down_window.0,
+        }
+    }
+
+    pub fn upgrades(&self) -> UpgradeConfig {
+        UpgradeConfig {
+            max_upgraded: self.max_upgraded,
+            idle_timeout: self.upgrade_idle_timeout.0,
         }
     }
 

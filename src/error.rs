@@ -99,6 +99,11 @@ pub enum Error {
         /// When to try again.
         retry_after: Duration,
     },
+    /// `max_upgraded` upgraded connections are open already; try again shortly.
+    TooManyUpgraded {
+        /// The bound.
+        limit: usize,
+    },
     /// The replica could not be reached or broke off before answering.
     Upstream {
         /// The function.
@@ -151,6 +156,7 @@ impl Error {
             Error::ScaleFromZeroDisabled(_)
             | Error::Overloaded { .. }
             | Error::CrashLooping { .. }
+            | Error::TooManyUpgraded { .. }
             | Error::ShuttingDown
             | Error::Queue(QueueError::Full { .. } | QueueError::Store(_) | QueueError::Stopped) => {
                 503
@@ -170,7 +176,9 @@ impl Error {
             }
             // `Connection: close` comes from the server, which closes every connection after
             // its response once it stops accepting
-            Error::ShuttingDown | Error::Queue(QueueError::Stopped) => {
+            Error::ShuttingDown
+            | Error::TooManyUpgraded { .. }
+            | Error::Queue(QueueError::Stopped) => {
                 vec![("Retry-After", "1".into())]
             }
             Error::Queue(QueueError::Full { .. } | QueueError::Store(_)) => {
@@ -248,6 +256,10 @@ impl fmt::Display for Error {
             Error::Overloaded { function, waiting, .. } => write!(
                 f,
                 "function {function}: {waiting} requests are already waiting for a replica; retry later"
+            ),
+            Error::TooManyUpgraded { limit } => write!(
+                f,
+                "{limit} upgraded connections are open already, the most allowed; retry later"
             ),
             Error::Upstream { function, detail } => write!(f, "function {function}: {detail}"),
             Error::UpstreamTimeout { function, after } => write!(

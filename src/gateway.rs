@@ -18,6 +18,7 @@ use crate::provider::api::{self, ApiRequest};
 use crate::provider::openfaas::RemoteApi;
 use crate::provider::ProviderError;
 use crate::proxy::headers::request_header;
+use crate::proxy::upgrade::{self, Answer as UpgradeAnswer};
 use crate::proxy::{Proxy, Stored, Target};
 use crate::queue::store::{Meta, Queued};
 use crate::queue::{self, Answer, Queue};
@@ -25,6 +26,7 @@ use crate::router::{self, Route};
 use crate::scaler::Scaler;
 use crate::status_page;
 use crate::triggers::{Miss, TriggerSet};
+use crate::tunnel::{Admitted, Tunnels};
 
 /// Everything a worker needs to answer a request.
 pub struct Handler {
@@ -51,6 +53,8 @@ pub struct Handler {
     streams_closed: Arc<AtomicBool>,
     /// `/async-function/*`, when a queue is configured.
     queue: Option<Arc<Queue>>,
+    /// Upgraded connections, relayed by the workers that answered them.
+    tunnels: Tunnels,
 }
 
 impl Handler {
@@ -61,6 +65,7 @@ impl Handler {
         auth: Option<Credentials>,
         triggers: Arc<TriggerSet>,
         provider_calls: Arc<ProviderCalls>,
+        tunnels: Tunnels,
     ) -> Handler {
         Handler {
             scaler,
@@ -77,6 +82,7 @@ impl Handler {
             deployments: None,
             streams_closed: Arc::new(AtomicBool::new(false)),
             queue: None,
+            tunnels,
         }
     }
 
@@ -140,18 +146,50 @@ impl Handler {
         }
     }
 
+    /// Closes every upgraded connection still open (shutdown, after the grace period).
+    pub fn close_tunnels(&self) {
+        self.tunnels.close_all();
+    }
+
     /// Answers one request. Never panics on what the client sent; never leaves it unanswered.
     pub fn handle(&self, mut request: Request) {
         let _counted = Counted::new(&self.in_flight);
         let started = Instant::now();
-        let outcome = self.answer(&mut request);
+        let mut outcome = self.answer(&mut request);
+        let joined = outcome.joined.take();
         let (response, call) = self.settle(&request, outcome);
         let status = response.status_code().0;
         log_answer(&request, status, started);
-        respond(request, response, status);
+        match joined {
+            Some(joined) if status == 101 => self.join(request, response, joined),
+            _ => respond(request, response, status),
+        }
         if let Some(call) = call {
             call.finish(status);
         }
+    }
+
+    /// Switches the client's connection over and relays it to the replica's until either
+    /// side closes. The call stays in flight meanwhile, so the replica is not stopped under it
+    /// and shutdown waits for it.
+    fn join(&self, request: Request, response: ResponseBox, joined: Joined) {
+        let Some(client_fd) = request.raw_fd() else {
+            respond(
+                request,
+                error_response(&Error::BadRequest("not a connection".into())),
+                400,
+            );
+            return;
+        };
+        let path = printable_path(request.url());
+        // the relay holds this worker for as long as the connection lasts
+        crate::server::blocking();
+        let mut client = request.upgrade(&joined.protocol, response);
+        let ended = self
+            .tunnels
+            .relay(client_fd, &mut client, &joined.upstream, joined.early);
+        drop(joined.admitted);
+        log::debug!("upgraded {path} ({}): {ended}", joined.protocol);
     }
 
     /// Screens and routes the request, then answers it here or calls a function.
@@ -251,12 +289,27 @@ impl Handler {
 struct Outcome {
     result: Result<ResponseBox, Error>,
     call: Option<Call>,
+    /// The replica's connection, when it switched protocols (the response is its 101).
+    joined: Option<Joined>,
 }
 
 impl Outcome {
     fn local(result: Result<ResponseBox, Error>) -> Outcome {
-        Outcome { result, call: None }
+        Outcome {
+            result,
+            call: None,
+            joined: None,
+        }
     }
+}
+
+/// A replica that switched protocols, waiting for the client's connection to be joined to it.
+struct Joined {
+    protocol: String,
+    upstream: std::net::TcpStream,
+    early: Vec<u8>,
+    /// Counted against `max_upgraded` until the relay ends.
+    admitted: Admitted,
 }
 
 /// Writes the response; a response that cannot be completed is logged, never retried.
@@ -377,10 +430,45 @@ impl Handler {
     /// here to the last byte of its answer, by the [`Call`] it returns with.
     fn call_function(&self, request: &mut Request, target: &Target<'_>) -> Outcome {
         let mut call = Call::begin(self.scaler.table(), target.function);
+        if upgrade::wanted(request) {
+            return self.call_upgrade(request, target, call);
+        }
         let result = self.proxy.forward(request, target, &mut call);
         Outcome {
             result,
             call: Some(call),
+            joined: None,
+        }
+    }
+
+    /// An upgrade request: counted against `max_upgraded` before any replica is asked for.
+    fn call_upgrade(&self, request: &Request, target: &Target<'_>, mut call: Call) -> Outcome {
+        let Some(admitted) = self.tunnels.admit() else {
+            return Outcome {
+                result: Err(Error::TooManyUpgraded {
+                    limit: self.tunnels.limit(),
+                }),
+                call: Some(call),
+                joined: None,
+            };
+        };
+        let (result, joined) = match self.proxy.upgrade(request, target, &mut call) {
+            Ok(UpgradeAnswer::Switched(switched)) => (
+                Ok(switched.response),
+                Some(Joined {
+                    protocol: switched.protocol,
+                    upstream: switched.upstream,
+                    early: switched.early,
+                    admitted,
+                }),
+            ),
+            Ok(UpgradeAnswer::Declined(response)) => (Ok(response), None),
+            Err(e) => (Err(e), None),
+        };
+        Outcome {
+            result,
+            call: Some(call),
+            joined,
         }
     }
 
@@ -627,7 +715,8 @@ impl Handler {
 
     /// The scrape: the provider is asked for replica counts, the rest is read from counters.
     pub fn metrics_page(&self) -> ResponseBox {
-        let text = exposition::render(&self.overview(), &self.provider_calls);
+        let mut text = exposition::render(&self.overview(), &self.provider_calls);
+        exposition::upgraded_connections(&mut text, self.tunnels.open());
         bytes(200, exposition::CONTENT_TYPE, text.into_bytes())
     }
 }

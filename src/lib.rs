@@ -35,6 +35,11 @@
 //!             Call::finish records the status and the time
 //! ```
 //!
+//! An upgrade request (WebSocket) takes the same path up to the replica, whose leg
+//! `proxy::upgrade` writes by hand on a connection of its own; on a 101 the worker joins the
+//! client's connection to it and relays both in `poll(2)` (`tunnel`), the call in flight until
+//! either side closes.
+//!
 //! Beside the request path: one `autoscale` thread reads the records' in-flight counts to scale
 //! idle functions to zero and capacity-mode functions up and down; `reload` (SIGHUP, `--watch`)
 //! swaps triggers and functions atomically; `analytics` posts call counts in batches;
@@ -90,6 +95,9 @@ mod queue;
 
 /// A ready replica, or a cold start, for each call.
 mod scaler;
+
+/// Upgraded connections, relayed byte for byte.
+mod tunnel;
 
 /// What runs functions: the trait, the process and OpenFaaS providers.
 mod provider;
@@ -188,6 +196,7 @@ pub use scaler::ScalingConfig;
 pub use server::PoolConfig;
 pub use setup::from_sources;
 pub use triggers::TriggerSpec;
+pub use tunnel::UpgradeConfig;
 
 use std::io;
 use std::net::SocketAddr;
@@ -222,6 +231,8 @@ pub struct Settings {
     pub max_idle_per_host: usize,
     /// Longest wait for requests in flight when shutting down.
     pub shutdown_grace: Duration,
+    /// Upgraded connections (WebSocket and others): how many, how long idle.
+    pub upgrades: UpgradeConfig,
     /// Client connections at once; more are refused quickly.
     pub max_connections: usize,
     /// Longest request head, and longest request target, accepted.
@@ -269,6 +280,7 @@ impl From<&GatewaySection> for Settings {
             connect_timeout: g.connect_timeout.0,
             max_idle_per_host: g.max_idle_per_host,
             shutdown_grace: g.shutdown_grace.0,
+            upgrades: g.upgrades(),
             max_header_bytes: g.max_header_bytes,
             max_url_bytes: g.max_url_bytes,
             header_timeout: g.header_timeout.0,
@@ -423,7 +435,9 @@ impl Gateway {
         let agents =
             client::ShardedAgent::new(timeouts, settings.max_idle_per_host, settings.pool.core);
         let autoscaler = Autoscaler::start(Arc::clone(&scaler), settings.autoscale.clone())?;
-        let proxy = Proxy::new(agents, Arc::clone(&scaler), settings.proxy.clone());
+        let proxy = Proxy::new(agents, Arc::clone(&scaler), settings.proxy.clone())
+            .with_connect_timeout(settings.connect_timeout);
+        let tunnels = tunnel::Tunnels::new(settings.upgrades.clone())?;
         let mut handler = Handler::new(
             scaler,
             proxy,
@@ -431,6 +445,7 @@ impl Gateway {
             settings.auth.clone(),
             Arc::clone(&triggers),
             provider_calls,
+            tunnels,
         );
         if settings.metrics_listen.is_some() {
             handler = handler.without_metrics_route();
@@ -567,7 +582,8 @@ impl Gateway {
         if receiving > 0 {
             log::warn!("shutting down with {receiving} client connections still receiving a request or closing");
         }
-        // The workers are joined next: none may still be waiting for a replica.
+        // The workers are joined next: none may still be waiting for a replica, or relaying.
+        self.handler.close_tunnels();
         self.handler.scaler().abandon_waits();
         self.pool.stop();
         if let Some(queue) = self.queue.take() {

@@ -94,6 +94,19 @@ fn async_queue(out: &mut Text, queue: &QueueStats) {
     out.sample("defrost_async_store_bytes", &[], queue.disk_bytes);
 }
 
+/// Appends the upgraded connections open now (WebSocket and others) to a scrape.
+pub fn upgraded_connections(scrape: &mut String, open: usize) {
+    let mut out = Text(std::mem::take(scrape));
+    let name = "gateway_upgraded_connections";
+    out.head(
+        name,
+        "gauge",
+        "Upgraded connections (WebSocket and others) being relayed.",
+    );
+    out.sample(name, &[], open as u64);
+    *scrape = out.0;
+}
+
 const ANSWERED: &str = "Calls to a function that were answered, by status code.";
 const ANSWER_TIME: &str = "Time taken to answer a call, by status code.";
 

@@ -13,6 +13,7 @@
 
 pub mod headers;
 pub mod trust;
+pub mod upgrade;
 
 use std::io::{self, Read};
 use std::net::SocketAddr;
@@ -27,6 +28,7 @@ use crate::call::Call;
 use crate::client::{is_connect_error, is_stale_connection, on_fresh_connection, ShardedAgent};
 use crate::error::Error;
 use crate::function::FunctionRef;
+use crate::table::slots::Claim;
 use crate::redact;
 use crate::router::upstream_url;
 use crate::scaler::Scaler;
@@ -64,6 +66,8 @@ pub struct Proxy {
     agents: ShardedAgent,
     scaler: Arc<Scaler>,
     config: ProxyConfig,
+    /// For the connections upgrade requests open themselves (see `upgrade`).
+    connect_timeout: Duration,
 }
 
 /// A request received earlier and kept whole, to be sent now.
@@ -94,7 +98,14 @@ impl Proxy {
             agents,
             scaler,
             config,
+            connect_timeout: Duration::from_secs(2),
         }
+    }
+
+    /// The connect timeout of the connections upgrade requests open themselves.
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> Proxy {
+        self.connect_timeout = timeout;
+        self
     }
 
     /// Sends the request to a ready replica of the function and returns the response to relay;
@@ -106,7 +117,7 @@ impl Proxy {
         call: &mut Call,
     ) -> Result<ResponseBox, Error> {
         let declared = self.declared_body(request)?;
-        let outgoing = OutgoingHead::from_request(request, &self.config.trusted_proxies)?;
+        let outgoing = self.function_head(request, target)?;
         let body = ClientBody::new(request.as_reader(), self.config.max_body_bytes);
         self.deliver(outgoing, declared, body, target, call)
     }
@@ -133,13 +144,14 @@ impl Proxy {
             .clone()
             .find(|(name, _)| name.eq_ignore_ascii_case("host"))
             .map(|(_, value)| value);
-        let outgoing = OutgoingHead::from_parts(
+        let mut outgoing = OutgoingHead::from_parts(
             stored.method,
             received,
             stored.client,
             host,
             &self.config.trusted_proxies,
         )?;
+        with_function_headers(&mut outgoing, target)?;
         let declared = match stored.body.len() as u64 {
             0 => Body::None,
             n => Body::Length(n),
@@ -152,37 +164,19 @@ impl Proxy {
     /// Sends the request to a ready replica, retrying what is safe to retry.
     fn deliver(
         &self,
-        mut outgoing: OutgoingHead,
+        outgoing: OutgoingHead,
         declared: Body,
         mut body: ClientBody<'_>,
         target: &Target<'_>,
         call: &mut Call,
     ) -> Result<ResponseBox, Error> {
         let function = target.function;
-        outgoing.set("X-Defrost-Function-Name", function.name())?;
-        outgoing.set("X-Defrost-Function-Namespace", function.namespace())?;
-        for (name, value) in target.params {
-            outgoing.set(&format!("X-Defrost-Param-{name}"), value)?;
-        }
         let mut attempt = 0;
         // Once a pooled connection turned out stale, the others may be too: from then on each
         // attempt opens a new connection, and none is sent again for being stale.
         let mut fresh = false;
         loop {
-            // A replica taken out of service since the status was cached is refused here; so is
-            // a status without endpoints from a provider breaking its promise. Either way the
-            // provider is asked again, a bounded number of times, rather than sent a request.
-            let Some(in_flight) = self.scaler.claim(call.record())? else {
-                self.scaler.invalidate(call.record());
-                if attempt >= self.config.connect_retries {
-                    return Err(Error::Upstream {
-                        function: function.clone(),
-                        detail: "the provider reported ready replicas but none in service".into(),
-                    });
-                }
-                attempt += 1;
-                continue;
-            };
+            let in_flight = self.replica(call, &mut attempt)?;
             let endpoint = in_flight.endpoint();
             let url = upstream_url(
                 endpoint.url_for(target.namespace_named),
@@ -222,6 +216,34 @@ impl Proxy {
                 }
                 Err(e) => return Err(self.failure(call, &url, e, &body, attempt + 1)),
             }
+        }
+    }
+
+    /// The request head for a function: the client's, rewritten, with the function's name and
+    /// the trigger's path parameters.
+    fn function_head(&self, request: &Request, target: &Target<'_>) -> Result<OutgoingHead, Error> {
+        let mut outgoing = OutgoingHead::from_request(request, &self.config.trusted_proxies)?;
+        with_function_headers(&mut outgoing, target)?;
+        Ok(outgoing)
+    }
+
+    /// A ready replica of the call's function, counted busy; waits for a cold start.
+    fn replica(&self, call: &Call, attempt: &mut u32) -> Result<Claim, Error> {
+        loop {
+            // A replica taken out of service since the status was cached is refused here; so is
+            // a status without endpoints from a provider breaking its promise. Either way the
+            // provider is asked again, a bounded number of times, rather than sent a request.
+            if let Some(in_flight) = self.scaler.claim(call.record())? {
+                return Ok(in_flight);
+            }
+            self.scaler.invalidate(call.record());
+            if *attempt >= self.config.connect_retries {
+                return Err(Error::Upstream {
+                    function: call.function().clone(),
+                    detail: "the provider reported ready replicas but none in service".into(),
+                });
+            }
+            *attempt += 1;
         }
     }
 
@@ -348,6 +370,17 @@ impl Proxy {
             },
         }
     }
+}
+
+/// The headers that tell a function which function it is and what a trigger's pattern took.
+fn with_function_headers(outgoing: &mut OutgoingHead, target: &Target<'_>) -> Result<(), Error> {
+    let function = target.function;
+    outgoing.set("X-Defrost-Function-Name", function.name())?;
+    outgoing.set("X-Defrost-Function-Namespace", function.namespace())?;
+    for (name, value) in target.params {
+        outgoing.set(&format!("X-Defrost-Param-{name}"), value)?;
+    }
+    Ok(())
 }
 
 /// `request` as it goes out: on a new connection when `fresh`, else on a pooled one if any.
@@ -565,35 +598,46 @@ fn relay(response: http::Response<ureq::Body>, head: &OutgoingHead) -> ResponseB
         length,
         None,
     );
-    let relayed = parts.headers.iter().filter(|(name, _)| {
-        !headers::is_hop_by_hop(name.as_str(), connection)
-            && !name.as_str().eq_ignore_ascii_case(X_CALL_ID)
-            && !name.as_str().eq_ignore_ascii_case(X_START_TIME)
+    let relayed = parts
+        .headers
+        .iter()
+        .map(|(name, value)| (name.as_str(), value.as_bytes()));
+    add_relayed_headers(&mut response, relayed, connection, head);
+    response
+}
+
+/// Adds the function's response headers, hop-by-hop ones dropped, and the gateway's own.
+fn add_relayed_headers<'h>(
+    response: &mut ResponseBox,
+    relayed: impl Iterator<Item = (&'h str, &'h [u8])>,
+    connection: Option<&str>,
+    head: &'h OutgoingHead,
+) {
+    let relayed = relayed.filter(|(name, _)| {
+        !headers::is_hop_by_hop(name, connection)
+            && !name.eq_ignore_ascii_case(X_CALL_ID)
+            && !name.eq_ignore_ascii_case(X_START_TIME)
     });
     let ours = [
-        (X_CALL_ID, &head.head.call_id),
-        (X_START_TIME, &head.head.start_time),
+        (X_CALL_ID, head.head.call_id.as_bytes()),
+        (X_START_TIME, head.head.start_time.as_bytes()),
     ];
-    let all = relayed
-        .map(|(name, value)| (name.as_str(), value))
-        .chain(ours);
-    for (name, value) in all {
+    for (name, value) in relayed.chain(ours) {
         // Values are bytes as the function sent them (UTF-8 in a file name is common): passed
         // on exactly. The upstream client has already refused CR, LF and NUL in them. An
         // ASCII value (nearly all of them) takes the server's own header type, which costs
         // less per header than the checks of the general path.
-        let added = match Header::from_bytes(name.as_bytes(), value.as_bytes()) {
+        let added = match Header::from_bytes(name.as_bytes(), value) {
             Ok(header) => {
                 response.add_header(header);
                 Ok(())
             }
-            Err(()) => response.add_header_bytes(name.as_bytes(), value.as_bytes()),
+            Err(()) => response.add_header_bytes(name.as_bytes(), value),
         };
         if added.is_err() {
             log::debug!("dropped response header {name}: not valid in a response");
         }
     }
-    response
 }
 
 /// The function's response body, on its way to the client.

@@ -12,8 +12,9 @@
 //! monitor thread ticks while anything is busy, counts a worker that has been on one request
 //! for longer than `stall_after` (or that said it is [`blocking`]) as blocked, and starts
 //! workers until `core` of them are not blocked, and enough for the requests queued meanwhile.
-//! Blocked workers cost memory, not CPU; once they are free again, the surplus above the core
-//! leaves.
+//! Blocked workers cost memory, not CPU, and the monitor sleeps while only workers that said
+//! they block are busy (an upgraded connection may hold one for hours); once they are free
+//! again, the surplus above the core leaves.
 
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -26,7 +27,8 @@ use parking_lot::{Condvar, Mutex};
 
 /// How often the monitor looks at the workers while any of them is busy.
 const TICK: Duration = Duration::from_millis(1);
-/// Ticks with nothing busy and nothing queued before the monitor sleeps until woken.
+/// Ticks with nothing to watch (no busy worker but those that said they block, nothing queued,
+/// the core complete) before the monitor sleeps until woken.
 const QUIET_TICKS: u32 = 200;
 /// Ticks a surplus of free workers must last before it is retired.
 const SURPLUS_TICKS: u32 = 1000;
@@ -243,6 +245,22 @@ impl Shared {
         u64::try_from(ticks).unwrap_or(u64::MAX).max(1)
     }
 
+    /// Whether the monitor must tick: a worker is busy and may stall, requests wait, or the
+    /// core is short. Workers that said they block need no watching: a relay or a follow may
+    /// hold one for hours, and the monitor must not tick a thousand times a second meanwhile.
+    fn needs_watching(&self) -> bool {
+        let said_blocking = self
+            .clocks
+            .lock()
+            .iter()
+            .filter(|c| c.load(Ordering::Relaxed) == BLOCKED)
+            .count();
+        let live = self.live.load(Ordering::SeqCst);
+        self.busy() > said_blocking
+            || self.server.pending_requests() > 0
+            || live.saturating_sub(self.blocked()) < self.core()
+    }
+
     /// Workers on the same request for at least `stall_after`.
     fn blocked(&self) -> usize {
         let now = self.tick.load(Ordering::Relaxed) + 1;
@@ -350,11 +368,9 @@ fn monitor(shared: &Arc<Shared>) {
     let mut surplus_for = 0;
     while !shared.stopping.load(Ordering::SeqCst) {
         if quiet >= QUIET_TICKS {
-            shared.alarm.sleep_unless(|| {
-                shared.busy() > 0
-                    || shared.server.pending_requests() > 0
-                    || shared.stopping.load(Ordering::SeqCst)
-            });
+            shared
+                .alarm
+                .sleep_unless(|| shared.needs_watching() || shared.stopping.load(Ordering::SeqCst));
             // Still quiet unless the tick below sees otherwise: a sleep that ran out with
             // nothing to do goes straight back to sleep rather than ticking a while first.
         }
@@ -384,10 +400,10 @@ fn monitor(shared: &Arc<Shared>) {
             surplus_for = 0;
             shared.retire.store(0, Ordering::SeqCst);
         }
-        quiet = if shared.busy() == 0 && pending == 0 {
-            quiet + 1
-        } else {
+        quiet = if shared.needs_watching() {
             0
+        } else {
+            quiet + 1
         };
     }
 }

@@ -308,6 +308,23 @@ impl Request {
         self.remote_addr.as_ref()
     }
 
+    /// True when [`upgrade`](Request::upgrade) would hand over the client's whole stream: a
+    /// request with `Connection: upgrade` and no body.
+    #[inline]
+    pub fn can_upgrade(&self) -> bool {
+        self.upgrade_stream.is_some()
+    }
+
+    /// The client socket's descriptor (`None` for a test request). It stays open as long as the
+    /// request, or the stream [`upgrade`](Request::upgrade) returns, is alive: a caller relaying
+    /// an upgraded stream can wait on it with `poll(2)` instead of holding a thread in a read.
+    #[cfg(unix)]
+    #[inline]
+    pub fn raw_fd(&self) -> Option<std::os::unix::io::RawFd> {
+        use std::os::unix::io::AsRawFd;
+        self.conn.as_ref().map(|conn| conn.sock.as_raw_fd())
+    }
+
     /// Sends a response with a `Connection: upgrade` header, then turns the `Request` into a `Stream`.
     ///
     /// The main purpose of this function is to support websockets.
