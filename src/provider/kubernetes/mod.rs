@@ -252,3 +252,155 @@ pub(crate) mod test_support {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::{BufRead, BufReader, Write};
+    use std::net::TcpListener;
+    use std::sync::Mutex;
+    use std::thread;
+    use std::time::Instant;
+
+    use super::credentials::Token;
+    use super::*;
+
+    /// A fake API server on loopback: answers each request with `answer(path, nth call of
+    /// that path)`, one request per connection; records the paths asked.
+    fn fake_api(
+        answer: impl Fn(&str, usize) -> String + Send + 'static,
+    ) -> (Cluster, Arc<Mutex<Vec<String>>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let server = format!("http://{}", listener.local_addr().unwrap());
+        let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+        let log = Arc::clone(&seen);
+        thread::spawn(move || {
+            for stream in listener.incoming().take(200) {
+                let Ok(mut stream) = stream else { return };
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut request_line = String::new();
+                let _ = reader.read_line(&mut request_line);
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                }
+                let path = request_line.split(' ').nth(1).unwrap_or("").to_owned();
+                let n = {
+                    let mut seen = log.lock().unwrap();
+                    seen.push(path.clone());
+                    seen.iter().filter(|p| **p == path).count()
+                };
+                let _ = stream.write_all(answer(&path, n).as_bytes());
+            }
+        });
+        let cluster = Cluster {
+            server,
+            ca: Vec::new(),
+            insecure: false,
+            client_cert: None,
+            token: Token::Fixed("t".into()),
+            namespace: Some("fns".into()),
+        };
+        (cluster, seen)
+    }
+
+    fn reply(status: &str, body: &str) -> String {
+        format!(
+            "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    }
+
+    fn echo() -> FunctionRef {
+        FunctionRef::new("echo", "fns").unwrap()
+    }
+
+    const DEPLOYMENTS: &str = r#"{"metadata":{"resourceVersion":"5"},"items":[{"metadata":{"name":"echo","namespace":"fns","labels":{"defrost.dev/function":"echo"}},"spec":{"replicas":1},"status":{"availableReplicas":1}}]}"#;
+
+    #[test]
+    fn refused_credentials_are_a_clear_error() {
+        let (cluster, _) = fake_api(|_, _| {
+            reply(
+                "401 Unauthorized",
+                r#"{"kind":"Status","code":401,"message":"Unauthorized"}"#,
+            )
+        });
+        let provider =
+            KubernetesProvider::with_cluster(&cluster, vec![], Duration::from_secs(2)).unwrap();
+        let e = provider.status(&echo()).unwrap_err();
+        assert!(
+            matches!(&e, ProviderError::Failed(m) if m.contains("refused defrost's credentials (401)") && m.contains("Unauthorized")),
+            "{e:?}"
+        );
+        assert_eq!(
+            provider
+                .status(&FunctionRef::new("echo", "other").unwrap())
+                .unwrap_err(),
+            ProviderError::NotFound,
+            "a namespace not served is not asked about"
+        );
+    }
+
+    #[test]
+    fn v1beta1_slices_are_used_where_v1_is_not_served_and_a_gone_watch_lists_again() {
+        let (cluster, seen) = fake_api(|path, n| {
+            if path == "/apis/discovery.k8s.io/v1" {
+                return reply("404 Not Found", "{}");
+            }
+            let watching = path.contains("watch=true");
+            if path.starts_with("/apis/apps/v1/namespaces/fns/deployments") {
+                return match (watching, n) {
+                    (false, _) => reply("200 OK", DEPLOYMENTS),
+                    // The first watch says its version is gone; later ones idle briefly.
+                    (true, 1) => reply(
+                        "200 OK",
+                        "{\"type\":\"ERROR\",\"object\":{\"kind\":\"Status\",\"code\":410}}\n",
+                    ),
+                    (true, _) => {
+                        thread::sleep(Duration::from_millis(200));
+                        reply("200 OK", "")
+                    }
+                };
+            }
+            if path.starts_with("/apis/discovery.k8s.io/v1beta1/namespaces/fns/endpointslices") {
+                if watching {
+                    thread::sleep(Duration::from_millis(200));
+                    return reply(
+                        "200 OK",
+                        "{\"type\":\"ADDED\",\"object\":{\"metadata\":{\"name\":\"echo-1\",\"namespace\":\"fns\",\"resourceVersion\":\"9\",\"labels\":{\"kubernetes.io/service-name\":\"echo\"}},\"addressType\":\"IPv4\",\"endpoints\":[{\"addresses\":[\"127.1.0.1\"],\"conditions\":{\"ready\":true}}],\"ports\":[{\"port\":8080}]}}\n",
+                    );
+                }
+                return reply(
+                    "200 OK",
+                    r#"{"metadata":{"resourceVersion":"7"},"items":[]}"#,
+                );
+            }
+            reply("500 Internal Server Error", "{}")
+        });
+        let provider =
+            KubernetesProvider::with_cluster(&cluster, vec![], Duration::from_secs(2)).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            let status = provider.status(&echo()).unwrap();
+            if !status.endpoints.is_empty() || Instant::now() > deadline {
+                break status;
+            }
+            provider.wait_for_change(&echo(), status.generation, Duration::from_millis(500));
+        };
+        assert_eq!(status.available_replicas, 1);
+        assert_eq!(status.endpoints[0].base_url(), "http://127.1.0.1:8080");
+        let seen = seen.lock().unwrap().clone();
+        let lists = seen
+            .iter()
+            .filter(|p| p.contains("/deployments?") && !p.contains("watch=true"))
+            .count();
+        assert!(lists >= 2, "listed again after 410: {seen:?}");
+        assert!(
+            seen.iter()
+                .any(|p| p.contains("endpointslices") && p.contains("resourceVersion=7")),
+            "the slice watch resumed from the list's version: {seen:?}"
+        );
+        provider.shutdown();
+    }
+}
