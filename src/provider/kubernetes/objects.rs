@@ -6,7 +6,13 @@
 
 use std::collections::BTreeMap;
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
+
+/// A field the API server may send as `null` (an EndpointSlice with no endpoints has
+/// `"endpoints": null`): read as empty.
+fn nullable<'de, D: Deserializer<'de>, T: Default + Deserialize<'de>>(d: D) -> Result<T, D::Error> {
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
@@ -15,7 +21,9 @@ pub struct Meta {
     pub namespace: String,
     pub resource_version: String,
     pub creation_timestamp: Option<String>,
+    #[serde(deserialize_with = "nullable")]
     pub labels: BTreeMap<String, String>,
+    #[serde(deserialize_with = "nullable")]
     pub annotations: BTreeMap<String, String>,
 }
 
@@ -60,6 +68,7 @@ pub struct PodTemplate {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
 pub struct PodSpec {
+    #[serde(deserialize_with = "nullable")]
     pub containers: Vec<Container>,
 }
 
@@ -81,13 +90,16 @@ pub struct DeploymentStatus {
 pub struct EndpointSlice {
     pub metadata: Meta,
     pub address_type: String,
+    #[serde(deserialize_with = "nullable")]
     pub endpoints: Vec<SliceEndpoint>,
+    #[serde(deserialize_with = "nullable")]
     pub ports: Vec<SlicePort>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
 pub struct SliceEndpoint {
+    #[serde(deserialize_with = "nullable")]
     pub addresses: Vec<String>,
     pub conditions: Conditions,
 }
@@ -211,7 +223,11 @@ mod tests {
         let no_port: EndpointSlice = serde_json::from_str(
             r#"{"addressType":"IPv4","endpoints":[{"addresses":["127.1.0.1"]}],"ports":null}"#,
         )
-        .unwrap_or_default();
+        .unwrap();
+        let empty: EndpointSlice =
+            serde_json::from_str(r#"{"addressType":"IPv4","endpoints":null,"ports":null}"#)
+                .unwrap();
+        assert!(empty.ready_urls().is_empty());
         assert!(no_port.ready_urls().is_empty());
         let fqdn: EndpointSlice = serde_json::from_str(
             r#"{"addressType":"FQDN","endpoints":[{"addresses":["a.example"]}],"ports":[{"port":80}]}"#,
