@@ -32,6 +32,37 @@ fn defrost(kube: &Kube, namespace: &str, token: &str, gateway: &str) -> Defrost 
     ))
 }
 
+/// A control plane with namespace `ns` holding function `echo` at `replicas` (all ready), and
+/// defrost in front of it.
+fn running(ns: &str, replicas: usize) -> (Kube, Defrost) {
+    let mut kube = Kube::start();
+    kube.namespace(ns);
+    kube.function(ns, "echo", replicas as u64, free_port(), &[]);
+    assert!(
+        until(Duration::from_secs(60), || kube
+            .ready_addresses(ns, "echo")
+            .len()
+            == replicas),
+        "{replicas} ready addresses"
+    );
+    let gw = defrost(&kube, ns, DEFROST_TOKEN, "");
+    (kube, gw)
+}
+
+/// `clients` threads each calling `url` `each` times; every status answered.
+fn calls(clients: usize, each: usize, url: &str) -> Vec<u16> {
+    let threads: Vec<_> = (0..clients)
+        .map(|_| {
+            let url = url.to_owned();
+            thread::spawn(move || (0..each).map(|_| get(&url).status).collect::<Vec<_>>())
+        })
+        .collect();
+    threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect()
+}
+
 fn replicas(kube: &Kube, ns: &str, name: &str) -> (u64, u64) {
     let d = kube.deployment(ns, name);
     (
@@ -161,14 +192,7 @@ fn an_idle_function_is_scaled_to_zero() {
 #[test]
 fn a_pod_deleted_under_load_leaves_the_slice_and_requests_go_to_the_others() {
     let _one = serial();
-    let mut kube = Kube::start();
-    kube.namespace("churn");
-    kube.function("churn", "echo", 3, free_port(), &[]);
-    assert!(until(Duration::from_secs(60), || kube
-        .ready_addresses("churn", "echo")
-        .len()
-        == 3));
-    let gw = defrost(&kube, "churn", DEFROST_TOKEN, "");
+    let (kube, gw) = running("churn", 3);
     let url = gw.url("/function/echo/sleep/0.02");
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let load: Vec<_> = (0..4)
@@ -224,14 +248,7 @@ fn a_pod_deleted_under_load_leaves_the_slice_and_requests_go_to_the_others() {
 #[test]
 fn the_api_server_restarting_mid_watch_is_followed() {
     let _one = serial();
-    let mut kube = Kube::start();
-    kube.namespace("restart");
-    kube.function("restart", "echo", 1, free_port(), &[]);
-    assert!(until(Duration::from_secs(60), || kube
-        .ready_addresses("restart", "echo")
-        .len()
-        == 1));
-    let gw = defrost(&kube, "restart", DEFROST_TOKEN, "");
+    let (mut kube, gw) = running("restart", 1);
     assert_eq!(get(&gw.url("/function/echo")).status, 200);
 
     kube.restart_apiserver(Duration::from_secs(2));
@@ -249,15 +266,8 @@ fn the_api_server_restarting_mid_watch_is_followed() {
         "defrost saw the second replica: {}",
         get(&listing).body
     );
-    let clients: Vec<_> = (0..4)
-        .map(|_| {
-            let url = gw.url("/function/echo/sleep/0.05");
-            thread::spawn(move || (0..10).map(|_| get(&url).status).collect::<Vec<_>>())
-        })
-        .collect();
-    for client in clients {
-        assert!(client.join().unwrap().iter().all(|s| *s == 200));
-    }
+    let statuses = calls(4, 10, &gw.url("/function/echo/sleep/0.05"));
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
     assert!(
         kube.pods().iter().all(|p| lines_in(&p.requests) > 0),
         "both replicas took requests"
