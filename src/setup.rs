@@ -253,4 +253,22 @@ mod tests {
         .to_string()
         .contains("basic-auth-user"));
     }
+
+    #[cfg(feature = "kubernetes")]
+    #[test]
+    fn a_kubernetes_provider_without_usable_credentials_is_refused_at_start() {
+        let path = Path::new("/etc/defrost/defrost.toml");
+        let text = "[provider]\nkind = \"kubernetes\"\nkubeconfig = \"missing.kubeconfig\"\n";
+        let loaded = Loaded::parse(path, text.into()).unwrap();
+        let e = from_file(&loaded).err().expect("refused").to_string();
+        assert!(e.contains("/etc/defrost/missing.kubeconfig"), "{e}");
+        let text =
+            "[provider]\nkind = \"kubernetes\"\n[[function]]\nname = \"f\"\ncommand = [\"x\"]\n";
+        let loaded = Loaded::parse(path, text.into()).unwrap();
+        let e = from_file(&loaded).err().expect("refused").to_string();
+        assert!(
+            e.contains("[[function]] entries are for the process provider"),
+            "{e}"
+        );
+    }
 }

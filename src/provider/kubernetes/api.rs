@@ -241,3 +241,46 @@ impl Api {
         Ok(self.slices.get_or_init(|| version))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::provider::kubernetes::test_support::TempDir;
+
+    fn cluster(token: Token) -> Cluster {
+        Cluster {
+            server: "http://127.0.0.1:1".into(),
+            ca: Vec::new(),
+            insecure: false,
+            client_cert: None,
+            token,
+            namespace: None,
+        }
+    }
+
+    #[test]
+    fn a_token_file_is_read_again_for_each_call_so_rotation_is_followed() {
+        let dir = TempDir::new("token");
+        let file = dir.path().join("token");
+        std::fs::write(&file, "first\n").unwrap();
+        let api = Api::new(&cluster(Token::File(file.clone())), Duration::from_secs(1));
+        assert_eq!(
+            api.authorization().unwrap().as_deref(),
+            Some("Bearer first")
+        );
+        std::fs::write(&file, "second").unwrap();
+        assert_eq!(
+            api.authorization().unwrap().as_deref(),
+            Some("Bearer second")
+        );
+        std::fs::remove_file(&file).unwrap();
+        assert!(matches!(
+            api.authorization(),
+            Err(ApiError::Credentials(_, why)) if why.contains("token file")
+        ));
+        let fixed = Api::new(&cluster(Token::Fixed("t".into())), Duration::from_secs(1));
+        assert_eq!(fixed.authorization().unwrap().as_deref(), Some("Bearer t"));
+        let none = Api::new(&cluster(Token::None), Duration::from_secs(1));
+        assert_eq!(none.authorization().unwrap(), None);
+    }
+}
