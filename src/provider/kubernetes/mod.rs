@@ -343,6 +343,19 @@ mod tests {
     }
 
     #[test]
+    fn v1_slices_are_used_where_served_and_the_answer_kept() {
+        let (cluster, seen) = fake_api(|path, _| match path {
+            "/apis/discovery.k8s.io/v1" => reply("200 OK", r#"{"kind":"APIResourceList"}"#),
+            _ => reply("500 Internal Server Error", "{}"),
+        });
+        let api = Api::new(&cluster, Duration::from_secs(2));
+        assert_eq!(api.slice_version(), Ok("discovery.k8s.io/v1"));
+        assert_eq!(api.slice_version(), Ok("discovery.k8s.io/v1"));
+        let probes = seen.lock().unwrap().len();
+        assert_eq!(probes, 1, "asked once");
+    }
+
+    #[test]
     fn v1beta1_slices_are_used_where_v1_is_not_served_and_a_gone_watch_lists_again() {
         let (cluster, seen) = fake_api(|path, n| {
             if path == "/apis/discovery.k8s.io/v1" {
