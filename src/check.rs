@@ -26,7 +26,7 @@ pub fn check(path: &Path) -> Result<String, SetupError> {
     crate::triggers::Triggers::build(&settings.triggers)?;
     let functions = match kind(&loaded) {
         ProviderKind::Process => loaded.process_functions()?,
-        ProviderKind::Openfaas => Vec::new(),
+        ProviderKind::Openfaas | ProviderKind::Kubernetes => Vec::new(),
     };
     let queue = settings.queue.as_ref().map(|q| EffectiveQueue {
         path: q.path.clone(),
@@ -83,6 +83,12 @@ struct EffectiveProvider {
     credentials: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
     timeout: Option<Dur>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kubeconfig: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    context: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    namespaces: Vec<String>,
 }
 
 fn effective_provider(loaded: &Loaded) -> EffectiveProvider {
@@ -92,13 +98,31 @@ fn effective_provider(loaded: &Loaded) -> EffectiveProvider {
             url: p.url.as_ref().map(|u| u.get_ref().clone()),
             credentials: p.credentials.as_ref().map(|c| loaded.base_dir().join(c)),
             timeout: Some(p.timeout),
+            ..EffectiveProvider::process()
         },
-        _ => EffectiveProvider {
+        Some(p) if p.kind == ProviderKind::Kubernetes => EffectiveProvider {
+            kind: p.kind,
+            timeout: Some(p.timeout),
+            kubeconfig: p.kubeconfig.as_ref().map(|k| loaded.base_dir().join(k)),
+            context: p.context.clone(),
+            namespaces: p.namespaces.clone(),
+            ..EffectiveProvider::process()
+        },
+        _ => EffectiveProvider::process(),
+    }
+}
+
+impl EffectiveProvider {
+    fn process() -> EffectiveProvider {
+        EffectiveProvider {
             kind: ProviderKind::Process,
             url: None,
             credentials: None,
             timeout: None,
-        },
+            kubeconfig: None,
+            context: None,
+            namespaces: Vec::new(),
+        }
     }
 }
 

@@ -277,6 +277,14 @@ pub struct ProviderSection {
     /// Bound on each provider call.
     #[serde(default = "default_provider_timeout")]
     pub timeout: Dur,
+    /// Kubeconfig file (`kind = "kubernetes"`); unset: `$KUBECONFIG`, the pod's service
+    /// account, `~/.kube/config`.
+    pub kubeconfig: Option<PathBuf>,
+    /// Kubeconfig context (`kind = "kubernetes"`); unset: its current context.
+    pub context: Option<String>,
+    /// Namespaces served (`kind = "kubernetes"`); empty: the credentials' namespace.
+    #[serde(default)]
+    pub namespaces: Vec<String>,
 }
 
 fn default_provider_timeout() -> Dur {
@@ -290,6 +298,8 @@ pub enum ProviderKind {
     Process,
     /// An OpenFaaS provider over HTTP.
     Openfaas,
+    /// Deployments of a Kubernetes cluster, through its API.
+    Kubernetes,
 }
 
 /// `[[function]]`: one function of the embedded process provider.

@@ -41,10 +41,14 @@ pub fn from_file(loaded: &Loaded) -> Result<(Settings, Backend), SetupError> {
                 return Err(file_error(
                     loaded,
                     "function",
-                    "[[function]] entries are for the process provider; with kind = \"openfaas\" the provider owns the functions",
+                    "[[function]] entries are for the process provider; with another kind the provider owns the functions",
                 ));
             }
-            Backend::OpenFaas(Arc::new(openfaas_provider(loaded, section, gateway)?))
+            if section.kind == ProviderKind::Kubernetes {
+                Backend::Provider(kubernetes_provider(loaded, section)?)
+            } else {
+                Backend::OpenFaas(Arc::new(openfaas_provider(loaded, section, gateway)?))
+            }
         }
     };
     Ok((settings, backend))
@@ -89,6 +93,35 @@ fn openfaas_provider(
         timeout: section.timeout.0,
         max_idle_per_host: gateway.max_idle_per_host,
     })?)
+}
+
+#[cfg(feature = "kubernetes")]
+fn kubernetes_provider(
+    loaded: &Loaded,
+    section: &ProviderSection,
+) -> Result<Arc<dyn crate::provider::Provider>, SetupError> {
+    use crate::provider::kubernetes::{KubernetesOptions, KubernetesProvider};
+    Ok(Arc::new(KubernetesProvider::new(KubernetesOptions {
+        kubeconfig: section
+            .kubeconfig
+            .as_ref()
+            .map(|k| loaded.base_dir().join(k)),
+        context: section.context.clone(),
+        namespaces: section.namespaces.clone(),
+        timeout: section.timeout.0,
+    })?))
+}
+
+#[cfg(not(feature = "kubernetes"))]
+fn kubernetes_provider(
+    loaded: &Loaded,
+    _: &ProviderSection,
+) -> Result<Arc<dyn crate::provider::Provider>, SetupError> {
+    Err(file_error(
+        loaded,
+        "kind",
+        "this defrost was built without the `kubernetes` feature",
+    ))
 }
 
 fn gateway_credentials(gateway: &GatewaySection) -> Result<Option<Credentials>, SetupError> {
@@ -282,5 +315,23 @@ mod tests {
         .unwrap()
         .to_string()
         .contains("basic-auth-user"));
+    }
+
+    #[cfg(feature = "kubernetes")]
+    #[test]
+    fn a_kubernetes_provider_without_usable_credentials_is_refused_at_start() {
+        let path = Path::new("/etc/defrost/defrost.toml");
+        let text = "[provider]\nkind = \"kubernetes\"\nkubeconfig = \"missing.kubeconfig\"\n";
+        let loaded = Loaded::parse(path, text.into()).unwrap();
+        let e = from_file(&loaded).err().expect("refused").to_string();
+        assert!(e.contains("/etc/defrost/missing.kubeconfig"), "{e}");
+        let text =
+            "[provider]\nkind = \"kubernetes\"\n[[function]]\nname = \"f\"\ncommand = [\"x\"]\n";
+        let loaded = Loaded::parse(path, text.into()).unwrap();
+        let e = from_file(&loaded).err().expect("refused").to_string();
+        assert!(
+            e.contains("[[function]] entries are for the process provider"),
+            "{e}"
+        );
     }
 }

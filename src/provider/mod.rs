@@ -14,6 +14,8 @@ use std::time::Duration;
 use crate::function::FunctionRef;
 
 pub mod api;
+#[cfg(feature = "kubernetes")]
+pub mod kubernetes;
 pub mod openfaas;
 pub mod process;
 pub mod wire;

@@ -15,6 +15,7 @@ GET  /healthz        ready check (after READY_DELAY_MS, if set)
 *    /say/TEXT       prints TEXT on stdout and "oops TEXT" on stderr, then echoes
 *    /header-utf8    answers headers whose values hold bytes beyond ASCII (see NON_ASCII_HEADERS)
 *    anything else   200, JSON of method, path (with query), headers, body length, body sha256
+Listens on HOST (default 127.0.0.1) and PORT.
 If STARTS_FILE is set, appends one line per process start to it.
 If REQUESTS_FILE is set, appends one line per request (other than /healthz) as it arrives.
 If CONCURRENCY_FILE is set, keeps in it the most requests (other than /healthz) it has had in
@@ -210,4 +211,4 @@ if __name__ == "__main__":
         import threading
 
         threading.Timer(float(os.environ["EXIT_AFTER_MS"]) / 1000.0, os._exit, (4,)).start()
-    Server(("127.0.0.1", int(os.environ["PORT"])), Echo).serve_forever()
+    Server((os.environ.get("HOST", "127.0.0.1"), int(os.environ["PORT"])), Echo).serve_forever()
