@@ -28,10 +28,10 @@ use crate::call::Call;
 use crate::client::{is_connect_error, is_stale_connection, on_fresh_connection, ShardedAgent};
 use crate::error::Error;
 use crate::function::FunctionRef;
-use crate::table::slots::Claim;
 use crate::redact;
 use crate::router::upstream_url;
 use crate::scaler::Scaler;
+use crate::table::slots::Claim;
 use headers::{Forwarding, Outgoing, Unsendable, X_CALL_ID, X_START_TIME};
 use trust::IpRange;
 
