@@ -24,7 +24,7 @@ use ureq::{Agent, AsSendBody};
 use crate::deadline;
 
 mod transport;
-pub use transport::{PeekingTcpConnector, StaleConnection};
+pub use transport::{quick_ack, PeekingTcpConnector, StaleConnection};
 
 /// How long each phase of an outgoing call may take.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

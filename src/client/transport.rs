@@ -294,7 +294,7 @@ fn read_retrying(mut stream: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
 
 /// Asks Linux to acknowledge what arrives next at once rather than after the delayed-ACK
 /// timer. Failing only costs speed, so a failure is not an error.
-fn quick_ack(stream: &TcpStream) {
+pub fn quick_ack(stream: &TcpStream) {
     let on: libc::c_int = 1;
     // SAFETY: the descriptor is open for as long as `stream` is borrowed; the option value is a
     // valid c_int of the size passed.

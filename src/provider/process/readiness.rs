@@ -173,6 +173,10 @@ fn http_2xx(port: u16, path: &str, timeout: Duration) -> io::Result<bool> {
             Err(e) => return Err(e),
         }
     }
+    // A function that writes its head and body apart without TCP_NODELAY (Python's
+    // http.server) holds the body until the head is acknowledged, and the probe's ACK would
+    // wait for the delayed-ACK timer: up to 40 ms more before the replica counts as ready.
+    crate::client::quick_ack(&stream);
     drain(&mut stream);
     Ok(is_2xx(&head[..len]))
 }
