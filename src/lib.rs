@@ -304,10 +304,12 @@ impl Settings {
     }
 }
 
-/// Opens the queue's embedded store and what it kept from the last run.
+/// Opens the queue's embedded store, if a previous run left one, and what it kept.
 fn open_queue(config: &QueueConfig) -> io::Result<queue::Queue> {
-    let store = queue::embedded::Embedded::open(&config.path).map_err(io::Error::other)?;
-    log::info!("async queue stored in {}", config.path.display());
+    let store = queue::embedded::Lazy::new(&config.path).map_err(io::Error::other)?;
+    if store.is_open() {
+        log::info!("async queue stored in {}", config.path.display());
+    }
     queue::Queue::open(config.clone(), Box::new(store)).map_err(io::Error::other)
 }
 

@@ -465,3 +465,28 @@ fn a_callback_that_cannot_be_delivered_is_tried_a_bounded_number_of_times_and_lo
     }
     assert_eq!(calls(dir.path()).len(), 1, "the call itself ran once");
 }
+
+#[test]
+fn a_gateway_that_queues_nothing_leaves_no_store_and_a_second_one_can_start() {
+    let dir = TempDir::new("async-lazy");
+    let store = dir.path().join("defrost.queue.redb");
+    let config = queued_function("lazy", dir.path(), false, "");
+    let first = start_in(&dir, &config);
+    let reply = get(&first.url("/function/lazy/sync"));
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert!(!store.exists(), "no async call, no store file");
+    // The second gateway on the same config starts: no file is locked until a call is queued.
+    let second = start_in(&dir, &config);
+    assert_eq!(get(&second.url("/function/lazy/sync")).status, 200);
+    let reply = post_async(&first, "lazy/queued", &[], "");
+    assert_eq!(reply.status, 202, "{}", reply.body);
+    assert!(store.exists(), "the first queued call makes the store");
+    let id = reply.header("X-Call-Id").unwrap().to_owned();
+    wait_for("the queued call", Duration::from_secs(30), || {
+        calls(dir.path()).iter().any(|(c, _)| *c == id)
+    });
+    // The second cannot take the file the first holds: it refuses honestly.
+    let refused = post_async(&second, "lazy/queued", &[], "");
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    assert!(refused.header("Retry-After").is_some());
+}
