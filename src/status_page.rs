@@ -76,7 +76,10 @@ fn async_queue(html: &mut String, queue: &QueueStats) {
          <th>completed</th><th>callback failures</th></tr></thead><tbody>",
         match queue.stream_messages {
             Some(n) => format!("{n} calls in the JetStream stream, from every gateway"),
-            None => format!("store {:.1} MiB on disk", queue.disk_bytes as f64 / 1048576.0),
+            None => format!(
+                "store {:.1} MiB on disk",
+                queue.disk_bytes as f64 / 1048576.0
+            ),
         }
     );
     for r in &queue.functions {
