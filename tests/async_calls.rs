@@ -6,7 +6,6 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::net::TcpListener;
-use std::thread;
 use std::time::Duration;
 
 use common::queued::*;
@@ -23,27 +22,7 @@ fn a_thousand_accepted_calls_survive_sigkill_and_all_run_after_a_restart() {
     let mut gw = start_in(&dir, &config);
     // Sixteen clients post a thousand calls; the function holds every call it gets until the
     // gate opens, so at most two can have started when defrost is killed.
-    let accepted: Vec<String> = thread::scope(|s| {
-        let gw = &gw;
-        let clients: Vec<_> = (0..16)
-            .map(|client| {
-                s.spawn(move || {
-                    (0..1000)
-                        .filter(|n| n % 16 == client)
-                        .map(|n| {
-                            let reply = post_async(gw, &format!("rec/n/{n}"), &[], "payload");
-                            assert_eq!(reply.status, 202, "call {n}: {}", reply.body);
-                            reply.header("X-Call-Id").expect("X-Call-Id").to_owned()
-                        })
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        clients
-            .into_iter()
-            .flat_map(|c| c.join().unwrap())
-            .collect()
-    });
+    let accepted = accept_all(&[&gw], 1000, 16);
     unsafe_kill(gw.child.id(), "KILL");
     assert!(wait_exit(&mut gw.child, Duration::from_secs(10)).is_some());
     let unique: BTreeSet<&String> = accepted.iter().collect();

@@ -8,7 +8,6 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::thread;
 use std::time::Duration;
 
 use common::nats_server::NatsServer;
@@ -36,31 +35,6 @@ fn ids(dir: &Path) -> BTreeSet<String> {
     calls(dir).into_iter().map(|(id, _)| id).collect()
 }
 
-/// Posts `count` calls over `gateways` in turn, from four clients; every one must get 202.
-fn accept_all(gateways: &[&Defrost], count: usize) -> BTreeSet<String> {
-    thread::scope(|s| {
-        let clients: Vec<_> = (0..4)
-            .map(|c| {
-                s.spawn(move || {
-                    (c..count)
-                        .step_by(4)
-                        .map(|n| {
-                            let gw = gateways[n % gateways.len()];
-                            let reply = post_async(gw, &format!("rec/n{n}"), &[], "x");
-                            assert_eq!(reply.status, 202, "{}", reply.body);
-                            reply.header("X-Call-Id").unwrap().to_owned()
-                        })
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        clients
-            .into_iter()
-            .flat_map(|c| c.join().unwrap())
-            .collect()
-    })
-}
-
 #[test]
 fn two_gateways_share_one_stream_and_every_accepted_call_reaches_the_function() {
     let store = TempDir::new("nats-store");
@@ -68,7 +42,7 @@ fn two_gateways_share_one_stream_and_every_accepted_call_reaches_the_function() 
     let shared = TempDir::new("nats-shared");
     let (_d1, one) = gateway(&nats, shared.path(), false, "");
     let (_d2, two) = gateway(&nats, shared.path(), false, "");
-    let accepted = accept_all(&[&one, &two], 200);
+    let accepted: BTreeSet<String> = accept_all(&[&one, &two], 200, 4).into_iter().collect();
     assert_eq!(accepted.len(), 200, "every call has an id of its own");
     wait_for("all 200 calls to run", Duration::from_secs(60), || {
         ids(shared.path()).is_superset(&accepted)
@@ -187,7 +161,7 @@ fn calls_held_by_a_gateway_killed_with_sigkill_are_run_by_another() {
     // The first gateway takes four calls and holds them (its function waits for a gate that
     // never opens); a short ack_wait lets the server hand them out again soon after it dies.
     let (_d1, mut one) = gateway(&nats, shared.path(), true, "workers = 4\nack_wait = \"2s\"");
-    let accepted = accept_all(&[&one], 20);
+    let accepted: BTreeSet<String> = accept_all(&[&one], 20, 4).into_iter().collect();
     wait_for("four calls to be held", Duration::from_secs(30), || {
         ids(shared.path()).len() == 4
     });
@@ -199,4 +173,24 @@ fn calls_held_by_a_gateway_killed_with_sigkill_are_run_by_another() {
         Duration::from_secs(60),
         || ids(shared.path()).is_superset(&accepted),
     );
+}
+
+#[test]
+fn a_full_stream_refuses_with_503_and_a_body_too_large_for_a_message_with_413() {
+    let store = TempDir::new("nats-store");
+    let nats = NatsServer::start(&store);
+    let shared = TempDir::new("nats-shared");
+    // The function holds every call: nothing leaves the stream.
+    let (_d, gw) = gateway(&nats, shared.path(), true, "workers = 1\nmax_queued = 3");
+    let statuses: Vec<u16> = (0..4)
+        .map(|n| post_async(&gw, &format!("rec/{n}"), &[], "").status)
+        .collect();
+    assert_eq!(statuses, [202, 202, 202, 503]);
+    let refused = post_async(&gw, "rec/more", &[], "");
+    assert_eq!(refused.status, 503);
+    assert!(refused.header("Retry-After").is_some());
+    assert!(refused.body.contains("full"), "{}", refused.body);
+    // The server's max_payload (1 MiB) bounds a message; the body in base64 must fit.
+    let big = "x".repeat(900 << 10);
+    assert_eq!(post_async(&gw, "rec/big", &[], &big).status, 413);
 }

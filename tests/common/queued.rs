@@ -155,3 +155,29 @@ pub fn callback(rx: &Receiver<Received>) -> Received {
     rx.recv_timeout(Duration::from_secs(30))
         .expect("a callback within 30 s")
 }
+
+/// Posts `count` calls to `rec/n/{n}` over `gateways` in turn, from `clients` at once; every
+/// one must be answered 202. Their call ids.
+pub fn accept_all(gateways: &[&Defrost], count: usize, clients: usize) -> Vec<String> {
+    thread::scope(|s| {
+        let running: Vec<_> = (0..clients)
+            .map(|client| {
+                s.spawn(move || {
+                    (client..count)
+                        .step_by(clients)
+                        .map(|n| {
+                            let gw = gateways[n % gateways.len()];
+                            let reply = post_async(gw, &format!("rec/n/{n}"), &[], "payload");
+                            assert_eq!(reply.status, 202, "call {n}: {}", reply.body);
+                            reply.header("X-Call-Id").expect("X-Call-Id").to_owned()
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        running
+            .into_iter()
+            .flat_map(|c| c.join().unwrap())
+            .collect()
+    })
+}
