@@ -345,7 +345,10 @@ impl Shared {
             match js.fetch(&self.nats.stream, &self.nats.consumer, free, PULL) {
                 Ok(messages) => {
                     for message in messages {
-                        if calls.send(self.track(message)).is_err() {
+                        if self.stopping.load(Ordering::SeqCst) {
+                            // Pulled as the gateway stops: for another gateway, at once.
+                            self.settle(&message, Ack::Nak(None));
+                        } else if calls.send(self.track(message)).is_err() {
                             return;
                         }
                     }

@@ -14,6 +14,10 @@
 //! A call that got its 202 is in the store until it has run: killed at any moment, the next
 //! start finds it and runs it. It runs at least once; twice only when the process died between
 //! the function's answer and the commit that records it as done.
+//!
+//! With `kind = "nats"` the calls are kept in a JetStream stream shared by several gateways
+//! instead ([`jetstream`]): no board, no order; the run, the verdict and the callbacks are the
+//! same.
 
 mod board;
 pub mod callback;
