@@ -8,6 +8,7 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::path::Path;
+use std::thread;
 use std::time::Duration;
 
 use common::nats_server::NatsServer;
@@ -193,4 +194,27 @@ fn a_full_stream_refuses_with_503_and_a_body_too_large_for_a_message_with_413() 
     // The server's max_payload (1 MiB) bounds a message; the body in base64 must fit.
     let big = "x".repeat(900 << 10);
     assert_eq!(post_async(&gw, "rec/big", &[], &big).status, 413);
+}
+
+#[test]
+fn a_call_running_past_ack_wait_is_kept_by_its_gateway_and_runs_once() {
+    let store = TempDir::new("nats-store");
+    let nats = NatsServer::start(&store);
+    let shared = TempDir::new("nats-shared");
+    // The first gateway's one worker runs the call, so it pulls no more while it runs.
+    let (_d1, one) = gateway(&nats, shared.path(), true, "workers = 1\nack_wait = \"2s\"");
+    let reply = post_async(&one, "rec/long", &[], "");
+    assert_eq!(reply.status, 202, "{}", reply.body);
+    let id = reply.header("X-Call-Id").unwrap().to_owned();
+    wait_for("the call to start", Duration::from_secs(30), || {
+        ids(shared.path()).contains(&id)
+    });
+    // A second gateway, whose function answers at once, waits for work: without the first
+    // one's in-progress reports, the server would hand it the call after ack_wait.
+    let (_d2, _two) = gateway(&nats, shared.path(), false, "ack_wait = \"2s\"");
+    thread::sleep(Duration::from_secs(6));
+    assert_eq!(calls(shared.path()).len(), 1, "{:?}", calls(shared.path()));
+    std::fs::write(shared.path().join("gate"), "open").unwrap();
+    let series = "defrost_async_completed_total{function_name=\"rec.default\"}";
+    one.scrape_when(|s| s.value(series) == Some(1.0));
 }

@@ -8,8 +8,8 @@
 //!  stream ◀── one durable pull consumer, shared by every gateway
 //!     │
 //!     └─▶ fetcher: pulls as many calls as this gateway has idle workers, so a fetched call
-//!           runs at once; +WPI for calls running past half of ack_wait; reconnects with
-//!           back-off when the connection is lost
+//!           runs at once; reconnects with back-off when the connection is lost
+//!           (and a keeper: +WPI for calls running past a third of ack_wait)
 //!            └─▶ workers: invoke as the embedded queue does, then
 //!                 done: +ACK (then the callback) · not now: -NAK with the back-off delay
 //!                 (the delivery count is the attempt) · unreadable message: +TERM
@@ -176,6 +176,12 @@ impl Distributed {
         let shared = Arc::clone(&self.shared);
         threads.push(
             std::thread::Builder::new()
+                .name("async-keep".into())
+                .spawn(move || shared.keep_alive())?,
+        );
+        let shared = Arc::clone(&self.shared);
+        threads.push(
+            std::thread::Builder::new()
                 .name("async-fetch".into())
                 .spawn(move || shared.fetch_loop(&tx))?,
         );
@@ -308,7 +314,7 @@ impl Shared {
         Ok(js)
     }
 
-    /// Pulls calls while there are idle workers, keeps running calls alive, reconnects.
+    /// Pulls calls while there are idle workers; reconnects.
     fn fetch_loop(&self, calls: &Sender<Fetched>) {
         let mut pause = Duration::from_millis(100);
         let mut depth_at: Option<Instant> = None;
@@ -348,6 +354,9 @@ impl Shared {
                         if self.stopping.load(Ordering::SeqCst) {
                             // Pulled as the gateway stops: for another gateway, at once.
                             self.settle(&message, Ack::Nak(None));
+                        } else if self.running.lock().contains_key(&message.stream_seq) {
+                            // Delivered again while it still runs here (a +WPI came late).
+                            self.settle(&message, Ack::InProgress);
                         } else if calls.send(self.track(message)).is_err() {
                             return;
                         }
@@ -362,33 +371,42 @@ impl Shared {
         }
     }
 
-    /// Idle workers, once there is one (or a second has passed); sends +WPI for calls
-    /// running longer than half of `ack_wait` meanwhile.
+    /// Idle workers, once there is one (or a second has passed).
     fn wait_for_a_free_worker(&self) -> usize {
         let workers = self.config.workers.max(1);
         let mut running = self.running.lock();
         if running.len() >= workers && !self.stopping.load(Ordering::SeqCst) {
             self.freed.wait_for(&mut running, PULL);
         }
-        let half = self.nats.ack_wait / 2;
-        let stale: Vec<JsMessage> = running
-            .values_mut()
-            .filter(|r| r.touched.elapsed() >= half)
-            .map(|r| {
-                r.touched = Instant::now();
-                r.message.clone()
-            })
-            .collect();
-        let free = workers.saturating_sub(running.len());
-        drop(running);
-        if let Some(js) = self.link() {
-            for message in stale {
-                if let Err(e) = js.ack(&message, Ack::InProgress) {
-                    log::warn!("async queue: in-progress ack: {e}");
+        workers.saturating_sub(running.len())
+    }
+
+    /// Tells the server, for every call running longer than a third of `ack_wait` since it
+    /// last heard of it, that it is in progress (+WPI): on a thread of its own, so a slow
+    /// pull or a reconnection does not delay it. Goes on after a stop while calls still run.
+    fn keep_alive(&self) {
+        let due = self.nats.ack_wait / 3;
+        let step = (self.nats.ack_wait / 6).max(Duration::from_millis(100));
+        loop {
+            std::thread::sleep(step);
+            let stale: Vec<JsMessage> = {
+                let mut running = self.running.lock();
+                if running.is_empty() && self.stopping.load(Ordering::SeqCst) {
+                    return;
                 }
+                running
+                    .values_mut()
+                    .filter(|r| r.touched.elapsed() >= due)
+                    .map(|r| {
+                        r.touched = Instant::now();
+                        r.message.clone()
+                    })
+                    .collect()
+            };
+            for message in stale {
+                self.settle(&message, Ack::InProgress);
             }
         }
-        free
     }
 
     /// Reads a fetched message and counts it as running: its worker is taken until it is
