@@ -87,7 +87,8 @@ def main():
     )
     store = pathlib.Path(gw.dir.name) / "defrost.queue.redb"
     rss_idle = gw.rss_mb()
-    size_empty = store.stat().st_size
+    # The store is made by the first call accepted: none yet.
+    size_empty = store.stat().st_size if store.exists() else 0
     results = multiprocessing.Queue()
     per_proc = max(1, args.clients // args.procs)
     started = time.monotonic()
