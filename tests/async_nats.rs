@@ -121,8 +121,15 @@ fn a_server_that_is_down_gets_503_and_accepting_resumes_when_it_is_back() {
     let store = TempDir::new("nats-store");
     let mut nats = NatsServer::start(&store);
     let shared = TempDir::new("nats-shared");
-    let (_d, gw) = gateway(&nats, shared.path(), false, "");
-    assert_eq!(post_async(&gw, "rec/before", &[], "").status, 202);
+    // Its one worker is busy throughout (the function holds the first call): reconnecting
+    // must not wait for a free worker.
+    let (_d, gw) = gateway(&nats, shared.path(), true, "workers = 1");
+    let before = post_async(&gw, "rec/before", &[], "");
+    assert_eq!(before.status, 202);
+    let before = before.header("X-Call-Id").unwrap().to_owned();
+    wait_for("the first call to be held", Duration::from_secs(30), || {
+        ids(shared.path()).contains(&before)
+    });
     nats.kill();
     // The connection's loss is noticed at once (reset) or within two pings.
     wait_for(
@@ -146,6 +153,7 @@ fn a_server_that_is_down_gets_503_and_accepting_resumes_when_it_is_back() {
         },
     );
     let id = accepted.into_inner().unwrap();
+    std::fs::write(shared.path().join("gate"), "open").unwrap();
     wait_for(
         "the call accepted after the outage",
         Duration::from_secs(30),

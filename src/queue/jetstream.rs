@@ -319,10 +319,7 @@ impl Shared {
         let mut pause = Duration::from_millis(100);
         let mut depth_at: Option<Instant> = None;
         while !self.stopping.load(Ordering::SeqCst) {
-            let free = self.wait_for_a_free_worker();
-            if free == 0 {
-                continue;
-            }
+            // Connected first: accepts need the connection even while every worker is busy.
             let js = match self.link() {
                 Some(js) => js,
                 None => match self.connect() {
@@ -347,6 +344,10 @@ impl Shared {
                     .stream_info(&self.nats.stream)
                     .ok()
                     .map(|i| i.state.messages);
+            }
+            let free = self.wait_for_a_free_worker();
+            if free == 0 {
+                continue;
             }
             match js.fetch(&self.nats.stream, &self.nats.consumer, free, PULL) {
                 Ok(messages) => {
