@@ -2,7 +2,10 @@
 """Asynchronous calls: how many /async-function calls defrost accepts per second (each
 answered 202 only once its commit is fsynced), and what the queue costs in disk and memory.
 
-  benches/async.py [--clients 32] [--seconds 5] [--body 100]
+  benches/async.py [--clients 32] [--seconds 5] [--body 100] [--nats]
+
+With --nats the queue is a JetStream stream on a local nats-server (file storage, in a temp
+folder): each 202 waits for the server's ack instead of an fsync of defrost's own file.
 
 A release build serves one function (the benchmarks' upstream) whose replica takes
 --ready-after seconds to become ready, so every call accepted in the first phase is still
@@ -19,11 +22,31 @@ import json
 import multiprocessing
 import os
 import pathlib
+import shutil
+import subprocess
 import sys
+import tempfile
 import time
 
 sys.dont_write_bytecode = True  # keep the work tree clean
-from harness import Defrost, build, function, get
+from harness import Defrost, build, free_port, function, get
+
+
+def nats_server():
+    """A nats-server with JetStream on a free port, stopped at exit; its URL."""
+    binary = shutil.which("nats-server") or "/usr/sbin/nats-server"
+    port = free_port()
+    store = tempfile.TemporaryDirectory(prefix="defrost-bench-nats-")
+    server = subprocess.Popen(
+        [binary, "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", store.name],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    import atexit
+
+    atexit.register(lambda: (server.terminate(), server.wait(), store.cleanup()))
+    time.sleep(1)
+    return f"nats://127.0.0.1:{port}"
 
 
 def client(port, seconds, body, results):
@@ -75,19 +98,26 @@ def main():
     parser.add_argument("--seconds", type=float, default=5)
     parser.add_argument("--body", type=int, default=100)
     parser.add_argument("--ready-after", type=float, default=20)
+    parser.add_argument("--nats", action="store_true")
     args = parser.parse_args()
     build()
     ready_ms = int(args.ready_after * 1000)
+    queue = "[queue]\nmax_queued = 10000000\nmax_queued_per_function = 10000000\n"
+    if args.nats:
+        queue += f'kind = "nats"\nurl = "{nats_server()}"\nmax_queued_bytes = 4294967296\n\n'
+    else:
+        queue += "max_queued_bytes = 17179869184\n\n"
     gw = Defrost(
         "startup_timeout = \"120s\"\nready_timeout = \"120s\"\n"
-        "[queue]\nmax_queued = 10000000\nmax_queued_per_function = 10000000\n"
-        "max_queued_bytes = 17179869184\n\n"
+        + queue
         + function("sink", "--ready-after-ms", ready_ms, min_replicas=0)
         + "async_concurrency = 16\n"
     )
     store = pathlib.Path(gw.dir.name) / "defrost.queue.redb"
     rss_idle = gw.rss_mb()
-    size_empty = store.stat().st_size
+    # The store is made by the first call accepted: none yet.
+    size = lambda: store.stat().st_size if store.exists() else 0
+    size_empty = size()
     results = multiprocessing.Queue()
     per_proc = max(1, args.clients // args.procs)
     started = time.monotonic()
@@ -107,7 +137,10 @@ def main():
     other = sum(o for _, o in counts)
     queued = metric(gw.port, 'defrost_async_queued{function_name="sink.default"}')
     running = metric(gw.port, 'defrost_async_running{function_name="sink.default"}')
-    size_full = store.stat().st_size
+    if args.nats:
+        time.sleep(2.5)  # the stream's depth is asked every 2 s
+        queued = metric(gw.port, "defrost_async_stream_messages")
+    size_full = size()
     rss_full = gw.rss_mb()
     drain_started = time.monotonic()
     deadline = drain_started + 600
@@ -117,10 +150,10 @@ def main():
         time.sleep(0.2)
     drained = time.monotonic() - drain_started
     # The store is compacted after the commit that empties it: wait for the file to settle.
-    size_after, settle_deadline = store.stat().st_size, time.monotonic() + 15
+    size_after, settle_deadline = size(), time.monotonic() + (0 if args.nats else 15)
     while time.monotonic() < settle_deadline:
         time.sleep(0.5)
-        size_now = store.stat().st_size
+        size_now = size()
         if size_now == size_after and size_now < size_full:
             break
         size_after = size_now

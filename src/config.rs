@@ -26,6 +26,7 @@ use crate::provider::process::{
 use crate::provider::ProviderError;
 use crate::proxy::trust::IpRange;
 use crate::proxy::ProxyConfig;
+use crate::queue::jetstream::NatsQueue;
 use crate::queue::{Bounds, QueueConfig};
 use crate::scaler::ScalingConfig;
 use crate::server::PoolConfig;
@@ -52,6 +53,17 @@ pub struct FileConfig {
 #[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct QueueSection {
+    /// `embedded` (a redb file) or `nats` (a JetStream stream shared with other gateways).
+    pub kind: QueueKind,
+    /// The NATS server, for `kind = "nats"`; its password is not shown by `defrost check`.
+    #[serde(serialize_with = "redacted_url")]
+    pub url: String,
+    /// The JetStream stream, subject and durable consumer, for `kind = "nats"`.
+    pub stream: String,
+    pub subject: String,
+    pub consumer: String,
+    /// How long a fetched call may go unacknowledged before it is delivered again.
+    pub ack_wait: Dur,
     /// The store's file; relative to the config file's folder. Default: beside the config
     /// file, `<name>.queue.redb`. Shown resolved by `defrost check`, not as written.
     #[serde(skip_serializing)]
@@ -72,7 +84,14 @@ pub struct QueueSection {
 impl Default for QueueSection {
     fn default() -> Self {
         let q = QueueConfig::default();
+        let nats = NatsQueue::openfaas(DEFAULT_NATS_URL.into());
         QueueSection {
+            kind: QueueKind::Embedded,
+            url: nats.url,
+            stream: nats.stream,
+            subject: nats.subject,
+            consumer: nats.consumer,
+            ack_wait: Dur(nats.ack_wait),
             path: None,
             workers: q.workers,
             concurrency: q.concurrency,
@@ -87,6 +106,21 @@ impl Default for QueueSection {
         }
     }
 }
+
+/// Where the queue keeps calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueKind {
+    Embedded,
+    Nats,
+}
+
+fn redacted_url<S: Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&crate::redact::url(url))
+}
+
+/// Where a NATS server listens when nothing says otherwise.
+pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
 
 /// `[[trigger]]`: a URL pattern routed to one function, or split between several by weight.
 #[derive(Debug, Deserialize)]
@@ -588,7 +622,45 @@ impl Loaded {
             callback_attempts: q.callback_attempts,
             callback_timeout: q.callback_timeout.0,
             max_response_bytes: q.max_response_bytes,
+            nats: self.nats_queue()?,
         })
+    }
+
+    /// The JetStream queue, for `kind = "nats"`.
+    fn nats_queue(&self) -> Result<Option<NatsQueue>, ConfigError> {
+        let q = &self.config.queue;
+        if q.kind != QueueKind::Nats {
+            return Ok(None);
+        }
+        let names = [
+            ("url", &q.url),
+            ("stream", &q.stream),
+            ("subject", &q.subject),
+            ("consumer", &q.consumer),
+        ];
+        if let Some((key, _)) = names.iter().find(|(_, v)| v.trim().is_empty()) {
+            return Err(ConfigError {
+                file: self.path.clone(),
+                line: None,
+                key: Some(format!("queue.{key}")),
+                message: "must not be empty".into(),
+            });
+        }
+        if q.ack_wait.0 < Duration::from_secs(1) {
+            return Err(ConfigError {
+                file: self.path.clone(),
+                line: None,
+                key: Some("queue.ack_wait".into()),
+                message: "must be at least 1s".into(),
+            });
+        }
+        Ok(Some(NatsQueue {
+            url: q.url.clone(),
+            stream: q.stream.clone(),
+            subject: q.subject.clone(),
+            consumer: q.consumer.clone(),
+            ack_wait: q.ack_wait.0,
+        }))
     }
 
     /// The folder relative paths in the file are taken from.
@@ -871,6 +943,34 @@ labels = { "com.openfaas.scale.zero" = "true" }
         let err = parse(text).unwrap().process_functions().err().unwrap();
         assert_eq!(err.line, Some(5));
         assert!(err.message.contains("declared twice"), "{err}");
+    }
+
+    #[test]
+    fn a_nats_queue_defaults_to_openfaas_names_and_refuses_empty_ones() {
+        let loaded =
+            parse("[queue]\nkind = \"nats\"\nurl = \"nats://u:secret@127.0.0.1:4222\"\n").unwrap();
+        let nats = loaded.queue_config().unwrap().nats.unwrap();
+        assert_eq!(nats.url, "nats://u:secret@127.0.0.1:4222");
+        assert_eq!(
+            (nats.stream.as_str(), nats.subject.as_str()),
+            ("faas-request", "faas-request")
+        );
+        assert_eq!(nats.consumer, "faas-request-workers");
+        let shown = toml::to_string(&loaded.config.queue).unwrap();
+        assert!(!shown.contains("secret"), "{shown}");
+        assert!(parse("[queue]\nurl = \"nats://x:1\"\n")
+            .unwrap()
+            .queue_config()
+            .unwrap()
+            .nats
+            .is_none());
+        let err = parse("[queue]\nkind = \"nats\"\nconsumer = \"\"\n")
+            .unwrap()
+            .queue_config()
+            .err()
+            .unwrap();
+        assert_eq!(err.key.as_deref(), Some("queue.consumer"));
+        assert!(parse("[queue]\nkind = \"kafka\"\n").is_err());
     }
 
     #[test]

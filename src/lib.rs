@@ -317,10 +317,15 @@ impl Settings {
     }
 }
 
-/// Opens the queue's embedded store and what it kept from the last run.
-fn open_queue(config: &QueueConfig) -> io::Result<queue::Queue> {
-    let store = queue::embedded::Embedded::open(&config.path).map_err(io::Error::other)?;
-    log::info!("async queue stored in {}", config.path.display());
+/// Connects the JetStream queue, or opens the embedded store if a previous run left one.
+fn open_queue(config: &QueueConfig, default_namespace: &str) -> io::Result<queue::Queue> {
+    if config.nats.is_some() {
+        return queue::Queue::nats(config.clone(), default_namespace).map_err(io::Error::other);
+    }
+    let store = queue::embedded::Lazy::new(&config.path).map_err(io::Error::other)?;
+    if store.is_open() {
+        log::info!("async queue stored in {}", config.path.display());
+    }
     queue::Queue::open(config.clone(), Box::new(store)).map_err(io::Error::other)
 }
 
@@ -459,7 +464,7 @@ impl Gateway {
             None => None,
         };
         let queue = match &settings.queue {
-            Some(config) => Some(Arc::new(open_queue(config)?)),
+            Some(config) => Some(Arc::new(open_queue(config, &settings.default_namespace)?)),
             None => None,
         };
         let handler = handler

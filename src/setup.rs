@@ -13,6 +13,7 @@ use crate::config::{
 use crate::duration::parse_duration;
 use crate::provider::openfaas::{OpenFaasOptions, OpenFaasProvider};
 use crate::provider::process::{ProcessOptions, ProcessProvider};
+use crate::queue::jetstream::NatsQueue;
 use crate::queue::QueueConfig;
 use crate::{Backend, Settings};
 
@@ -199,7 +200,9 @@ pub fn from_env(var: &dyn Fn(&str) -> Option<String>) -> Result<(Settings, Backe
     Ok((settings, backend))
 }
 
-/// The async queue from the environment: the store in `queue_path`, and the OpenFaaS
+/// The async queue from the environment: on the NATS server the OpenFaaS gateway uses
+/// (`faas_nats_address`, `faas_nats_port`; OpenFaaS's stream and consumer names, and its
+/// queue-worker's `ack_wait`), else the store in `queue_path`; and the OpenFaaS
 /// queue-worker's own variables for what they mean there: `max_inflight` (calls of one
 /// function at once), `max_retry_attempts`, `initial_retry_wait`. Without `queue_path` there is
 /// no queue: a durable store needs a place the operator chose (a volume), and one kept in
@@ -217,14 +220,25 @@ fn queue_from_env(
         }),
         n => Ok(n),
     };
-    let Some(path) = var("queue_path")
-        .filter(|p| !p.is_empty())
-        .map(PathBuf::from)
-    else {
-        log::info!("no queue_path: asynchronous calls are off");
-        return Ok(None);
+    let nats = match var("faas_nats_address").filter(|a| !a.is_empty()) {
+        Some(address) => {
+            let port = number("faas_nats_port", 4222)?;
+            let mut nats = NatsQueue::openfaas(format!("nats://{address}:{port}"));
+            nats.ack_wait = duration("ack_wait", nats.ack_wait)?;
+            Some(nats)
+        }
+        None => None,
+    };
+    let path = match var("queue_path").filter(|p| !p.is_empty()) {
+        Some(path) => PathBuf::from(path),
+        None if nats.is_some() => defaults.path.clone(),
+        None => {
+            log::info!("no queue_path and no faas_nats_address: asynchronous calls are off");
+            return Ok(None);
+        }
     };
     Ok(Some(QueueConfig {
+        nats,
         path: std::path::absolute(&path).unwrap_or(path),
         concurrency: at_least_one("max_inflight", defaults.concurrency)?,
         max_attempts: u32::try_from(at_least_one(
@@ -286,6 +300,28 @@ mod tests {
         let refused = from_env(&env(&[("queue_path", "q.redb"), ("max_inflight", "0")]));
         assert!(
             matches!(refused, Err(SetupError::Environment { ref variable, .. }) if variable == "max_inflight")
+        );
+    }
+
+    #[test]
+    fn the_openfaas_gateways_nats_variables_put_the_queue_on_jetstream() {
+        let (settings, _) = from_env(&env(&[
+            ("faas_nats_address", "nats.openfaas"),
+            ("faas_nats_port", "4223"),
+            ("ack_wait", "5m5s"),
+        ]))
+        .unwrap();
+        let nats = settings.queue.unwrap().nats.unwrap();
+        assert_eq!(nats.url, "nats://nats.openfaas:4223");
+        assert_eq!(
+            (nats.stream.as_str(), nats.consumer.as_str()),
+            ("faas-request", "faas-request-workers")
+        );
+        assert_eq!(nats.ack_wait, Duration::from_secs(305));
+        let (settings, _) = from_env(&env(&[("faas_nats_address", "nats")])).unwrap();
+        assert_eq!(
+            settings.queue.unwrap().nats.unwrap().url,
+            "nats://nats:4222"
         );
     }
 

@@ -71,10 +71,16 @@ pub fn render(overview: &Overview) -> String {
 fn async_queue(html: &mut String, queue: &QueueStats) {
     let _ = write!(
         html,
-        "<h2>async queue</h2><p>store {:.1} MiB on disk</p><table id=\"queue\"><thead><tr>\
+        "<h2>async queue</h2><p>{}</p><table id=\"queue\"><thead><tr>\
          <th>function</th><th>queued</th><th>running</th><th>retried</th><th>failed</th>\
          <th>completed</th><th>callback failures</th></tr></thead><tbody>",
-        queue.disk_bytes as f64 / 1048576.0
+        match queue.stream_messages {
+            Some(n) => format!("{n} calls in the JetStream stream, from every gateway"),
+            None => format!(
+                "store {:.1} MiB on disk",
+                queue.disk_bytes as f64 / 1048576.0
+            ),
+        }
     );
     for r in &queue.functions {
         let _ = write!(
@@ -193,6 +199,7 @@ mod tests {
                     callback_failures: 0,
                 }],
                 disk_bytes: 1 << 20,
+                stream_messages: None,
             }),
         };
         let html = render(&overview);

@@ -92,6 +92,14 @@ fn async_queue(out: &mut Text, queue: &QueueStats) {
         "Size of the asynchronous queue's store on disk.",
     );
     out.sample("defrost_async_store_bytes", &[], queue.disk_bytes);
+    if let Some(messages) = queue.stream_messages {
+        out.head(
+            "defrost_async_stream_messages",
+            "gauge",
+            "Calls in the JetStream stream, from every gateway, as last asked.",
+        );
+        out.sample("defrost_async_stream_messages", &[], messages);
+    }
 }
 
 /// Appends the upgraded connections open now (WebSocket and others) to a scrape.

@@ -32,6 +32,14 @@ impl Callbacks {
         }
     }
 
+    /// Posts `answer` to the call's callback URL, if it has one; false when every attempt
+    /// failed.
+    pub fn answer(&self, meta: &Meta, answer: &Answer, took: Duration) -> bool {
+        meta.callback
+            .as_ref()
+            .is_none_or(|url| self.deliver(url, meta, answer, took))
+    }
+
     /// Posts `answer` to `url`; false when every attempt failed (each failure is logged).
     pub fn deliver(&self, url: &str, meta: &Meta, answer: &Answer, took: Duration) -> bool {
         let function = format!("{}.{}", meta.function, meta.namespace);

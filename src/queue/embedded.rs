@@ -205,6 +205,92 @@ impl Drop for Embedded {
     }
 }
 
+/// The embedded store, opened when it is first needed: at once when its file exists (calls
+/// a previous run left), otherwise at the first accepted call. A gateway that never queues a
+/// call leaves no file behind, and holds no lock on one.
+pub struct Lazy {
+    path: PathBuf,
+    store: RwLock<Option<Arc<Embedded>>>,
+    closed: std::sync::atomic::AtomicBool,
+}
+
+impl Lazy {
+    pub fn new(path: &Path) -> Result<Lazy, StoreError> {
+        let store = match path.exists() {
+            true => Some(Arc::new(Embedded::open(path)?)),
+            false => None,
+        };
+        Ok(Lazy {
+            path: path.to_owned(),
+            store: RwLock::new(store),
+            closed: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    /// Whether the file is open.
+    pub fn is_open(&self) -> bool {
+        self.store.read().is_some()
+    }
+
+    fn opened(&self) -> Option<Arc<Embedded>> {
+        self.store.read().clone()
+    }
+
+    fn open(&self) -> Result<Arc<Embedded>, StoreError> {
+        if let Some(store) = self.opened() {
+            return Ok(store);
+        }
+        let mut slot = self.store.write();
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(closed());
+        }
+        if let Some(store) = &*slot {
+            return Ok(Arc::clone(store));
+        }
+        let store = Arc::new(Embedded::open(&self.path)?);
+        log::info!("async queue stored in {}", self.path.display());
+        *slot = Some(Arc::clone(&store));
+        Ok(store)
+    }
+}
+
+impl Store for Lazy {
+    fn push(&self, call: Queued) -> Result<Id, StoreError> {
+        self.open()?.push(call)
+    }
+
+    fn pending(&self) -> Result<Vec<Pending>, StoreError> {
+        self.opened().map_or(Ok(Vec::new()), |s| s.pending())
+    }
+
+    fn load(&self, id: Id) -> Result<Option<Queued>, StoreError> {
+        self.opened().map_or(Ok(None), |s| s.load(id))
+    }
+
+    fn done(&self, id: Id) {
+        if let Some(store) = self.opened() {
+            store.done(id);
+        }
+    }
+
+    fn retry_later(&self, id: Id, meta: &Meta) {
+        if let Some(store) = self.opened() {
+            store.retry_later(id, meta);
+        }
+    }
+
+    fn disk_bytes(&self) -> u64 {
+        self.opened().map_or(0, |s| s.disk_bytes())
+    }
+
+    fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        if let Some(store) = self.store.write().take() {
+            store.close();
+        }
+    }
+}
+
 /// The one thread that writes.
 struct Writer {
     db: Shared,
@@ -363,6 +449,25 @@ mod tests {
         );
         assert_eq!(store.load(ids[0]).unwrap(), None);
         store.close();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_file_is_made_by_the_first_call_and_reopened_when_it_exists() {
+        let dir = std::env::temp_dir().join(format!("defrost-queue-lazy-{}", std::process::id()));
+        let path = dir.join("q.redb");
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = Lazy::new(&path).unwrap();
+        assert_eq!(store.pending().unwrap(), Vec::new());
+        assert!(!path.exists() && !store.is_open());
+        let id = store.push(call(3)).unwrap();
+        assert!(path.exists());
+        store.close();
+        let store = Lazy::new(&path).unwrap();
+        assert!(store.is_open(), "a file left by a run is opened at once");
+        assert_eq!(store.pending().unwrap()[0].id, id);
+        store.close();
+        assert!(store.push(call(1)).is_err(), "closed is closed");
         let _ = std::fs::remove_dir_all(&dir);
     }
 

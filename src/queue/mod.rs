@@ -14,10 +14,15 @@
 //! A call that got its 202 is in the store until it has run: killed at any moment, the next
 //! start finds it and runs it. It runs at least once; twice only when the process died between
 //! the function's answer and the commit that records it as done.
+//!
+//! With `kind = "nats"` the calls are kept in a JetStream stream shared by several gateways
+//! instead ([`jetstream`]): no board, no order; the run, the verdict and the callbacks are the
+//! same.
 
 mod board;
 pub mod callback;
 pub mod embedded;
+pub mod jetstream;
 pub mod store;
 
 use std::collections::BTreeMap;
@@ -32,7 +37,7 @@ use parking_lot::{Condvar, Mutex};
 use crate::function::FunctionRef;
 use board::{Board, Entry, Job};
 use callback::Callbacks;
-use store::{Queued, Store, StoreError};
+use store::{Meta, Queued, Store, StoreError};
 
 /// How the queue is kept, bounded and worked.
 #[derive(Debug, Clone)]
@@ -57,6 +62,8 @@ pub struct QueueConfig {
     pub callback_timeout: Duration,
     /// Longest function answer kept for the callback; a longer one is cut there.
     pub max_response_bytes: u64,
+    /// Kept in NATS JetStream instead of the embedded store, when set.
+    pub nats: Option<jetstream::NatsQueue>,
 }
 
 /// What the queue holds at most; beyond, calls are refused with 503 and `Retry-After`.
@@ -87,6 +94,7 @@ impl Default for QueueConfig {
             callback_attempts: 3,
             callback_timeout: Duration::from_secs(10),
             max_response_bytes: 8 << 20,
+            nats: None,
         }
     }
 }
@@ -166,6 +174,8 @@ pub struct QueueRow {
 pub struct QueueStats {
     pub functions: Vec<QueueRow>,
     pub disk_bytes: u64,
+    /// Messages in the JetStream stream, from all gateways (as last asked, every few seconds).
+    pub stream_messages: Option<u64>,
 }
 
 struct Shared {
@@ -177,15 +187,89 @@ struct Shared {
     callbacks: Callbacks,
 }
 
-/// The queue: accepting, and (once started) working.
-pub struct Queue {
+/// The queue: accepting, and (once started) working. Kept in this process's store, where
+/// calls run in order per function, or in JetStream, shared by every gateway on the stream.
+pub enum Queue {
+    Local(Local),
+    Nats(jetstream::Distributed),
+}
+
+impl Queue {
+    /// Opens `store` and restores what it holds; nothing runs until [`Queue::start`].
+    pub fn open(config: QueueConfig, store: Box<dyn Store>) -> Result<Queue, StoreError> {
+        Local::open(config, store).map(Queue::Local)
+    }
+
+    /// The queue on the JetStream stream `config.nats` names (see [`jetstream`]).
+    pub fn nats(config: QueueConfig, default_namespace: &str) -> Result<Queue, StoreError> {
+        jetstream::Distributed::open(config, default_namespace).map(Queue::Nats)
+    }
+
+    /// Starts the workers, which run calls with `invoke`.
+    pub fn start(&self, invoke: Arc<Invoke>) -> std::io::Result<()> {
+        match self {
+            Queue::Local(q) => q.start(invoke),
+            Queue::Nats(q) => q.start(invoke),
+        }
+    }
+
+    /// Keeps `call` durably, within the bounds; its `X-Call-Id` once it is.
+    pub fn accept(&self, function: &FunctionRef, call: Queued) -> Result<String, QueueError> {
+        match self {
+            Queue::Local(q) => q.accept(function, call),
+            Queue::Nats(q) => q.accept(function, call),
+        }
+    }
+
+    /// The largest body a queued call may have.
+    pub fn max_body_bytes(&self) -> u64 {
+        match self {
+            Queue::Local(q) => q.max_body_bytes(),
+            Queue::Nats(q) => q.max_body_bytes(),
+        }
+    }
+
+    /// Stops taking calls: workers finish the one they run, new requests are refused.
+    pub fn stop_taking(&self) {
+        match self {
+            Queue::Local(q) => q.stop_taking(),
+            Queue::Nats(q) => q.stop_taking(),
+        }
+    }
+
+    /// Calls running now.
+    pub fn running(&self) -> usize {
+        match self {
+            Queue::Local(q) => q.running(),
+            Queue::Nats(q) => q.running(),
+        }
+    }
+
+    /// Stops the workers that are done and lets go of the store.
+    pub fn close(&self) {
+        match self {
+            Queue::Local(q) => q.close(),
+            Queue::Nats(q) => q.close(),
+        }
+    }
+
+    pub fn stats(&self) -> QueueStats {
+        match self {
+            Queue::Local(q) => q.stats(),
+            Queue::Nats(q) => q.stats(),
+        }
+    }
+}
+
+/// The queue in this process's store.
+pub struct Local {
     shared: Arc<Shared>,
     workers: Mutex<Vec<JoinHandle<()>>>,
 }
 
-impl Queue {
-    /// Opens the store and restores what it holds; nothing runs until [`Queue::start`].
-    pub fn open(config: QueueConfig, store: Box<dyn Store>) -> Result<Queue, StoreError> {
+impl Local {
+    /// Opens the store and restores what it holds; nothing runs until [`Local::start`].
+    pub fn open(config: QueueConfig, store: Box<dyn Store>) -> Result<Local, StoreError> {
         let mut board = Board::new(config.bounds);
         let pending = store.pending()?;
         let restored = pending.len();
@@ -211,7 +295,7 @@ impl Queue {
             config.callback_timeout,
             config.retry_backoff,
         );
-        Ok(Queue {
+        Ok(Local {
             shared: Arc::new(Shared {
                 store,
                 board: Mutex::new(board),
@@ -303,6 +387,7 @@ impl Queue {
         QueueStats {
             functions: self.shared.board.lock().rows(),
             disk_bytes: self.shared.store.disk_bytes(),
+            stream_messages: None,
         }
     }
 }
@@ -375,59 +460,85 @@ impl Shared {
             }
         };
         call.meta.attempts += 1;
-        let started = Instant::now();
-        // A panic in the request path must not take the worker, and the lane's slot, with it.
-        let answer = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| invoke(&call)))
-            .unwrap_or_else(|_| Answer {
-                status: 500,
-                content_type: Some("text/plain; charset=utf-8".into()),
-                body: b"the gateway failed while running this call\n".to_vec(),
-            });
-        let took = started.elapsed();
+        let (answer, took) = run_guarded(invoke, &call);
         let meta = &call.meta;
-        let attempts = meta.attempts;
-        let function = format!("{}.{}", meta.function, meta.namespace);
-        if retryable(answer.status) {
-            if self.stopping.load(Ordering::SeqCst) {
-                // Most likely cut short by the shutdown itself: left for the next start.
+        let stopping = self.stopping.load(Ordering::SeqCst);
+        let failed = match verdict(&self.config, meta, answer.status, stopping) {
+            Verdict::Leave => {
                 self.store.retry_later(id, meta);
                 self.board.lock().finish(&job, false);
                 return;
             }
-            if attempts < self.config.max_attempts {
-                let pause = backoff(self.config.retry_backoff, attempts);
-                log::info!(
-                    "async call {} of {function} answered {} (attempt {attempts}); retrying in {:.1}s",
-                    meta.call_id,
-                    answer.status,
-                    pause.as_secs_f64()
-                );
+            Verdict::Retry(pause) => {
                 self.store.retry_later(id, meta);
-                job.entry.attempts = attempts;
+                job.entry.attempts = meta.attempts;
                 job.entry.not_before = Some(Instant::now() + pause);
                 self.board.lock().retry(job);
                 self.wake.notify_all();
                 return;
             }
-        }
+            Verdict::Done { failed } => failed,
+        };
         self.store.done(id);
-        let failed = answer.status >= 400;
-        if failed {
-            log::warn!(
-                "async call {} of {function} failed with {} after {attempts} attempt{}",
-                meta.call_id,
-                answer.status,
-                if attempts == 1 { "" } else { "s" }
-            );
-        }
         self.board.lock().finish(&job, failed);
         self.wake.notify_all();
-        if let Some(url) = &meta.callback {
-            if !self.callbacks.deliver(url, meta, &answer, took) {
-                self.board.lock().callback_failed(&job.lane);
-            }
+        if !self.callbacks.answer(meta, &answer, took) {
+            self.board.lock().callback_failed(&job.lane);
         }
     }
+}
+
+/// What becomes of a call after an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    /// Cut short by the shutdown, most likely: left for the next start (or another gateway).
+    Leave,
+    /// Not now: again after the pause.
+    Retry(Duration),
+    /// Over: answered for good, or out of attempts.
+    Done { failed: bool },
+}
+
+/// The verdict on attempt `meta.attempts` answered `status`, logged as the queue-worker does.
+fn verdict(config: &QueueConfig, meta: &Meta, status: u16, stopping: bool) -> Verdict {
+    let attempts = meta.attempts;
+    let function = format!("{}.{}", meta.function, meta.namespace);
+    if retryable(status) {
+        if stopping {
+            return Verdict::Leave;
+        }
+        if attempts < config.max_attempts {
+            let pause = backoff(config.retry_backoff, attempts);
+            log::info!(
+                "async call {} of {function} answered {status} (attempt {attempts}); retrying in {:.1}s",
+                meta.call_id,
+                pause.as_secs_f64()
+            );
+            return Verdict::Retry(pause);
+        }
+    }
+    let failed = status >= 400;
+    if failed {
+        log::warn!(
+            "async call {} of {function} failed with {status} after {attempts} attempt{}",
+            meta.call_id,
+            if attempts == 1 { "" } else { "s" }
+        );
+    }
+    Verdict::Done { failed }
+}
+
+/// Runs one attempt; a panic in the request path fails the call alone, not the worker (and,
+/// in the embedded queue, the lane's slot) with it.
+fn run_guarded(invoke: &Invoke, call: &Queued) -> (Answer, Duration) {
+    let started = Instant::now();
+    let answer = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| invoke(call)))
+        .unwrap_or_else(|_| Answer {
+            status: 500,
+            content_type: Some("text/plain; charset=utf-8".into()),
+            body: b"the gateway failed while running this call\n".to_vec(),
+        });
+    (answer, started.elapsed())
 }
 
 #[cfg(test)]
@@ -445,7 +556,7 @@ mod tests {
             ..QueueConfig::default()
         };
         let store = embedded::Embedded::open(&config.path).unwrap();
-        let queue = Queue::open(config, Box::new(store)).unwrap();
+        let queue = Local::open(config, Box::new(store)).unwrap();
         let echo = FunctionRef::new("echo", "default").unwrap();
         queue.accept(&echo, sample("/panic", 1)).unwrap();
         queue.accept(&echo, sample("/ok", 1)).unwrap();

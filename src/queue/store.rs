@@ -3,23 +3,10 @@
 //!
 //! The trait is small on purpose: the queue's order, bounds, retries and concurrency live in
 //! [`super::board`], in memory, and a store only has to keep calls durably and say which it
-//! holds. The embedded backend ([`super::embedded`]) is one redb file. A NATS JetStream backend
-//! would map the same five operations onto a stream and a durable pull consumer:
-//!
-//! | here | JetStream |
-//! |---|---|
-//! | [`Store::push`] | publish with ack to the function's subject, the call id as `Nats-Msg-Id` (duplicate window), in the OpenFaaS queue message JSON; the ack is the durability point |
-//! | [`Store::pending`] | at start, a pull fetch of what the consumer has not acked (bodies come with the messages, so [`Store::load`] is a lookup of a fetched message) |
-//! | [`Store::load`] | the fetched message's payload |
-//! | [`Store::done`] | ack (the stream's work-queue retention then deletes the message) |
-//! | [`Store::retry_later`] | nak with the back-off as its delay; the attempt count is the delivery count |
-//!
-//! Disk use is then the stream's `max_bytes`/`max_msgs`, compaction the server's business.
-//! Two things the embedded store does not need would come with it: calls pushed by other
-//! gateways reach this one only through the consumer, so the queue would poll the store (and
-//! leave its own pushes to come back the same way) instead of listing what it pushed; and a
-//! fetched call waiting its turn must be kept from redelivery (in-progress acks, or a consumer
-//! `max_ack_pending` no larger than what the workers run at once).
+//! holds. The embedded backend ([`super::embedded`]) is one redb file. The queue on NATS
+//! JetStream ([`super::jetstream`]) is not a store: calls reach a gateway from a consumer
+//! shared with other gateways, not from what it pushed, so it stands beside the board rather
+//! than under it, and shares the run, the retry verdict and the callbacks.
 
 use std::fmt;
 

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod nats_server;
+pub mod queued;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};

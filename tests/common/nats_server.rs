@@ -47,6 +47,11 @@ impl NatsServer {
         NatsServer::launch(store.path(), port, extra)
     }
 
+    /// Starts a server on `port` with the store of one that was stopped (or killed).
+    pub fn start_on(store: &TempDir, port: u16) -> NatsServer {
+        NatsServer::launch(store.path(), port, Vec::new())
+    }
+
     fn launch(dir: &Path, port: u16, extra: Vec<String>) -> NatsServer {
         let log = std::fs::OpenOptions::new()
             .create(true)
