@@ -599,6 +599,18 @@ impl Handler {
                 if names_unknown_function(&e) {
                     self.scaler.table().forget_unknown(&function);
                 }
+                // as a live call's failure is logged (the path without its query)
+                let line = format!(
+                    "async {} {function}{} -> {}: {e}",
+                    meta.method,
+                    meta.rest,
+                    e.status()
+                );
+                if e.status() >= 500 {
+                    log::warn!("{line}");
+                } else {
+                    log::debug!("{line}");
+                }
                 failed_answer(&e)
             }
         };

@@ -228,3 +228,27 @@ fn a_304_that_declares_a_body_reaches_the_client_without_one() {
     }
     assert!(client.nothing_pending());
 }
+
+/// A POST, PUT or PATCH without a body goes to the function as one, with `Content-Length: 0`,
+/// never as an empty chunked body: a function that does not decode chunked bodies (Python's
+/// http.server does not) would take the final chunk for its next request, and the call that
+/// follows on that connection could read the error it answers to it.
+#[test]
+fn a_bodyless_post_reaches_the_function_without_a_chunked_body() {
+    let gw = gateway();
+    for method in ["POST", "PUT", "PATCH"] {
+        let request =
+            format!("{method} /function/echo/x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let answer = raw(gw.addr, request.as_bytes(), Duration::from_secs(30));
+        assert!(answer.starts_with("HTTP/1.1 200"), "{method}: {answer}");
+        let body = answer.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+        let seen: serde_json::Value = serde_json::from_str(body).expect("the echo's JSON");
+        let headers = &seen["headers"];
+        assert!(
+            headers.get("transfer-encoding").is_none(),
+            "{method}: {headers}"
+        );
+        assert_eq!(headers["content-length"], "0", "{method}: {headers}");
+        assert_eq!(seen["body_bytes"], 0, "{method}: {seen}");
+    }
+}

@@ -312,6 +312,13 @@ impl Proxy {
         }
         let agent = self.agents.get();
         match body {
+            // ureq sends a POST, PUT or PATCH given no body as chunked with no chunk: a function
+            // that does not decode chunked bodies (Python's http.server) would read the final
+            // chunk as its next request. An empty body of known size goes as Content-Length: 0.
+            Body::None if expects_body(&head.method) => {
+                let empty: &[u8] = &[];
+                agent.run(connection(agent, head.request(uri, headers, empty), fresh))
+            }
             Body::None => agent.run(connection(agent, head.request(uri, headers, ()), fresh)),
             _ => {
                 let request = head.request(uri, headers, SendBody::from_reader(reader));
@@ -394,6 +401,14 @@ fn connection<S: AsSendBody>(
     } else {
         request
     }
+}
+
+/// The methods ureq gives a body of its own when it is given none.
+fn expects_body(method: &http::Method) -> bool {
+    matches!(
+        *method,
+        http::Method::POST | http::Method::PUT | http::Method::PATCH
+    )
 }
 
 /// Whether a request may be sent again after a stale pooled connection failed it (nothing of
