@@ -311,12 +311,17 @@ fn a_gateway_that_queues_nothing_leaves_no_store_and_a_second_one_can_start() {
     let reply = get(&first.url("/function/lazy/sync"));
     assert_eq!(reply.status, 200, "{}", reply.body);
     assert!(!store.exists(), "no async call, no store file");
+    assert_eq!(async_workers(&first), 0, "no async call, no worker threads");
     // The second gateway on the same config starts: no file is locked until a call is queued.
     let second = start_in(&dir, &config);
     assert_eq!(get(&second.url("/function/lazy/sync")).status, 200);
     let reply = post_async(&first, "lazy/queued", &[], "");
     assert_eq!(reply.status, 202, "{}", reply.body);
     assert!(store.exists(), "the first queued call makes the store");
+    assert!(
+        async_workers(&first) > 0,
+        "the first queued call starts the workers"
+    );
     let id = reply.header("X-Call-Id").unwrap().to_owned();
     wait_for("the queued call", Duration::from_secs(30), || {
         calls(dir.path()).iter().any(|(c, _)| *c == id)
@@ -325,4 +330,13 @@ fn a_gateway_that_queues_nothing_leaves_no_store_and_a_second_one_can_start() {
     let refused = post_async(&second, "lazy/queued", &[], "");
     assert_eq!(refused.status, 503, "{}", refused.body);
     assert!(refused.header("Retry-After").is_some());
+}
+
+/// The gateway's threads that run queued calls (named `async-N`).
+fn async_workers(gw: &Defrost) -> usize {
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", gw.child.id())).unwrap();
+    tasks
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .filter(|name| name.starts_with("async-"))
+        .count()
 }

@@ -265,6 +265,14 @@ impl Queue {
 pub struct Local {
     shared: Arc<Shared>,
     workers: Mutex<Vec<JoinHandle<()>>>,
+    /// What the workers run calls with, once [`Local::start`] gave it. The workers themselves
+    /// are started with the first call to run (one left by the last run, or the first
+    /// accepted), so a gateway that queues nothing keeps no threads for it.
+    invoke: Mutex<Option<Arc<Invoke>>>,
+    /// Set once every worker is running: the accept path's check costs one load.
+    started: AtomicBool,
+    /// Calls the store kept from the last run, to run as soon as the queue starts.
+    restored: bool,
 }
 
 impl Local {
@@ -305,13 +313,30 @@ impl Local {
                 callbacks,
             }),
             workers: Mutex::new(Vec::new()),
+            invoke: Mutex::new(None),
+            started: AtomicBool::new(false),
+            restored: restored > 0,
         })
     }
 
-    /// Starts the workers, which run calls with `invoke`.
+    /// Runs calls with `invoke` from now on: at once if the last run left some, else from the
+    /// first one accepted.
     pub fn start(&self, invoke: Arc<Invoke>) -> std::io::Result<()> {
+        *self.invoke.lock() = Some(invoke);
+        if self.restored {
+            self.start_workers()?;
+        }
+        Ok(())
+    }
+
+    /// Starts the workers not yet running, once the queue is started.
+    fn start_workers(&self) -> std::io::Result<()> {
         let mut workers = self.workers.lock();
-        for n in 0..self.shared.config.workers.max(1) {
+        let Some(invoke) = self.invoke.lock().clone() else {
+            return Ok(());
+        };
+        // a spawn that failed before leaves the workers it did start; only the rest start now
+        for n in workers.len()..self.shared.config.workers.max(1) {
             let shared = Arc::clone(&self.shared);
             let invoke = Arc::clone(&invoke);
             let worker = std::thread::Builder::new()
@@ -319,6 +344,7 @@ impl Local {
                 .spawn(move || shared.work(invoke.as_ref()))?;
             workers.push(worker);
         }
+        self.started.store(true, Ordering::Release);
         Ok(())
     }
 
@@ -345,6 +371,13 @@ impl Local {
             .lock()
             .settle(key, bytes, stored.as_ref().ok().copied());
         let _ = stored.map_err(QueueError::Store)?;
+        if !self.started.load(Ordering::Acquire) {
+            // the call is stored: it runs once a worker can be started, at the latest at the
+            // next start of the gateway
+            if let Err(e) = self.start_workers() {
+                log::error!("async queue: cannot start its workers: {e}");
+            }
+        }
         shared.wake.notify_one();
         Ok(call_id)
     }
