@@ -271,8 +271,6 @@ pub struct Local {
     invoke: Mutex<Option<Arc<Invoke>>>,
     /// Set once every worker is running: the accept path's check costs one load.
     started: AtomicBool,
-    /// Calls the store kept from the last run, to run as soon as the queue starts.
-    restored: bool,
 }
 
 impl Local {
@@ -315,15 +313,15 @@ impl Local {
             workers: Mutex::new(Vec::new()),
             invoke: Mutex::new(None),
             started: AtomicBool::new(false),
-            restored: restored > 0,
         })
     }
 
-    /// Runs calls with `invoke` from now on: at once if the last run left some, else from the
-    /// first one accepted.
+    /// Runs calls with `invoke` from now on: at once if there are some (left by the last run,
+    /// or accepted before), else from the first one accepted.
     pub fn start(&self, invoke: Arc<Invoke>) -> std::io::Result<()> {
         *self.invoke.lock() = Some(invoke);
-        if self.restored {
+        let waiting = self.shared.board.lock().rows().iter().any(|r| r.queued > 0);
+        if waiting {
             self.start_workers()?;
         }
         Ok(())
