@@ -599,18 +599,8 @@ impl Handler {
                 if names_unknown_function(&e) {
                     self.scaler.table().forget_unknown(&function);
                 }
-                // as a live call's failure is logged (the path without its query)
-                let line = format!(
-                    "async {} {function}{} -> {}: {e}",
-                    meta.method,
-                    meta.rest,
-                    e.status()
-                );
-                if e.status() >= 500 {
-                    log::warn!("{line}");
-                } else {
-                    log::debug!("{line}");
-                }
+                let path = format!("/async-function/{function}{}", meta.rest);
+                log_failure_of(&meta.method, &path, &e);
                 failed_answer(&e)
             }
         };
@@ -820,19 +810,17 @@ fn read_body(request: &mut Request, limit: u64) -> Result<Vec<u8>, Error> {
 
 /// Failures the operator should hear about are logged; a client's own mistakes are not.
 fn log_failure(request: &Request, e: &Error) {
+    let path = printable_path(request.url());
+    log_failure_of(request.method().as_str(), &path, e);
+}
+
+/// The line of a failed call, live or queued: `METHOD /path -> STATUS: what happened`.
+fn log_failure_of(method: &str, path: &str, e: &Error) {
     let status = e.status();
     if status >= 500 {
-        log::warn!(
-            "{} {} -> {status}: {e}",
-            request.method(),
-            printable_path(request.url())
-        );
+        log::warn!("{method} {path} -> {status}: {e}");
     } else {
-        log::debug!(
-            "{} {} -> {status}: {e}",
-            request.method(),
-            printable_path(request.url())
-        );
+        log::debug!("{method} {path} -> {status}: {e}");
     }
 }
 
