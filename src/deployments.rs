@@ -428,24 +428,7 @@ mod tests {
     use super::*;
     use crate::provider::process::ProcessOptions;
     use crate::provider::Provider;
-
-    struct Dir(PathBuf);
-
-    impl Dir {
-        fn new(tag: &str) -> Dir {
-            let dir = std::env::temp_dir()
-                .join(format!("defrost-deployments-{tag}-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&dir);
-            std::fs::create_dir_all(&dir).unwrap();
-            Dir(dir)
-        }
-    }
-
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
+    use crate::scratch::TempDir;
 
     fn config_function(name: &str) -> ProcessFunction {
         ProcessFunction {
@@ -461,13 +444,13 @@ mod tests {
         }
     }
 
-    fn open(dir: &Dir) -> Deployments {
+    fn open(dir: &TempDir) -> Deployments {
         let provider =
             ProcessProvider::new(vec![config_function("fixed")], ProcessOptions::default())
                 .unwrap();
         Deployments::open(
             Arc::new(provider),
-            Some(dir.0.join("defrost.deployed.json")),
+            Some(dir.path().join("defrost.deployed.json")),
             Namespaces::new("default"),
         )
         .unwrap()
@@ -484,7 +467,7 @@ mod tests {
 
     #[test]
     fn deployed_functions_are_saved_and_restored() {
-        let dir = Dir::new("saved");
+        let dir = TempDir::new("saved");
         let d = open(&dir);
         let body = br#"{"service":"hello","image":"ghcr.io/x/hello:1","envProcess":"python3 -m http.server","envVars":{"A":"1"},"labels":{"com.openfaas.scale.max":"3"},"annotations":null}"#;
         assert_eq!(d.deploy(body).unwrap().key(), "hello.default");
@@ -497,7 +480,7 @@ mod tests {
         drop(d);
         let again = open(&dir);
         assert_eq!(names(&again), ["fixed.default", "hello.default"]);
-        let saved = std::fs::read_to_string(dir.0.join("defrost.deployed.json")).unwrap();
+        let saved = std::fs::read_to_string(dir.path().join("defrost.deployed.json")).unwrap();
         assert!(saved.contains("ghcr.io/x/hello:1"), "{saved}");
         again.remove(br#"{"functionName":"hello"}"#).unwrap();
         assert_eq!(names(&open(&dir)), ["fixed.default"]);
@@ -505,7 +488,7 @@ mod tests {
 
     #[test]
     fn refusals_say_why_and_change_nothing() {
-        let dir = Dir::new("refusals");
+        let dir = TempDir::new("refusals");
         let d = open(&dir);
         let status = |r: Result<FunctionRef, DeployError>| r.unwrap_err().status();
         assert_eq!(
@@ -561,8 +544,8 @@ mod tests {
 
     #[test]
     fn a_broken_state_file_stops_the_start() {
-        let dir = Dir::new("broken");
-        let path = dir.0.join("defrost.deployed.json");
+        let dir = TempDir::new("broken");
+        let path = dir.path().join("defrost.deployed.json");
         std::fs::write(&path, "{not json").unwrap();
         let provider = ProcessProvider::new(Vec::new(), ProcessOptions::default()).unwrap();
         let e = Deployments::open(

@@ -154,6 +154,10 @@ mod histogram;
 mod redact;
 mod rfc3339;
 
+/// Temporary folders for the unit tests.
+#[cfg(test)]
+mod scratch;
+
 /// What the benchmarks and the property tests drive directly: the parsers, the single-flight
 /// group, the function table. Not part of the API; it may change in any release.
 #[doc(hidden)]

@@ -411,6 +411,7 @@ impl Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scratch::TempDir;
 
     fn call(n: usize) -> Queued {
         super::super::store::sample("/x", n)
@@ -418,9 +419,9 @@ mod tests {
 
     #[test]
     fn calls_outlive_the_store_until_done_and_keep_their_attempts() {
-        let dir = std::env::temp_dir().join(format!("defrost-queue-unit-{}", std::process::id()));
+        let scratch = TempDir::new("queue-unit");
+        let dir = scratch.path();
         let path = dir.join("q.redb");
-        let _ = std::fs::remove_dir_all(&dir);
         let ids: Vec<Id> = {
             let store = Embedded::open(&path).unwrap();
             let ids = (0..3).map(|n| store.push(call(n)).unwrap()).collect();
@@ -449,14 +450,13 @@ mod tests {
         );
         assert_eq!(store.load(ids[0]).unwrap(), None);
         store.close();
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn the_file_is_made_by_the_first_call_and_reopened_when_it_exists() {
-        let dir = std::env::temp_dir().join(format!("defrost-queue-lazy-{}", std::process::id()));
+        let scratch = TempDir::new("queue-lazy");
+        let dir = scratch.path();
         let path = dir.join("q.redb");
-        let _ = std::fs::remove_dir_all(&dir);
         let store = Lazy::new(&path).unwrap();
         assert_eq!(store.pending().unwrap(), Vec::new());
         assert!(!path.exists() && !store.is_open());
@@ -468,15 +468,13 @@ mod tests {
         assert_eq!(store.pending().unwrap()[0].id, id);
         store.close();
         assert!(store.push(call(1)).is_err(), "closed is closed");
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn a_drained_queue_gives_its_disk_back() {
-        let dir =
-            std::env::temp_dir().join(format!("defrost-queue-compact-{}", std::process::id()));
+        let scratch = TempDir::new("queue-compact");
+        let dir = scratch.path();
         let path = dir.join("q.redb");
-        let _ = std::fs::remove_dir_all(&dir);
         let store = Embedded::open(&path).unwrap();
         let ids: Vec<Id> = (0..200)
             .map(|_| store.push(call(64 << 10)).unwrap())
@@ -496,6 +494,5 @@ mod tests {
             "{} of {full}",
             store.disk_bytes()
         );
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

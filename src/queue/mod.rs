@@ -575,12 +575,13 @@ fn run_guarded(invoke: &Invoke, call: &Queued) -> (Answer, Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scratch::TempDir;
     use store::sample;
 
     #[test]
     fn a_call_that_panics_fails_alone_and_its_lane_goes_on() {
-        let dir = std::env::temp_dir().join(format!("defrost-queue-panic-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let scratch = TempDir::new("queue-panic");
+        let dir = scratch.path();
         let config = QueueConfig {
             path: dir.join("q.redb"),
             workers: 1,
@@ -611,7 +612,6 @@ mod tests {
             std::thread::sleep(Duration::from_millis(10));
         }
         queue.close();
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -216,9 +216,6 @@ impl Drop for KubernetesProvider {
 
 #[cfg(test)]
 pub(crate) mod test_support {
-    use std::path::{Path, PathBuf};
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
     use base64::Engine as _;
 
     /// A PEM block of `label` around `der` (PEM parsing does not look inside).
@@ -227,30 +224,7 @@ pub(crate) mod test_support {
         format!("-----BEGIN {label}-----\n{body}\n-----END {label}-----\n")
     }
 
-    pub struct TempDir(PathBuf);
-
-    impl TempDir {
-        pub fn new(tag: &str) -> TempDir {
-            static N: AtomicUsize = AtomicUsize::new(0);
-            let dir = std::env::temp_dir().join(format!(
-                "defrost-kube-{tag}-{}-{}",
-                std::process::id(),
-                N.fetch_add(1, Ordering::SeqCst)
-            ));
-            std::fs::create_dir_all(&dir).unwrap();
-            TempDir(dir)
-        }
-
-        pub fn path(&self) -> &Path {
-            &self.0
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
+    pub use crate::scratch::TempDir;
 }
 
 #[cfg(test)]
